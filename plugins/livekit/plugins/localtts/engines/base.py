@@ -1,0 +1,140 @@
+"""The contract every speech engine fulfils.
+
+An engine knows nothing of LiveKit: it turns text into float32 mono audio chunks at its
+native sample rate, in a worker thread, and stops when asked. The plugin (`tts.py`)
+bridges those chunks onto the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """Base class of every error an engine raises on purpose."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot run here: weights, a package or a device is missing.
+
+    The message says what is missing and how to provide it.
+    """
+
+
+class VoiceError(EngineError):
+    """A reference clip or voice cannot be used (corrupt, silent, too short, unknown...)."""
+
+
+class UnknownVoiceError(VoiceError):
+    """No voice with this id exists."""
+
+
+class UnsupportedVoiceError(VoiceError):
+    """The engine cannot speak with this voice (e.g. a cloned voice asked of Piper)."""
+
+
+@dataclass(frozen=True)
+class VoiceClip:
+    """A validated reference recording: float32 mono in [-1, 1]."""
+
+    voice_id: str
+    audio: np.ndarray
+    sample_rate: int
+    language: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / float(self.sample_rate)
+
+
+@dataclass(frozen=True)
+class VoiceConditioning:
+    """What an engine computed from a voice clip, ready to speak with.
+
+    `data` is the engine's in-memory object (Chatterbox `Conditionals`, XTTS latents...);
+    `Engine.dump_conditioning` / `Engine.load_conditioning` turn it into bytes and back so
+    the voice library can persist it.
+    """
+
+    voice_id: str
+    engine: str
+    model_revision: str
+    data: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    """Per-request knobs. `None` means "the engine's default"; engines ignore knobs
+    they do not have (Piper has no temperature, XTTS no exaggeration)."""
+
+    language: str | None = None
+    speed: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    exaggeration: float | None = None
+    cfg_weight: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.25 <= self.speed <= 4.0:
+            raise ValueError(f"speed must be within [0.25, 4.0], got {self.speed}")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded (or loadable) TTS model. One instance per process serves every stream.
+
+    Implementations must be safe to call `stream` from several threads at once (they may
+    serialize internally) and must return from `stream` promptly after `cancel` is set:
+    at the latest one decoding step / one sentence later.
+    """
+
+    name: str
+    sample_rate: int
+    supports_cloning: bool
+
+    @property
+    def model_revision(self) -> str:
+        """Identifies the weights; conditioning cached for another revision is stale."""
+        ...
+
+    def load(self) -> None:
+        """Load weights, choose dtype, compile. Idempotent and thread-safe."""
+        ...
+
+    def warmup(self) -> None:
+        """Run a short synthesis so no request pays compilation or cache setup."""
+        ...
+
+    def condition(self, clip: VoiceClip) -> VoiceConditioning:
+        """Compute the voice conditioning for a reference clip (cloning engines only)."""
+        ...
+
+    def dump_conditioning(self, conditioning: VoiceConditioning) -> bytes: ...
+
+    def load_conditioning(self, voice_id: str, data: bytes) -> VoiceConditioning: ...
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceConditioning | None,
+        params: SynthesisParams,
+        cancel: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 mono chunks at `sample_rate` as soon as each exists.
+
+        `voice=None` speaks with the engine's built-in default voice.
+        """
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Device, dtype, optimizations active, model revision: for /health and doctor."""
+        ...

