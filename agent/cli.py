@@ -1,3 +1,160 @@
+"""`localtts` command line: say, doctor (+ voices, serve from their own modules)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import wave
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer()
+app = typer.Typer(
+    help="Self-hosted TTS for LiveKit agents.", no_args_is_help=True, add_completion=False
+)
+
+EngineOpt = Annotated[
+    str, typer.Option("--engine", "-e", help="auto | chatterbox | xtts | piper")
+]
+
+
+async def _say(
+    text: str, engine: str, voice: str | None, out: Path | None, language: str | None, speed: float
+) -> dict[str, Any]:
+    from livekit.plugins import localtts
+
+    settings = localtts.get_settings()
+    library = None
+    if voice is not None:
+        from livekit.plugins.localtts.voices import VoiceLibrary
+
+        library = VoiceLibrary.from_settings(settings)
+        await library.start()
+    try:
+        t_load = time.perf_counter()
+        tts = localtts.TTS(
+            engine=engine,  # type: ignore[arg-type]
+            voice=voice,
+            voice_library=library,
+            language=language,
+            speed=speed,
+            settings=settings,
+        )
+        await tts.warmup()
+        load_ms = (time.perf_counter() - t_load) * 1000
+
+        writer = None
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            writer = wave.open(str(out), "wb")
+            writer.setnchannels(1)
+            writer.setsampwidth(2)
+            writer.setframerate(tts.sample_rate)
+        samples = 0
+        first_audio_ms: float | None = None
+        t0 = time.perf_counter()
+        try:
+            async with tts.synthesize(text) as stream:
+                async for ev in stream:
+                    if first_audio_ms is None:
+                        first_audio_ms = (time.perf_counter() - t0) * 1000
+                    samples += ev.frame.samples_per_channel
+                    if writer is not None:
+                        writer.writeframes(bytes(ev.frame.data))
+        finally:
+            if writer is not None:
+                writer.close()
+        total_ms = (time.perf_counter() - t0) * 1000
+        audio_s = samples / tts.sample_rate
+        return {
+            "first_audio_ms": round(first_audio_ms or 0.0, 1),
+            "total_ms": round(total_ms, 1),
+            "audio_s": round(audio_s, 3),
+            "rtf": round(total_ms / 1000 / audio_s, 4) if audio_s else None,
+            "engine": tts.engine.name,
+            "sample_rate": tts.sample_rate,
+            "voice": voice,
+            "load_ms": round(load_ms, 1),
+            "out": str(out) if out else None,
+        }
+    finally:
+        if library is not None:
+            await library.aclose()
+
+
+@app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="what to say")],
+    engine: EngineOpt = "auto",
+    voice: Annotated[str | None, typer.Option(help="voice id from the voice library")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write a WAV file")] = None,
+    language: Annotated[str | None, typer.Option(help="language code, e.g. en")] = None,
+    speed: Annotated[float, typer.Option(help="speaking rate, 1.0 = normal")] = 1.0,
+) -> None:
+    """Synthesize TEXT through the plugin; the last line printed is a JSON report."""
+    from livekit.agents import APIError
+    from livekit.plugins.localtts import EngineError
+
+    try:
+        report = asyncio.run(_say(text, engine, voice, out, language, speed))
+    except (APIError, EngineError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if out is not None:
+        typer.echo(f"wrote {out} ({report['audio_s']} s at {report['sample_rate']} Hz)")
+    typer.echo(json.dumps(report))
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
+    """Host facts and, per engine, whether it can run here and why not."""
+    from livekit.plugins.localtts import HostInfo, get_settings
+    from livekit.plugins.localtts.engines import availability
+    from livekit.plugins.localtts.models import ENGINE_NAMES
+    from livekit.plugins.localtts.tts import resolve_engine
+
+    settings = get_settings()
+    host = HostInfo.detect()
+    engines = {name: availability(name, settings) for name in ENGINE_NAMES}
+    try:
+        selection: dict[str, Any] = dataclasses.asdict(resolve_engine(settings.engine, settings))
+    except Exception as e:
+        selection = {"error": str(e)}
+    report = {
+        "host": dataclasses.asdict(host),
+        "engines": {
+            name: {"usable": why is None, "why_not": why} for name, why in engines.items()
+        },
+        "selected": selection,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    h = report["host"]
+    typer.echo(
+        f"host: {h['os']} {h['arch']}, {h['performance_cores']} performance cores, "
+        f"{h['memory_gb']:.1f} GiB, CUDA: {h['cuda_device'] or 'none'}"
+    )
+    for name, state in report["engines"].items():
+        mark = "usable" if state["usable"] else f"not usable: {state['why_not']}"
+        typer.echo(f"  {name:<11} {mark}")
+    if "error" in selection:
+        typer.echo(f"selected: none ({selection['error']})")
+    else:
+        typer.echo(
+            f"selected: {selection['engine']} on {selection['device']} "
+            f"({selection['dtype']}): {selection['reason']}"
+        )
+        for warning in selection["warnings"]:
+            typer.echo(f"  warning: {warning}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

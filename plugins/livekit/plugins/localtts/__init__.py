@@ -1,3 +1,66 @@
+"""localtts: a LiveKit Agents TTS plugin speaking with self-hosted models.
+
+    from livekit.plugins import localtts
+    session = AgentSession(tts=localtts.TTS(), ...)
+"""
+
+from livekit.agents import Plugin
+
+from .engines import (
+    Engine,
+    EngineError,
+    EngineUnavailableError,
+    SynthesisParams,
+    UnknownVoiceError,
+    UnsupportedVoiceError,
+    VoiceClip,
+    VoiceConditioning,
+    VoiceError,
+)
+from .host import EngineSelection, HostInfo, select_engine
+from .log import logger
+from .settings import Settings, get_settings
+from .tts import TTS, ChunkedStream, SynthesizeStream
 from .version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "TTS",
+    "ChunkedStream",
+    "Engine",
+    "EngineError",
+    "EngineSelection",
+    "EngineUnavailableError",
+    "HostInfo",
+    "Settings",
+    "SynthesisParams",
+    "SynthesizeStream",
+    "UnknownVoiceError",
+    "UnsupportedVoiceError",
+    "VoiceClip",
+    "VoiceConditioning",
+    "VoiceError",
+    "__version__",
+    "get_settings",
+    "select_engine",
+]
+
+
+class LocalTTSPlugin(Plugin):
+    def __init__(self) -> None:
+        super().__init__(__name__, __version__, __package__, logger)
+
+    def download_files(self) -> None:
+        """`python -m livekit.agents download-files`: nothing to fetch for the bundled
+        Piper voice; model weights are provided by the host (see README)."""
+
+
+Plugin.register_plugin(LocalTTSPlugin())
+
+# Cleanup docs of unexported modules
+_module = dir()
+NOT_IN_ALL = [m for m in _module if m not in __all__]
+
+__pdoc__ = {}
+
+for n in NOT_IN_ALL:
+    __pdoc__[n] = False

@@ -1,0 +1,425 @@
+"""The LiveKit face of localtts: `TTS`, `ChunkedStream`, `SynthesizeStream`.
+
+The engine runs in a worker thread and yields float32 chunks; each chunk is handed to
+the event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the
+moment it exists. Nothing here knows about tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    tts,
+    utils,
+)
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import is_given
+
+from .engines import (
+    Engine,
+    EngineUnavailableError,
+    SynthesisParams,
+    UnknownVoiceError,
+    VoiceConditioning,
+    VoiceError,
+    availability,
+    shared_engine,
+)
+from .host import EngineSelection, HostInfo, select_engine
+from .log import logger
+from .models import ENGINE_NAMES, EngineChoice
+from .settings import Settings, get_settings
+from .text import TextSplitter, is_speakable, normalize
+
+if TYPE_CHECKING:
+    from .voices import VoiceLibrary
+
+# Engine work runs here; engines serialize model access themselves, so this only bounds
+# how many streams can wait on an engine at once.
+_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
+_NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
+
+
+@dataclass
+class _TTSOptions:
+    voice: str | None
+    params: SynthesisParams
+    first_clause_min_chars: int
+    max_piece_chars: int
+
+
+def resolve_engine(engine: EngineChoice, settings: Settings) -> EngineSelection:
+    """Turn "auto" or an engine name into a selection, with host facts and weights checked."""
+    if engine not in ("auto", *ENGINE_NAMES):
+        raise ValueError(f"unknown engine {engine!r}: choose auto, {', '.join(ENGINE_NAMES)}")
+    settings = settings.model_copy(update={"engine": engine})
+    candidates = ENGINE_NAMES if engine == "auto" else (engine,)
+    unavailable = {name: availability(name, settings) for name in candidates}
+    host = HostInfo.detect() if engine in ("auto", "chatterbox", "xtts") else _cpu_host()
+    try:
+        return select_engine(host, settings, unavailable)
+    except RuntimeError as e:
+        raise EngineUnavailableError(str(e)) from e
+
+
+def _cpu_host() -> HostInfo:
+    import platform
+
+    return HostInfo(os=platform.system(), arch=platform.machine())
+
+
+class TTS(tts.TTS):
+    def __init__(
+        self,
+        *,
+        engine: EngineChoice | Engine = "auto",
+        voice: str | None = None,
+        voice_library: VoiceLibrary | None = None,
+        language: str | None = None,
+        speed: float = 1.0,
+        temperature: float | None = None,
+        exaggeration: float | None = None,
+        cfg_weight: float | None = None,
+        seed: int | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        """A LiveKit TTS speaking with a self-hosted model.
+
+        Args:
+            engine: "auto" (host policy: Chatterbox on CUDA, XTTS on CPU, Piper when no
+                weights exist), an engine name, or an `Engine` instance.
+            voice: default voice id (a cloned voice from `voice_library`); None speaks with
+                the engine's built-in voice.
+            voice_library: where cloned voices and their conditioning come from.
+            language, speed, temperature, exaggeration, cfg_weight, seed: synthesis knobs;
+                engines ignore the ones they do not have.
+            settings: defaults to the environment (`LOCALTTS_*`).
+        """
+        self._settings = settings or get_settings()
+        if isinstance(engine, str):
+            self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
+            for warning in self._selection.warnings:
+                logger.warning(warning)
+            self._engine: Engine = shared_engine(self._selection.engine, self._settings)
+        else:
+            self._selection = None
+            self._engine = engine
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=True),
+            sample_rate=self._engine.sample_rate,
+            num_channels=1,
+        )
+        self._opts = _TTSOptions(
+            voice=voice if voice is not None else self._settings.voice,
+            params=SynthesisParams(
+                language=language,
+                speed=speed,
+                temperature=temperature,
+                exaggeration=exaggeration,
+                cfg_weight=cfg_weight,
+                seed=seed,
+            ),
+            first_clause_min_chars=self._settings.first_clause_min_chars,
+            max_piece_chars=self._settings.max_piece_chars,
+        )
+        self._voice_library = voice_library
+        self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
+        self._warm: Future[None] | None = None
+        self._warm_lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        return self._engine.name
+
+    @property
+    def provider(self) -> str:
+        return "localtts"
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def selection(self) -> EngineSelection | None:
+        """Why this engine was chosen (None when an Engine instance was passed in)."""
+        return self._selection
+
+    @property
+    def voice_library(self) -> VoiceLibrary | None:
+        return self._voice_library
+
+    def update_options(
+        self,
+        *,
+        voice: NotGivenOr[str | None] = NOT_GIVEN,
+        language: NotGivenOr[str | None] = NOT_GIVEN,
+        speed: NotGivenOr[float] = NOT_GIVEN,
+        temperature: NotGivenOr[float | None] = NOT_GIVEN,
+        exaggeration: NotGivenOr[float | None] = NOT_GIVEN,
+        cfg_weight: NotGivenOr[float | None] = NOT_GIVEN,
+        seed: NotGivenOr[int | None] = NOT_GIVEN,
+    ) -> None:
+        """Change options for streams created from now on (open streams keep theirs)."""
+        if is_given(voice):
+            self._opts.voice = voice
+        changes = {
+            k: v
+            for k, v in {
+                "language": language,
+                "speed": speed,
+                "temperature": temperature,
+                "exaggeration": exaggeration,
+                "cfg_weight": cfg_weight,
+                "seed": seed,
+            }.items()
+            if is_given(v)
+        }
+        if changes:
+            self._opts.params = replace(self._opts.params, **changes)
+
+    def prewarm(self) -> None:
+        """Load and warm the engine in the background (returns at once)."""
+        with self._warm_lock:
+            if self._warm is None:
+                self._warm = _executor.submit(self._load_and_warm)
+
+    async def warmup(self) -> None:
+        """Load and warm the engine; returns when it is ready to speak."""
+        self.prewarm()
+        assert self._warm is not None
+        await asyncio.wrap_future(self._warm)
+
+    def _load_and_warm(self) -> None:
+        self._engine.load()
+        self._engine.warmup()
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> ChunkedStream:
+        return ChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> SynthesizeStream:
+        stream = SynthesizeStream(tts=self, conn_options=conn_options)
+        self._streams.add(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        for stream in list(self._streams):
+            await stream.aclose()
+        self._streams.clear()
+
+    async def _resolve_voice(self, voice_id: str | None) -> VoiceConditioning | None:
+        if voice_id is None:
+            return None
+        if self._voice_library is None:
+            raise UnknownVoiceError(
+                f"unknown voice {voice_id!r}: no voice library is configured "
+                "(pass voice_library=VoiceLibrary(...) to localtts.TTS)"
+            )
+        return await self._voice_library.conditioning(voice_id, self._engine)
+
+
+def _to_pcm16(chunk: np.ndarray) -> bytes:
+    return (np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+class _Done:
+    pass
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+async def engine_chunks(
+    engine: Engine, text: str, voice: VoiceConditioning | None, params: SynthesisParams
+) -> AsyncIterator[np.ndarray]:
+    """Run `engine.stream` in a worker thread; yield its chunks on the event loop.
+
+    Closing the iterator (cancellation, aclose) sets the engine's cancel event, so the
+    model stops at its next step and is free for the next request.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def deliver(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            cancel.set()
+
+    def work() -> None:
+        try:
+            for chunk in engine.stream(text, voice, params, cancel):
+                if cancel.is_set():
+                    break
+                deliver(chunk)
+        except BaseException as e:  # handed to the loop, re-raised there
+            deliver(_Failed(e))
+        finally:
+            deliver(_Done())
+
+    loop.run_in_executor(_executor, work)
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _Done):
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        cancel.set()
+
+
+def _api_error(e: Exception, engine: Engine) -> APIError:
+    if isinstance(e, UnknownVoiceError):
+        return APIStatusError(str(e), status_code=404, retryable=False)
+    if isinstance(e, (VoiceError, ValueError)):
+        return APIStatusError(str(e), status_code=400, retryable=False)
+    if isinstance(e, EngineUnavailableError):
+        return APIError(str(e), retryable=False)
+    return APIError(f"{engine.name} engine failed: {type(e).__name__}: {e}", retryable=False)
+
+
+class _Speaker:
+    """Speaks pieces of text into one emitter; shared by both stream kinds."""
+
+    def __init__(self, tts_: TTS, opts: _TTSOptions, emitter: tts.AudioEmitter) -> None:
+        self._tts = tts_
+        self._opts = opts
+        self._emitter = emitter
+        self._voice: VoiceConditioning | None = None
+        self.pushed_samples = 0
+
+    async def resolve_voice(self) -> None:
+        self._voice = await self._tts._resolve_voice(self._opts.voice)
+
+    async def speak(self, piece: str) -> None:
+        engine = self._tts.engine
+        async for chunk in engine_chunks(engine, piece, self._voice, self._opts.params):
+            if chunk.size:
+                self._emitter.push(_to_pcm16(chunk))
+                self.pushed_samples += int(chunk.size)
+
+    def pad_if_silent(self, text: str) -> None:
+        """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
+        treats a request without audio as a failure."""
+        if self.pushed_samples == 0 and text.strip():
+            n = int(self._tts.sample_rate * _NOTHING_SPEAKABLE_S)
+            self._emitter.push(bytes(2 * n))
+            self.pushed_samples += n
+
+
+class ChunkedStream(tts.ChunkedStream):
+    """`TTS.synthesize(text)`: the whole text is known; audio still streams piece by piece."""
+
+    def __init__(self, *, tts: TTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._tts: TTS = tts
+        self._opts = replace(tts._opts)
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._tts.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+        )
+        speaker = _Speaker(self._tts, self._opts, output_emitter)
+        splitter = TextSplitter(
+            first_clause_min_chars=self._opts.first_clause_min_chars,
+            max_piece_chars=self._opts.max_piece_chars,
+        )
+        try:
+            if is_speakable(normalize(self._input_text)):
+                await speaker.resolve_voice()
+            # pieces are cut lazily so a 50,000-character text is never held as audio
+            for piece in splitter.push(self._input_text):
+                await speaker.speak(piece)
+            for piece in splitter.flush():
+                await speaker.speak(piece)
+        except (APIError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            raise _api_error(e, self._tts.engine) from e
+        speaker.pad_if_silent(self._input_text)
+        output_emitter.flush()
+
+
+class SynthesizeStream(tts.SynthesizeStream):
+    """`TTS.stream()`: text arrives token by token (an LLM); audio starts at the first
+    clause and continues sentence by sentence while more text arrives."""
+
+    def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._tts: TTS = tts
+        self._opts = replace(tts._opts)
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        request_id = utils.shortuuid()
+        output_emitter.initialize(
+            request_id=request_id,
+            sample_rate=self._tts.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        output_emitter.start_segment(segment_id=request_id)
+        speaker = _Speaker(self._tts, self._opts, output_emitter)
+        pieces = utils.aio.Chan[str]()
+
+        async def read_input() -> None:
+            splitter = TextSplitter(
+                first_clause_min_chars=self._opts.first_clause_min_chars,
+                max_piece_chars=self._opts.max_piece_chars,
+            )
+            try:
+                async for data in self._input_ch:
+                    if isinstance(data, self._FlushSentinel):
+                        ready = splitter.flush()
+                    else:
+                        ready = splitter.push(data)
+                    for piece in ready:
+                        pieces.send_nowait(piece)
+                for piece in splitter.flush():
+                    pieces.send_nowait(piece)
+            finally:
+                pieces.close()
+
+        async def speak() -> None:
+            voice_resolved = False
+            async for piece in pieces:
+                if not voice_resolved:  # once, only when there is something to say
+                    await speaker.resolve_voice()
+                    voice_resolved = True
+                self._mark_started()
+                await speaker.speak(piece)
+
+        tasks = [asyncio.create_task(read_input()), asyncio.create_task(speak())]
+        try:
+            await asyncio.gather(*tasks)
+        except (APIError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            raise _api_error(e, self._tts.engine) from e
+        finally:
+            await utils.aio.cancel_and_wait(*tasks)
+        speaker.pad_if_silent(self._pushed_text)
+        output_emitter.end_segment()
