@@ -16,9 +16,7 @@ app = typer.Typer(
     help="Self-hosted TTS for LiveKit agents.", no_args_is_help=True, add_completion=False
 )
 
-EngineOpt = Annotated[
-    str, typer.Option("--engine", "-e", help="auto | chatterbox | xtts | piper")
-]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="auto | chatterbox | xtts | piper")]
 
 
 async def _say(
@@ -125,9 +123,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="JSON output")] 
         selection = {"error": str(e)}
     report = {
         "host": dataclasses.asdict(host),
-        "engines": {
-            name: {"usable": why is None, "why_not": why} for name, why in engines.items()
-        },
+        "engines": {name: {"usable": why is None, "why_not": why} for name, why in engines.items()},
         "selected": selection,
     }
     if as_json:

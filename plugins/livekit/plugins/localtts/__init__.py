@@ -1,7 +1,7 @@
 """localtts: a LiveKit Agents TTS plugin speaking with self-hosted models.
 
-    from livekit.plugins import localtts
-    session = AgentSession(tts=localtts.TTS(), ...)
+from livekit.plugins import localtts
+session = AgentSession(tts=localtts.TTS(), ...)
 """
 
 from livekit.agents import Plugin

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field
@@ -28,14 +29,21 @@ class Settings(BaseSettings):
     strict: bool = Field(
         False, description="fail instead of falling back to Piper when weights are missing"
     )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on CUDA (float16 without bf16), float32 on CPU"
+    )
+    compile: bool | None = Field(
+        None, description="compile/graph the decode step; None: on with CUDA, off on CPU"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; None: the host's performance cores"
+    )
 
     # weights: a local directory, else the Hugging Face cache (never downloaded in tests)
     chatterbox_model: str = Field(
         "ResembleAI/chatterbox", description="local directory or Hugging Face repo id"
     )
-    xtts_model: str = Field(
-        "coqui/XTTS-v2", description="local directory or Hugging Face repo id"
-    )
+    xtts_model: str = Field("coqui/XTTS-v2", description="local directory or Hugging Face repo id")
     piper_model: Path | None = Field(
         None, description="Piper .onnx voice; default: the bundled en_US-joe-medium"
     )
@@ -58,12 +66,39 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
     )
 
+    # synthesis service
+    api_key: str | None = Field(
+        None, description="bearer token required by the service's synthesis and voice endpoints"
+    )
+
     # text
     first_clause_min_chars: int = Field(
         16, description="the first piece of a reply is cut at the first clause end after this"
     )
-    max_piece_chars: int = Field(
-        300, description="longest text piece handed to an engine at once"
+    max_piece_chars: int = Field(300, description="longest text piece handed to an engine at once")
+
+    # voice agent (agent/worker.py); STT/LLM also read OPENAI_API_KEY / OPENAI_BASE_URL
+    agent_instructions: str = Field(
+        "You are a helpful voice assistant. Answer briefly, in plain spoken sentences.",
+        description="the LLM's system prompt",
+    )
+    agent_greeting: str | None = Field(
+        "Hello! How can I help you?", description="said when a participant joins; empty: none"
+    )
+    llm_model: str = Field("gpt-4o-mini", description="LLM model name (OpenAI-compatible API)")
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible LLM server; default OPENAI_BASE_URL"
+    )
+    stt_model: str = Field("whisper-1", description="STT model name (OpenAI-compatible API)")
+    stt_base_url: str | None = Field(
+        None, description="OpenAI-compatible STT server; default OPENAI_BASE_URL"
+    )
+    stt_language: str = Field("en", description="language spoken to the agent")
+    agent_max_sessions: int = Field(
+        4, ge=1, description="rooms one worker process serves at full load (load = rooms / this)"
+    )
+    vad_aggressiveness: int = Field(
+        2, ge=0, le=3, description="webrtcvad aggressiveness, 0 (least) to 3 (most)"
     )
 
 

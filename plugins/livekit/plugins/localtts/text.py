@@ -16,6 +16,7 @@ _TAG = re.compile(r"<[^<>]{0,200}>")  # SSML/XML/HTML tags: not spoken
 _MARKDOWN = re.compile(r"(\*{1,3}|_{2,3}|`{1,3}|^#{1,6}\s|^\s*[-*+]\s)", re.MULTILINE)
 _CLAUSE_END = re.compile(r"[,;:\u2014.!?\u2026](?=\s)")
 _SPACE = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
 
 
@@ -32,7 +33,7 @@ def normalize(text: str) -> str:
             kept.append(" ")
         else:
             kept.append(ch)
-    return _SPACE.sub(" ", "".join(kept))
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", "".join(kept)))
 
 
 def is_speakable(text: str) -> bool:
@@ -129,7 +130,9 @@ class TextSplitter:
         return done
 
 
-def split_text(text: str, *, first_clause_min_chars: int = 16, max_piece_chars: int = 300) -> list[str]:
+def split_text(
+    text: str, *, first_clause_min_chars: int = 16, max_piece_chars: int = 300
+) -> list[str]:
     """Whole text -> pieces (what `synthesize()` feeds the engine, one piece at a time)."""
     splitter = TextSplitter(
         first_clause_min_chars=first_clause_min_chars, max_piece_chars=max_piece_chars

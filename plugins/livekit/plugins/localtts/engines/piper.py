@@ -118,9 +118,7 @@ class PiperEngine:
         cancel: threading.Event,
     ) -> Iterator[np.ndarray]:
         if voice is not None:
-            raise UnsupportedVoiceError(
-                f"Piper cannot speak with cloned voice {voice.voice_id!r}"
-            )
+            raise UnsupportedVoiceError(f"Piper cannot speak with cloned voice {voice.voice_id!r}")
         self.load()
         from piper import SynthesisConfig
 

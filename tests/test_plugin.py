@@ -1,0 +1,305 @@
+"""The LiveKit plugin over the real bundled Piper voice: no server, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, APIError, APIStatusError
+from livekit.plugins import localtts
+from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
+from livekit.plugins.localtts.engines.piper import PiperEngine
+
+from .livekit_helpers import CapturingAudioOutput, frames_to_float, rms
+
+MULTI = (
+    "The weather today is sunny with a light breeze from the west. "
+    "Tomorrow brings clouds, and perhaps some rain in the afternoon. "
+    "By the weekend it should be warm again, so plan something outside."
+)
+
+
+@dataclass
+class Call:
+    text: str
+    started: float
+    finished: float | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class RecordingEngine:
+    """The real Piper engine, with a log of when each piece started and ended."""
+
+    inner: PiperEngine
+    calls: list[Call] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceConditioning | None,
+        params: SynthesisParams,
+        cancel: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        call = Call(text=text, started=time.perf_counter())
+        self.calls.append(call)
+        try:
+            yield from self.inner.stream(text, voice, params, cancel)
+        finally:
+            call.finished = time.perf_counter()
+            call.cancelled = cancel.is_set()
+
+
+@pytest.fixture(scope="session")
+def piper_engine() -> PiperEngine:
+    engine = PiperEngine()
+    engine.load()
+    engine.warmup()
+    return engine
+
+
+@pytest.fixture
+def recording(piper_engine: PiperEngine) -> RecordingEngine:
+    return RecordingEngine(piper_engine)
+
+
+def plausible_duration(text: str, seconds: float) -> bool:
+    # English speech runs at roughly 10-20 characters per second
+    return len(text) / 25 <= seconds <= len(text) / 7
+
+
+async def collect(stream: Any) -> tuple[list[rtc.AudioFrame], float | None]:
+    frames: list[rtc.AudioFrame] = []
+    t0, first = time.perf_counter(), None
+    async for ev in stream:
+        if first is None:
+            first = time.perf_counter() - t0
+        frames.append(ev.frame)
+    return frames, first
+
+
+async def test_synthesize_speaks_at_declared_rate(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    assert tts.sample_rate == 22050 == piper_engine.sample_rate
+    assert tts.capabilities.streaming
+    assert (tts.model, tts.provider) == ("piper", "localtts")
+    text = "Hello from a local voice agent."
+    frames, _ = await collect(tts.synthesize(text))
+    assert {f.sample_rate for f in frames} == {22050}
+    assert {f.num_channels for f in frames} == {1}
+    audio = frames_to_float(frames)
+    assert rms(audio) > 0.02
+    assert plausible_duration(text, len(audio) / 22050)
+
+
+async def test_stream_pushed_tokens(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    stream = tts.stream()
+    for word in MULTI.split(" "):
+        stream.push_text(word + " ")
+    stream.end_input()
+    frames, _ = await collect(stream)
+    audio = frames_to_float(frames)
+    assert rms(audio) > 0.02
+    assert plausible_duration(MULTI, len(audio) / 22050)
+    await stream.aclose()
+
+
+async def test_auto_and_named_engine_share_one_instance() -> None:
+    a = localtts.TTS(engine="piper")
+    b = localtts.TTS(engine="piper")
+    assert a.engine is b.engine
+    assert a.selection is not None and a.selection.engine == "piper"
+
+
+async def test_first_audio_before_whole_text_is_synthesized(recording: RecordingEngine) -> None:
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    first_frame_at = None
+    async for _ev in tts.synthesize(MULTI):
+        if first_frame_at is None:
+            first_frame_at = time.perf_counter()
+    assert len(recording.calls) >= 3, [c.text for c in recording.calls]
+    # the first piece is a short clause; the last piece started after audio was out
+    assert len(recording.calls[0].text) < 70
+    assert first_frame_at is not None and first_frame_at < recording.calls[-1].started
+
+
+async def test_stream_first_audio_while_text_still_arrives(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    stream = tts.stream()
+    stream.push_text("Sure thing, let me look that up for you right now. ")
+    stream.push_text("The answer")
+    # no more text, no flush: the first clause alone must already produce audio
+    ev = await asyncio.wait_for(stream.__anext__(), timeout=10)
+    assert ev.frame.samples_per_channel > 0
+    stream.push_text(" is forty two.")
+    stream.end_input()
+    rest, _ = await collect(stream)
+    assert rest
+    await stream.aclose()
+
+
+async def test_cancel_mid_utterance_then_next_request(recording: RecordingEngine) -> None:
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    stream = tts.synthesize(MULTI * 20)
+    await stream.__anext__()
+    await stream.aclose()
+    await asyncio.sleep(0.5)  # the worker thread notices at its next piece boundary
+    assert len(recording.calls) < 10, "generation went on after the stream was closed"
+    assert all(c.finished is not None for c in recording.calls)
+    frames, _ = await collect(tts.synthesize("And now the next request."))
+    assert rms(frames_to_float(frames)) > 0.02
+
+
+async def test_agent_session_say_through_capturing_output(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    session = AgentSession(tts=tts, vad=None, turn_handling={"turn_detection": None})
+    output = CapturingAudioOutput()
+    session.output.audio = output
+    await session.start(Agent(instructions="You are a test agent."))
+    try:
+        handle = session.say("Hello there. This is the local voice speaking.")
+        await asyncio.wait_for(handle.wait_for_playout(), timeout=30)
+    finally:
+        await session.aclose()
+    audio = output.samples()
+    assert rms(audio) > 0.02
+    rate = output.frames[0].sample_rate
+    assert 1.0 < len(audio) / rate < 8.0
+
+
+async def test_frames_through_audio_source_track_and_stream(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    source = rtc.AudioSource(tts.sample_rate, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tts", source)
+    received: list[rtc.AudioFrame] = []
+    audio_stream = rtc.AudioStream(track, sample_rate=tts.sample_rate, num_channels=1)
+
+    async def read() -> None:
+        async for ev in audio_stream:
+            received.append(ev.frame)
+
+    reader = asyncio.create_task(read())
+    sent = 0
+    async for ev in tts.synthesize("Frames travel through a real audio source."):
+        await source.capture_frame(ev.frame)
+        sent += ev.frame.samples_per_channel
+    await source.wait_for_playout()
+    await asyncio.sleep(0.3)
+    await audio_stream.aclose()
+    reader.cancel()
+    got = frames_to_float(received)
+    assert sent > 0
+    assert len(got) >= 0.8 * sent
+    assert rms(got) > 0.02
+    await source.aclose()
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+async def test_blank_text_gives_no_audio_and_no_error(piper_engine: PiperEngine, text: str) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    frames, _ = await collect(tts.synthesize(text))
+    assert frames == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello\x00 wor\x07ld\x1b[31m, red.",
+        "I love it 😀🎉!",
+        "<speak>Hi <b>there</b></speak> **bold**",
+    ],
+)
+async def test_odd_text_still_speaks(piper_engine: PiperEngine, text: str) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    frames, _ = await collect(tts.synthesize(text))
+    assert rms(frames_to_float(frames)) > 0.02
+
+
+async def test_nothing_speakable_is_short_silence_not_error(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    frames, _ = await collect(tts.synthesize("😀🎉 ..."))
+    audio = frames_to_float(frames)
+    assert 0 < len(audio) <= 0.1 * 22050
+    assert rms(audio) == 0.0
+
+
+async def test_50000_characters_stream_with_bounded_memory(recording: RecordingEngine) -> None:
+    text = ("This sentence is part of a very long text, and it keeps going. " * 800)[:50_000]
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        stream = tts.synthesize(text)
+        got = 0.0
+        async for ev in stream:
+            got += ev.frame.duration
+            if got > 20:
+                break
+        _, peak = tracemalloc.get_traced_memory()
+        await stream.aclose()
+    finally:
+        tracemalloc.stop()
+    # 20 s of audio came out, but only a few pieces of the text were ever synthesized
+    assert got > 20
+    assert max(len(c.text) for c in recording.calls) <= 300
+    assert len(recording.calls) < 40
+    assert peak < 50 * 2**20, f"peak traced memory {peak / 2**20:.1f} MiB"
+    frames, _ = await collect(tts.synthesize("Still working."))
+    assert frames
+
+
+async def test_unknown_engine_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'espeak'"):
+        localtts.TTS(engine="espeak")  # type: ignore[arg-type]
+
+
+async def test_unknown_voice_is_a_clear_error(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine, voice="nobody")
+    with pytest.raises(APIStatusError, match="unknown voice 'nobody'") as info:
+        await collect(tts.synthesize("Hello there."))
+    assert info.value.status_code == 404
+    assert not info.value.retryable
+    # the engine is fine for the next request
+    tts.update_options(voice=None)
+    frames, _ = await collect(tts.synthesize("Hello again."))
+    assert frames
+
+
+async def test_update_options_applies_to_new_streams(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    normal = frames_to_float((await collect(tts.synthesize("Speed changes the length.")))[0])
+    tts.update_options(speed=2.0)
+    fast = frames_to_float((await collect(tts.synthesize("Speed changes the length.")))[0])
+    assert len(fast) < 0.75 * len(normal)
+    with pytest.raises(ValueError):
+        tts.update_options(speed=10.0)
+
+
+async def test_concurrent_streams_share_the_engine(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    texts = [f"Room number {i} hears its own sentence." for i in range(3)]
+    results = await asyncio.gather(*(collect(tts.synthesize(t)) for t in texts))
+    for frames, _ in results:
+        assert rms(frames_to_float(frames)) > 0.02
+
+
+async def test_aclose_closes_open_streams(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=piper_engine)
+    stream = tts.stream()
+    stream.push_text(MULTI)
+    await stream.__anext__()
+    await tts.aclose()
+    with pytest.raises((StopAsyncIteration, APIError)):
+        while True:
+            await stream.__anext__()
