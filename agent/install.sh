@@ -18,6 +18,7 @@
 #    coqui-tts checks that it is present on torch>=2.9; it is never called.
 #
 # Environment: PYTHON (default python3), LOCALTTS_TORCH_VERSION (default 2.13.0),
+# LOCALTTS_CUDA=1|0 (override the nvidia-smi check, e.g. in a docker build),
 # LOCALTTS_ENGINES="piper xtts chatterbox" (which engine extras to install).
 set -euo pipefail
 
@@ -28,6 +29,8 @@ torch_version="${LOCALTTS_TORCH_VERSION:-2.13.0}"
 engines="${LOCALTTS_ENGINES:-piper xtts chatterbox}"
 cuda=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then cuda=1; fi
+# image builds have no GPU visible: LOCALTTS_CUDA=1 asks for the CUDA build anyway
+if [ -n "${LOCALTTS_CUDA:-}" ]; then cuda="$LOCALTTS_CUDA"; fi
 
 stamp_file=.venv/.localtts-install
 stamp="$( (cat agent/install.sh pyproject.toml; "$python" --version; echo "$torch_version $engines cuda=$cuda") | sha256sum | cut -d' ' -f1)"
@@ -74,7 +77,7 @@ if [ "$need_torch" = 1 ]; then
     case " $engines " in *" chatterbox "*)
         "${pip[@]}" --no-deps "chatterbox-tts==0.1.7"
         "${pip[@]}" -c "$constraints" "${common[@]}" s3tokenizer diffusers resemble-perth \
-            "conformer==0.3.2" omegaconf pyloudnorm
+            "conformer==0.3.2" omegaconf pyloudnorm nvidia-ml-py
     ;; esac
 fi
 

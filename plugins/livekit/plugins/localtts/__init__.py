@@ -21,10 +21,12 @@ from .host import EngineSelection, HostInfo, select_engine
 from .log import logger
 from .settings import Settings, get_settings
 from .tts import TTS, ChunkedStream, SynthesizeStream
+from .vad import VAD
 from .version import __version__
 
 __all__ = [
     "TTS",
+    "VAD",
     "ChunkedStream",
     "Engine",
     "EngineError",

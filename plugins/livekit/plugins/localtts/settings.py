@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(
         None, description="OpenAI-compatible LLM server; default OPENAI_BASE_URL"
     )
-    stt_model: str = Field("whisper-1", description="STT model name (OpenAI-compatible API)")
+    stt_model: str = Field(
+        "gpt-4o-mini-transcribe", description="STT model name (OpenAI-compatible API)"
+    )
     stt_base_url: str | None = Field(
         None, description="OpenAI-compatible STT server; default OPENAI_BASE_URL"
     )

@@ -33,7 +33,7 @@ def normalize(text: str) -> str:
             kept.append(" ")
         else:
             kept.append(ch)
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", "".join(kept)))
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", "".join(kept))).strip()
 
 
 def is_speakable(text: str) -> bool:

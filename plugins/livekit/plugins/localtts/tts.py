@@ -12,6 +12,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,24 @@ if TYPE_CHECKING:
 # how many streams can wait on an engine at once.
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
+
+
+# one warmup per engine instance, however many TTS objects (rooms) prewarm it
+_warmups: dict[int, tuple[Engine, Future[None]]] = {}  # id(engine) -> (engine, warmup)
+_warmups_lock = threading.Lock()
+
+
+def _warm_engine(engine: Engine) -> Future[None]:
+    def load_and_warm() -> None:
+        engine.load()
+        engine.warmup()
+
+    with _warmups_lock:
+        _, future = _warmups.get(id(engine), (engine, None))
+        if future is None or (future.done() and future.exception() is not None):
+            future = _executor.submit(load_and_warm)  # a failed warmup is tried again
+            _warmups[id(engine)] = (engine, future)
+        return future
 
 
 @dataclass
@@ -112,7 +131,9 @@ class TTS(tts.TTS):
             self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
             for warning in self._selection.warnings:
                 logger.warning(warning)
-            self._engine: Engine = shared_engine(self._selection.engine, self._settings)
+            self._engine: Engine = shared_engine(
+                self._selection.engine, self._selection.apply(self._settings)
+            )
         else:
             self._selection = None
             self._engine = engine
@@ -136,8 +157,6 @@ class TTS(tts.TTS):
         )
         self._voice_library = voice_library
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
-        self._warm: Future[None] | None = None
-        self._warm_lock = threading.Lock()
 
     @property
     def model(self) -> str:
@@ -191,19 +210,11 @@ class TTS(tts.TTS):
 
     def prewarm(self) -> None:
         """Load and warm the engine in the background (returns at once)."""
-        with self._warm_lock:
-            if self._warm is None:
-                self._warm = _executor.submit(self._load_and_warm)
+        _warm_engine(self._engine)
 
     async def warmup(self) -> None:
         """Load and warm the engine; returns when it is ready to speak."""
-        self.prewarm()
-        assert self._warm is not None
-        await asyncio.wrap_future(self._warm)
-
-    def _load_and_warm(self) -> None:
-        self._engine.load()
-        self._engine.warmup()
+        await asyncio.wrap_future(_warm_engine(self._engine))
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -312,11 +323,12 @@ class _Speaker:
         self._voice = await self._tts._resolve_voice(self._opts.voice)
 
     async def speak(self, piece: str) -> None:
-        engine = self._tts.engine
-        async for chunk in engine_chunks(engine, piece, self._voice, self._opts.params):
-            if chunk.size:
-                self._emitter.push(_to_pcm16(chunk))
-                self.pushed_samples += int(chunk.size)
+        chunks = engine_chunks(self._tts.engine, piece, self._voice, self._opts.params)
+        async with aclosing(chunks):  # closing stops the engine thread at once
+            async for chunk in chunks:
+                if chunk.size:
+                    self._emitter.push(_to_pcm16(chunk))
+                    self.pushed_samples += int(chunk.size)
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit

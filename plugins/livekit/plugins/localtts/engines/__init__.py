@@ -45,6 +45,19 @@ _ENGINE_CLASSES: dict[str, tuple[str, str]] = {
     "piper": (".piper", "PiperEngine"),
 }
 
+# the settings that change what an engine loads or how it runs; anything else (agent
+# greeting, database URL...) must not create a second model
+ENGINE_SETTINGS = (
+    "device",
+    "dtype",
+    "compile",
+    "threads",
+    "chatterbox_model",
+    "xtts_model",
+    "piper_model",
+    "allow_download",
+)
+
 _shared: dict[tuple[str, str], Engine] = {}
 _shared_lock = threading.Lock()
 
@@ -82,7 +95,7 @@ def create_engine(name: str, settings: Settings) -> Engine:
 
 def shared_engine(name: str, settings: Settings) -> Engine:
     """The process-wide engine for `name` and these settings (created once, not loaded)."""
-    key = (_check_name(name), settings.model_dump_json())
+    key = (_check_name(name), settings.model_dump_json(include=set(ENGINE_SETTINGS)))
     with _shared_lock:
         engine = _shared.get(key)
         if engine is None:

@@ -1,0 +1,6 @@
+"""`python -m agent dev|start|console`: the LiveKit voice-agent worker (agent/worker.py)."""
+
+from agent.worker import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""`localtts.VAD`: a LiveKit Agents VAD backed by webrtcvad (the WebRTC GMM detector).
+
+No model file and no onnxruntime: every stream classifies 10/20/30 ms windows of 16 kHz PCM
+in microseconds on the CPU. Events follow the contract the framework relies on (the same as
+livekit-plugins-silero): one INFERENCE_DONE per window, START_OF_SPEECH after
+`min_speech_duration` of consecutive voiced windows (its frames: the speech so far plus
+`prefix_padding_duration` before it), END_OF_SPEECH after `min_silence_duration` of unvoiced
+windows (its frames: the whole utterance). Times and sample indices count audio processed
+at the inference rate, so they say where in the stream an event happened.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import utils, vad
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import is_given
+
+from .log import logger
+
+InferenceRate = Literal[8000, 16000, 32000, 48000]  # the rates webrtcvad accepts
+FrameMs = Literal[10, 20, 30]  # the window lengths webrtcvad accepts
+
+
+@dataclass
+class _VADOptions:
+    aggressiveness: int
+    min_speech_duration: float
+    min_silence_duration: float
+    prefix_padding_duration: float
+    max_buffered_speech: float
+    frame_duration_ms: int
+    sample_rate: int
+    energy_floor_dbfs: float
+
+
+def _check(opts: _VADOptions) -> None:
+    if opts.aggressiveness not in (0, 1, 2, 3):
+        raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, not {opts.aggressiveness!r}")
+    if opts.frame_duration_ms not in (10, 20, 30):
+        raise ValueError(f"frame_duration_ms must be 10, 20 or 30, not {opts.frame_duration_ms!r}")
+    if opts.sample_rate not in (8000, 16000, 32000, 48000):
+        raise ValueError(f"sample_rate must be 8000, 16000, 32000 or 48000, not {opts.sample_rate}")
+    for name in ("min_speech_duration", "min_silence_duration", "prefix_padding_duration"):
+        if getattr(opts, name) < 0:
+            raise ValueError(f"{name} must be >= 0")
+    if opts.max_buffered_speech <= 0:
+        raise ValueError("max_buffered_speech must be > 0")
+
+
+class VAD(vad.VAD):
+    def __init__(
+        self,
+        *,
+        aggressiveness: int = 2,
+        min_speech_duration: float = 0.09,
+        min_silence_duration: float = 0.55,
+        prefix_padding_duration: float = 0.5,
+        max_buffered_speech: float = 60.0,
+        frame_duration_ms: FrameMs = 30,
+        sample_rate: InferenceRate = 16000,
+        energy_floor_dbfs: float = -65.0,
+    ) -> None:
+        """Voice activity detection with webrtcvad.
+
+        Args:
+            aggressiveness: 0 (keeps the most speech) to 3 (filters the most noise).
+            min_speech_duration: consecutive voiced audio (s) before START_OF_SPEECH.
+            min_silence_duration: unvoiced audio (s) after speech before END_OF_SPEECH.
+            prefix_padding_duration: audio (s) before the detected start kept in the events.
+            max_buffered_speech: longest utterance (s) kept for END_OF_SPEECH's frames.
+            frame_duration_ms: window classified at once (10, 20 or 30 ms).
+            sample_rate: inference rate; input at any other rate is resampled to it.
+            energy_floor_dbfs: windows quieter than this (RMS) are silence whatever webrtcvad
+                says: before its noise model adapts it calls near-digital silence (the
+                resampler's +-1 LSB output) speech at aggressiveness 0 and 1.
+        """
+        opts = _VADOptions(
+            aggressiveness=aggressiveness,
+            min_speech_duration=min_speech_duration,
+            min_silence_duration=min_silence_duration,
+            prefix_padding_duration=prefix_padding_duration,
+            max_buffered_speech=max_buffered_speech,
+            frame_duration_ms=frame_duration_ms,
+            sample_rate=sample_rate,
+            energy_floor_dbfs=energy_floor_dbfs,
+        )
+        _check(opts)
+        super().__init__(capabilities=vad.VADCapabilities(update_interval=frame_duration_ms / 1000))
+        self._opts = opts
+        self._streams: weakref.WeakSet[VADStream] = weakref.WeakSet()
+
+    @property
+    def model(self) -> str:
+        return "webrtcvad"
+
+    @property
+    def provider(self) -> str:
+        return "localtts"
+
+    @property
+    def min_silence_duration(self) -> float:
+        # read by AgentSession to check the turn detector's needs
+        return self._opts.min_silence_duration
+
+    def stream(self) -> VADStream:
+        stream = VADStream(self, replace(self._opts))
+        self._streams.add(stream)
+        return stream
+
+    def update_options(
+        self,
+        *,
+        aggressiveness: NotGivenOr[int] = NOT_GIVEN,
+        min_speech_duration: NotGivenOr[float] = NOT_GIVEN,
+        min_silence_duration: NotGivenOr[float] = NOT_GIVEN,
+        prefix_padding_duration: NotGivenOr[float] = NOT_GIVEN,
+    ) -> None:
+        """Change options for this VAD and its open streams."""
+        changes = {
+            k: v
+            for k, v in {
+                "aggressiveness": aggressiveness,
+                "min_speech_duration": min_speech_duration,
+                "min_silence_duration": min_silence_duration,
+                "prefix_padding_duration": prefix_padding_duration,
+            }.items()
+            if is_given(v)
+        }
+        _check(replace(self._opts, **changes))
+        self._opts = replace(self._opts, **changes)
+        for stream in self._streams:
+            stream._update_options(changes)
+
+
+class _SpeechBuffer:
+    """Input-rate samples of the current utterance, plus the padding before it."""
+
+    def __init__(self, sample_rate: int, prefix_s: float, max_s: float) -> None:
+        self.sample_rate = sample_rate
+        self._prefix = int(prefix_s * sample_rate)
+        self._max = int(max_s * sample_rate) + self._prefix
+        self._chunks: list[np.ndarray] = []
+        self._size = 0
+        self._full_warned = False
+
+    def append(self, samples: np.ndarray) -> None:
+        room = self._max - self._size
+        if room <= 0:
+            if not self._full_warned:
+                self._full_warned = True
+                logger.warning("max_buffered_speech reached: later speech is not buffered")
+            return
+        samples = samples[:room]
+        self._chunks.append(samples)
+        self._size += samples.size
+
+    def keep_prefix(self) -> None:
+        """Outside speech only the last `prefix_padding_duration` is worth keeping."""
+        if self._size > self._prefix:
+            tail = (
+                np.concatenate(self._chunks)[self._size - self._prefix :] if self._prefix else None
+            )
+            self._chunks = [tail] if tail is not None else []
+            self._size = self._prefix
+        self._full_warned = False
+
+    def frame(self) -> rtc.AudioFrame:
+        data = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return rtc.AudioFrame(
+            data=data.tobytes(),
+            sample_rate=self.sample_rate,
+            num_channels=1,
+            samples_per_channel=data.size,
+        )
+
+    def set_prefix(self, prefix_s: float) -> None:
+        prefix = int(prefix_s * self.sample_rate)
+        self._max += prefix - self._prefix
+        self._prefix = prefix
+
+
+def _rms_dbfs(samples: np.ndarray) -> float:
+    mean_square = float(np.mean(np.square(samples, dtype=np.float64))) / 32768.0**2
+    return 10.0 * np.log10(mean_square) if mean_square > 0 else -np.inf
+
+
+def _mono(frame: rtc.AudioFrame) -> np.ndarray:
+    data = np.frombuffer(frame.data, dtype=np.int16)
+    if frame.num_channels == 1:
+        return data.copy()
+    # average the channels: speech on either side of a stereo track still counts
+    return data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
+
+
+class VADStream(vad.VADStream):
+    def __init__(self, vad_: VAD, opts: _VADOptions) -> None:
+        import webrtcvad  # C extension; imported here so `import localtts` stays light
+
+        self._opts = opts
+        self._detector = webrtcvad.Vad(opts.aggressiveness)
+        self._speech: _SpeechBuffer | None = None  # created at the first frame's rate
+        super().__init__(vad_)
+
+    def _update_options(self, changes: dict[str, object]) -> None:
+        self._opts = replace(self._opts, **changes)  # type: ignore[arg-type]
+        self._detector.set_mode(self._opts.aggressiveness)
+        if self._speech is not None:
+            self._speech.set_prefix(self._opts.prefix_padding_duration)
+
+    @utils.log_exceptions(logger=logger)
+    async def _main_task(self) -> None:
+        input_rate = 0
+        resampler: rtc.AudioResampler | None = None
+        window = 0  # samples per window at the inference rate
+        window_s = 0.0
+        pending_in = np.zeros(0, np.int16)  # input rate, not yet matched to a window
+        pending_inf = np.zeros(0, np.int16)  # inference rate, not yet classified
+        copy_fract = 0.0  # keeps input/inference alignment exact for non-integer ratios
+
+        # "pub_" values are what the events report
+        speaking = False
+        pub_speech_s = pub_silence_s = 0.0
+        pub_sample = 0
+        pub_time = 0.0
+        raw_speech_s = raw_silence_s = 0.0
+
+        def reset() -> None:
+            nonlocal resampler, pending_in, pending_inf, copy_fract, speaking
+            nonlocal pub_speech_s, pub_silence_s, pub_sample, pub_time, raw_speech_s
+            nonlocal raw_silence_s
+            resampler = self._new_resampler(input_rate)
+            pending_in = np.zeros(0, np.int16)
+            pending_inf = np.zeros(0, np.int16)
+            copy_fract = 0.0
+            speaking = False
+            pub_speech_s = pub_silence_s = pub_time = 0.0
+            pub_sample = 0
+            raw_speech_s = raw_silence_s = 0.0
+            if input_rate:
+                self._speech = _SpeechBuffer(
+                    input_rate, self._opts.prefix_padding_duration, self._opts.max_buffered_speech
+                )
+
+        async for item in self._input_ch:
+            if isinstance(item, self._FlushSentinel):
+                reset()  # a hard segment boundary: the next frame starts afresh
+                continue
+            frame = item
+            if not input_rate:
+                input_rate = frame.sample_rate
+                window = self._opts.sample_rate * self._opts.frame_duration_ms // 1000
+                window_s = window / self._opts.sample_rate
+                reset()
+            elif frame.sample_rate != input_rate:
+                logger.error(
+                    "VAD input changed sample rate (%d -> %d Hz): frame dropped",
+                    input_rate,
+                    frame.sample_rate,
+                )
+                continue
+            speech = self._speech
+            assert speech is not None
+
+            mono = _mono(frame)
+            pending_in = np.concatenate([pending_in, mono])
+            if resampler is None:
+                pending_inf = np.concatenate([pending_inf, mono])
+            else:
+                mono_frame = rtc.AudioFrame(
+                    data=mono.tobytes(),
+                    sample_rate=input_rate,
+                    num_channels=1,
+                    samples_per_channel=mono.size,
+                )
+                for out in resampler.push(mono_frame):
+                    pending_inf = np.concatenate(
+                        [pending_inf, np.frombuffer(out.data, dtype=np.int16)]
+                    )
+
+            ratio = input_rate / self._opts.sample_rate
+            while pending_inf.size >= window:
+                started = time.perf_counter()
+                samples = pending_inf[:window]
+                voiced = _rms_dbfs(samples) >= self._opts.energy_floor_dbfs and (
+                    self._detector.is_speech(samples.tobytes(), self._opts.sample_rate)
+                )
+                inference_s = time.perf_counter() - started
+                pending_inf = pending_inf[window:]
+
+                # the input-rate audio this window covers (the resampler lags a little)
+                to_copy = window * ratio + copy_fract
+                n_in = int(to_copy)
+                copy_fract = to_copy - n_in
+                window_in, pending_in = pending_in[:n_in], pending_in[n_in:]
+                speech.append(window_in)
+
+                pub_sample += window
+                pub_time += window_s
+                if speaking:
+                    pub_speech_s += window_s
+                else:
+                    pub_silence_s += window_s
+
+                self._event_ch.send_nowait(
+                    vad.VADEvent(
+                        type=vad.VADEventType.INFERENCE_DONE,
+                        samples_index=pub_sample,
+                        timestamp=pub_time,
+                        speech_duration=pub_speech_s,
+                        silence_duration=pub_silence_s,
+                        frames=[
+                            rtc.AudioFrame(
+                                data=window_in.tobytes(),
+                                sample_rate=input_rate,
+                                num_channels=1,
+                                samples_per_channel=window_in.size,
+                            )
+                        ],
+                        probability=1.0 if voiced else 0.0,
+                        inference_duration=inference_s,
+                        speaking=speaking,
+                        raw_accumulated_silence=raw_silence_s,
+                        raw_accumulated_speech=raw_speech_s,
+                    )
+                )
+
+                if voiced:
+                    raw_speech_s += window_s
+                    raw_silence_s = 0.0
+                    if not speaking and raw_speech_s >= self._opts.min_speech_duration:
+                        speaking = True
+                        pub_silence_s = 0.0
+                        pub_speech_s = raw_speech_s
+                        self._event_ch.send_nowait(
+                            vad.VADEvent(
+                                type=vad.VADEventType.START_OF_SPEECH,
+                                samples_index=pub_sample,
+                                timestamp=pub_time,
+                                speech_duration=pub_speech_s,
+                                silence_duration=0.0,
+                                frames=[speech.frame()],
+                                speaking=True,
+                            )
+                        )
+                else:
+                    raw_silence_s += window_s
+                    raw_speech_s = 0.0
+                    if not speaking:
+                        speech.keep_prefix()
+                    elif raw_silence_s >= self._opts.min_silence_duration:
+                        speaking = False
+                        pub_silence_s = raw_silence_s
+                        self._event_ch.send_nowait(
+                            vad.VADEvent(
+                                type=vad.VADEventType.END_OF_SPEECH,
+                                samples_index=pub_sample,
+                                timestamp=pub_time,
+                                # the trailing silence is not speech
+                                speech_duration=max(0.0, pub_speech_s - raw_silence_s),
+                                silence_duration=pub_silence_s,
+                                frames=[speech.frame()],
+                                speaking=False,
+                            )
+                        )
+                        pub_speech_s = 0.0
+                        speech.keep_prefix()
+
+    def _new_resampler(self, input_rate: int) -> rtc.AudioResampler | None:
+        if not input_rate or input_rate == self._opts.sample_rate:
+            return None
+        return rtc.AudioResampler(
+            input_rate=input_rate,
+            output_rate=self._opts.sample_rate,
+            num_channels=1,
+            quality=rtc.AudioResamplerQuality.QUICK,  # a VAD does not need more
+        )

@@ -1,0 +1,368 @@
+"""The worker (agent/worker.py) run in-process: real AgentSessions speaking through the real
+bundled Piper voice into a capturing audio output, with a scripted LLM in place of the
+OpenAI-compatible one. A room test runs against a real LiveKit server when LIVEKIT_URL is
+set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectOptions,
+    JobExecutorType,
+    JobProcess,
+    llm,
+    utils,
+)
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.plugins import localtts
+from livekit.plugins.localtts.engines.piper import PiperEngine
+from livekit.plugins.localtts.vad import VAD
+
+from agent.worker import (
+    GpuLoad,
+    WorkerRuntime,
+    build_llm,
+    build_server,
+    build_stt,
+    prewarm,
+    start_session,
+    worker_load,
+)
+
+from .livekit_helpers import CapturingAudioOutput, rms
+
+GREETING = "Hello, this is the local voice agent."
+
+
+class ScriptedLLM(llm.LLM):
+    """Answers with the next scripted reply, streamed word by word like a real LLM, and
+    keeps every chat context it was given."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__()
+        self._replies = list(replies)
+        self.requests: list[llm.ChatContext] = []
+
+    @property
+    def model(self) -> str:
+        return "scripted"
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        self.requests.append(chat_ctx.copy())
+        reply = self._replies.pop(0) if self._replies else "I have nothing more to say."
+        return _ScriptedStream(self, reply, chat_ctx=chat_ctx, tools=tools or [], conn=conn_options)
+
+
+class _ScriptedStream(llm.LLMStream):
+    def __init__(
+        self,
+        llm_: ScriptedLLM,
+        reply: str,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool],
+        conn: APIConnectOptions,
+    ) -> None:
+        super().__init__(llm_, chat_ctx=chat_ctx, tools=tools, conn_options=conn)
+        self._reply = reply
+
+    async def _run(self) -> None:
+        request_id = utils.shortuuid()
+        for i, word in enumerate(self._reply.split(" ")):
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    delta=llm.ChoiceDelta(role="assistant", content=word if i == 0 else f" {word}"),
+                )
+            )
+            await asyncio.sleep(0)
+
+
+def _user_texts(ctx: llm.ChatContext) -> list[str]:
+    return [m.text_content or "" for m in ctx.messages() if m.role == "user"]
+
+
+@pytest.fixture(scope="module")
+async def runtime() -> AsyncIterator[WorkerRuntime]:
+    settings = localtts.Settings(  # type: ignore[call-arg]
+        _env_file=None, engine="piper", agent_greeting=GREETING, agent_max_sessions=4
+    )
+    rt = WorkerRuntime(settings=settings)
+    await rt.ready()
+    yield rt
+    rt.close()
+
+
+async def _speak_and_answer(
+    runtime: WorkerRuntime, question: str, answer: str
+) -> tuple[CapturingAudioOutput, ScriptedLLM, Any, float]:
+    scripted = ScriptedLLM([answer])
+    session = runtime.new_session(llm=scripted, stt=None)
+    output = CapturingAudioOutput()
+    session.output.audio = output
+    try:
+        greeting = await start_session(session, runtime)
+        assert greeting is not None
+        await greeting  # played out
+        greeting_s = sum(f.duration for f in output.frames)
+        result = await session.run(user_input=question)  # text mode: no STT involved
+        return output, scripted, result, greeting_s
+    finally:
+        await session.aclose()
+
+
+async def test_session_greets_and_answers_through_the_engine(runtime: WorkerRuntime) -> None:
+    output, scripted, result, greeting_s = await _speak_and_answer(
+        runtime, "What is the answer?", "The answer is forty two, as always."
+    )
+    # the greeting was synthesized by Piper and played (about 2 s of speech, not silence)
+    assert 1.0 < greeting_s < 6.0
+    assert rms(output.samples()) > 0.02
+
+    # the LLM saw the instructions and the user's text; its reply became the agent's message
+    (request,) = scripted.requests
+    assert _user_texts(request) == ["What is the answer?"]
+    assert runtime.settings.agent_instructions in str(request.items[0].content)
+    said = [ev.item.text_content for ev in result.events if ev.type == "message"]
+    assert said == ["The answer is forty two, as always."]
+
+    # and the reply was spoken after the greeting
+    reply_s = sum(f.duration for f in output.frames) - greeting_s
+    assert 1.0 < reply_s < 6.0
+    assert runtime.active_sessions == 0  # the closed session is forgotten
+
+
+async def test_three_sessions_at_once_share_one_engine(runtime: WorkerRuntime) -> None:
+    engine = runtime.engine
+    assert isinstance(engine, PiperEngine)
+    loaded_model = engine._voice
+    peak = {"sessions": 0, "load": 0.0}
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            peak["sessions"] = max(peak["sessions"], runtime.active_sessions)
+            peak["load"] = max(peak["load"], runtime.load())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    questions = ["Where is the station?", "What time is it?", "Who won the game?"]
+    answers = [
+        "The station is two streets away.",
+        "It is half past nine in the evening.",
+        "The home team won by three points.",
+    ]
+    try:
+        results = await asyncio.gather(
+            *(_speak_and_answer(runtime, q, a) for q, a in zip(questions, answers, strict=True))
+        )
+    finally:
+        stop.set()
+        await watcher
+
+    assert peak["sessions"] == 3
+    assert peak["load"] == pytest.approx(3 / 4)  # 3 rooms of LOCALTTS_AGENT_MAX_SESSIONS=4
+    for (output, scripted, result, greeting_s), question, answer in zip(
+        results, questions, answers, strict=True
+    ):
+        assert _user_texts(scripted.requests[0]) == [question]  # each session its own turn
+        assert [ev.item.text_content for ev in result.events if ev.type == "message"] == [answer]
+        assert greeting_s > 1.0 and sum(f.duration for f in output.frames) > greeting_s + 1.0
+        assert rms(output.samples()) > 0.02
+    # one engine, one loaded model, for all three
+    assert runtime.engine is engine and engine._voice is loaded_model
+    assert localtts.TTS(engine="piper", settings=runtime.settings).engine is engine
+
+
+async def test_each_session_has_its_own_tts_and_vad_over_the_shared_engine(
+    runtime: WorkerRuntime,
+) -> None:
+    a = runtime.new_session(llm=ScriptedLLM([]), stt=None)
+    b = runtime.new_session(llm=ScriptedLLM([]), stt=None)
+    try:
+        # errors and metrics of one room's TTS must not reach another room's session
+        assert a.tts is not b.tts and a.vad is not b.vad
+        assert isinstance(a.tts, localtts.TTS) and a.tts.engine is b.tts.engine is runtime.engine
+        assert isinstance(a.vad, VAD)
+        await start_session(a, runtime)
+        await start_session(b, runtime)
+        assert runtime.active_sessions == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert runtime.active_sessions == 0
+
+
+async def test_new_session_before_ready_is_a_clear_error() -> None:
+    rt = WorkerRuntime(settings=localtts.Settings(_env_file=None, engine="piper"))  # type: ignore[call-arg]
+    with pytest.raises(RuntimeError, match="not ready"):
+        rt.new_session(llm=ScriptedLLM([]), stt=None)
+    rt.close()
+
+
+def test_prewarm_loads_once_for_every_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread executors each run prewarm: the first loads, the others reuse the load."""
+    monkeypatch.setenv("LOCALTTS_ENGINE", "piper")
+    localtts.get_settings.cache_clear()
+    monkeypatch.setattr(WorkerRuntime, "_shared", None)
+    loads: list[str] = []
+    real_load = PiperEngine.load
+
+    def counting_load(self: PiperEngine) -> None:
+        if self._voice is None:
+            loads.append(threading.current_thread().name)
+        real_load(self)
+
+    monkeypatch.setattr(PiperEngine, "load", counting_load)
+    procs = [
+        JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+        for _ in range(4)
+    ]
+    threads = [threading.Thread(target=prewarm, args=(p,)) for p in procs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        runtimes = {id(p.userdata["runtime"]) for p in procs}
+        assert len(runtimes) == 1
+        runtime = procs[0].userdata["runtime"]
+        assert runtime.engine is not None and runtime.engine._voice is not None
+        assert len(loads) <= 1  # 0 when an earlier test loaded the shared engine already
+    finally:
+        if WorkerRuntime._shared is not None:
+            WorkerRuntime._shared.close()
+        localtts.get_settings.cache_clear()
+
+
+def test_server_runs_jobs_in_threads_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(WorkerRuntime, "_shared", None)
+    server = build_server()
+    runtime = WorkerRuntime._shared
+    assert runtime is not None
+    assert server._job_executor_type == JobExecutorType.THREAD
+    assert server.setup_fnc is prewarm
+    assert server.load_fnc == runtime.load
+    assert server._initialize_process_timeout >= 600  # model loads are not 10 s jobs
+    runtime.close()
+
+
+def test_worker_load() -> None:
+    assert worker_load(0, 4, None) == 0.0
+    assert worker_load(2, 4, None) == 0.5
+    assert worker_load(6, 4, None) == 1.0  # capped
+    # the scarcest resource decides
+    assert worker_load(1, 4, GpuLoad(memory_used=0.9, utilisation=0.2)) == 0.9
+    assert worker_load(1, 4, GpuLoad(memory_used=0.1, utilisation=0.8)) == 0.8
+    assert worker_load(3, 4, GpuLoad(memory_used=0.1, utilisation=None)) == 0.75
+
+
+def test_load_counts_the_servers_rooms(runtime: WorkerRuntime) -> None:
+    server = SimpleNamespace(active_jobs=[object()] * 4)  # the part of AgentServer load reads
+    assert runtime.load(server) == 1.0  # type: ignore[arg-type]
+    report = runtime.load_report()
+    assert report["max_sessions"] == 4 and report["gpu_memory_used"] is None  # no CUDA here
+
+
+def test_stt_and_llm_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    settings = localtts.Settings(_env_file=None, llm_model="llama3.1:8b")  # type: ignore[call-arg]
+    model = build_llm(settings)
+    assert model.model == "llama3.1:8b"
+    assert str(model._client.base_url).startswith("http://127.0.0.1:8000/v1")
+    # a separate STT server overrides OPENAI_BASE_URL for STT only
+    monkeypatch.setenv("LOCALTTS_STT_BASE_URL", "http://127.0.0.1:9000/v1")
+    monkeypatch.setenv("LOCALTTS_STT_MODEL", "Systran/faster-whisper-small")
+    settings = localtts.Settings(_env_file=None)  # type: ignore[call-arg]
+    transcriber = build_stt(settings)
+    assert transcriber.model == "Systran/faster-whisper-small"
+    assert str(transcriber._client.base_url).startswith("http://127.0.0.1:9000/v1")
+
+
+def test_python_m_agent_offers_the_livekit_commands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LOCALTTS_ENGINE": "piper"},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert out.returncode == 0, out.stderr
+    for command in ("dev", "start", "console"):
+        assert command in out.stdout
+
+
+@pytest.mark.livekit
+@pytest.mark.skipif(
+    not os.environ.get("LIVEKIT_URL"), reason="needs a LiveKit server (LIVEKIT_URL)"
+)
+async def test_agent_speaks_into_a_real_room(runtime: WorkerRuntime) -> None:
+    from livekit import api
+    from livekit.agents.testing import fake_job_context
+
+    url = os.environ["LIVEKIT_URL"]
+    room_name = f"localtts-test-{utils.shortuuid()}"
+
+    def token(identity: str) -> str:
+        grants = api.VideoGrants(room_join=True, room=room_name)
+        return (
+            api.AccessToken()  # LIVEKIT_API_KEY / LIVEKIT_API_SECRET
+            .with_identity(identity)
+            .with_grants(grants)
+            .to_jwt()
+        )
+
+    listener, agent_room = rtc.Room(), rtc.Room()
+    heard: list[rtc.AudioFrame] = []
+    got_audio = asyncio.Event()
+    readers: set[asyncio.Task[None]] = set()
+
+    @listener.on("track_subscribed")
+    def _subscribed(track: rtc.Track, *_: Any) -> None:
+        async def read() -> None:
+            async for ev in rtc.AudioStream(track, sample_rate=24000, num_channels=1):
+                heard.append(ev.frame)
+                if np.abs(np.frombuffer(ev.frame.data, np.int16)).max() > 1000:
+                    got_audio.set()
+
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            readers.add(asyncio.ensure_future(read()))
+
+    await listener.connect(url, token("listener"))
+    await agent_room.connect(url, token("agent"))
+    session = runtime.new_session(llm=ScriptedLLM([]), stt=None)
+    try:
+        with fake_job_context(room=agent_room):
+            greeting = await start_session(session, runtime, room=agent_room)
+            assert greeting is not None
+            await asyncio.wait_for(got_audio.wait(), timeout=30)
+            await greeting
+        assert sum(f.duration for f in heard) > 1.0
+    finally:
+        await session.aclose()
+        await agent_room.disconnect()
+        await listener.disconnect()
+        await utils.aio.cancel_and_wait(*readers)
