@@ -1,0 +1,187 @@
+"""Reference clips: bytes in, a validated mono clip out, all in memory (no temp files).
+
+Every clip goes through `prepare_clip`, whether it is being added, read from the database
+or from the voices directory, so a voice is judged the same way wherever it comes from:
+decoded with soundfile, checked (not silent, not clipped), mixed to mono, resampled to one
+library rate, trimmed of leading/trailing silence with webrtcvad, bounded in length, and
+required to hold enough speech to clone from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+import webrtcvad
+
+from ..engines.base import VoiceClip, VoiceError
+
+# what every stored clip is resampled to: the output rate of both cloning engines
+LIBRARY_SAMPLE_RATE = 24_000
+MAX_AUDIO_BYTES = 20 * 1024 * 1024
+MIN_SPEECH_SECONDS = 2.0
+MAX_CLIP_SECONDS = 30.0  # XTTS reads at most 30 s of reference, Chatterbox 10 s
+
+# bump when the pipeline changes what it makes of the same bytes: cached conditioning
+# is keyed by it (see `audio_digest`)
+PIPELINE_VERSION = "1"
+
+_SILENT_PEAK = 10 ** (-50 / 20)  # -50 dBFS: nothing a microphone would call speech
+_CLIP_LEVEL = 0.999
+_MAX_CLIPPED_FRACTION = 0.001  # a few samples at full scale are a normalized peak, not clipping
+_VAD_RATE = 16_000
+_VAD_FRAME = 480  # 30 ms at 16 kHz
+_VAD_AGGRESSIVENESS = 2
+_VAD_WINDOW = 5  # a frame starts/ends speech when most of the 150 ms around it is speech
+_EDGE_PAD_SECONDS = 0.1  # keep the breath before the first word and the decay after the last
+
+
+@dataclass(frozen=True)
+class PreparedClip:
+    """A clip that passed validation, with what was measured on the way."""
+
+    clip: VoiceClip
+    source_sample_rate: int
+    source_channels: int
+    speech_seconds: float
+
+    def wav_bytes(self) -> bytes:
+        """The clip as 16-bit mono WAV: what the library stores."""
+        return encode_wav(self.clip.audio, self.clip.sample_rate)
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def audio_digest(data: bytes) -> str:
+    """Identifies the stored bytes *and* how they are processed: the conditioning cache key."""
+    return digest_from_sha256(hashlib.sha256(data).hexdigest())
+
+
+def digest_from_sha256(sha256_hex: str) -> str:
+    """`audio_digest` from a SHA-256 already known (PostgreSQL computes it for each row)."""
+    return f"p{PIPELINE_VERSION}:{sha256_hex}"
+
+
+def prepare_clip(
+    voice_id: str,
+    data: bytes,
+    *,
+    language: str | None = None,
+    sample_rate: int = LIBRARY_SAMPLE_RATE,
+    max_bytes: int = MAX_AUDIO_BYTES,
+    min_speech_seconds: float = MIN_SPEECH_SECONDS,
+    max_seconds: float = MAX_CLIP_SECONDS,
+) -> PreparedClip:
+    """Decode and validate `data`; VoiceError says what is wrong and what to do."""
+    if len(data) > max_bytes:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio is {len(data) / 1e6:.1f} MB, over the "
+            f"{max_bytes / 1e6:.1f} MB limit; a reference clip needs only 5-30 s of speech "
+            "(trim it, or save it as 16-bit mono WAV/FLAC)"
+        )
+    if not data:
+        raise VoiceError(f"voice {voice_id!r}: the audio is empty")
+    try:
+        raw, source_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        reason = str(e).rsplit(">: ", 1)[-1].strip()  # drop libsndfile's "<BytesIO ...>"
+        raise VoiceError(
+            f"voice {voice_id!r}: cannot decode the audio ({reason}); use WAV, FLAC, OGG or MP3"
+        ) from e
+    if raw.size == 0 or source_rate <= 0:
+        raise VoiceError(f"voice {voice_id!r}: the audio holds no samples")
+    if not np.isfinite(raw).all():
+        raise VoiceError(f"voice {voice_id!r}: the audio holds NaN or infinite samples")
+
+    peak = float(np.max(np.abs(raw)))
+    if peak < _SILENT_PEAK:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio is silent (peak {_dbfs(peak):.0f} dBFS); "
+            "record the speaker reading a few sentences"
+        )
+    clipped = float(np.mean(np.abs(raw) >= _CLIP_LEVEL))
+    if clipped > _MAX_CLIPPED_FRACTION:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio is clipped ({clipped:.1%} of samples at full "
+            "scale); a cloned voice would copy the distortion: record at a lower gain"
+        )
+
+    mono = raw.mean(axis=1) if raw.shape[1] > 1 else raw[:, 0]
+    audio = _resample(mono, source_rate, sample_rate)
+    start, end, speech_seconds = _speech_bounds(audio, sample_rate)
+    end = min(end, start + int(max_seconds * sample_rate))
+    if end > start:
+        speech_seconds = min(speech_seconds, (end - start) / sample_rate)
+    if speech_seconds < min_speech_seconds:
+        raise VoiceError(
+            f"voice {voice_id!r}: only {speech_seconds:.1f} s of speech found, at least "
+            f"{min_speech_seconds:g} s are needed (5-15 s of clear speech clone best)"
+        )
+    clip = VoiceClip(
+        voice_id=voice_id,
+        audio=np.ascontiguousarray(audio[start:end], dtype=np.float32),
+        sample_rate=sample_rate,
+        language=language,
+    )
+    return PreparedClip(
+        clip=clip,
+        source_sample_rate=int(source_rate),
+        source_channels=int(raw.shape[1]),
+        speech_seconds=speech_seconds,
+    )
+
+
+def bound_clip(clip: VoiceClip, max_seconds: float | None) -> VoiceClip:
+    """The first `max_seconds` of `clip`: no engine is handed more than it reads."""
+    if max_seconds is None or clip.duration <= max_seconds:
+        return clip
+    return VoiceClip(
+        voice_id=clip.voice_id,
+        audio=clip.audio[: int(max_seconds * clip.sample_rate)],
+        sample_rate=clip.sample_rate,
+        language=clip.language,
+    )
+
+
+def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return audio
+    return soxr.resample(audio, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def _speech_bounds(audio: np.ndarray, sample_rate: int) -> tuple[int, int, float]:
+    """(start, end) sample indices around the speech in `audio`, and seconds of speech."""
+    at_16k = _resample(audio, sample_rate, _VAD_RATE)
+    pcm = (np.clip(at_16k, -1.0, 1.0) * 32767).astype("<i2")
+    n_frames = len(pcm) // _VAD_FRAME
+    if n_frames == 0:
+        return 0, 0, 0.0
+    vad = webrtcvad.Vad(_VAD_AGGRESSIVENESS)
+    frames = pcm[: n_frames * _VAD_FRAME].reshape(n_frames, _VAD_FRAME)
+    voiced = np.fromiter(
+        (vad.is_speech(frame.tobytes(), _VAD_RATE) for frame in frames), bool, n_frames
+    )
+    # majority over a short window: a lone click is not speech, a short pause inside is
+    window = np.convolve(voiced, np.ones(_VAD_WINDOW), mode="same")
+    steady = np.flatnonzero(window * 2 > _VAD_WINDOW)
+    if steady.size == 0:
+        return 0, 0, 0.0
+    first, last = int(steady[0]), int(steady[-1]) + 1
+    speech_seconds = float(voiced[first:last].sum()) * _VAD_FRAME / _VAD_RATE
+    scale = sample_rate / _VAD_RATE
+    pad = int(_EDGE_PAD_SECONDS * sample_rate)
+    start = max(0, int(first * _VAD_FRAME * scale) - pad)
+    end = min(len(audio), int(last * _VAD_FRAME * scale) + pad)
+    return start, end, speech_seconds
+
+
+def _dbfs(value: float) -> float:
+    return 20 * np.log10(max(value, 1e-12))

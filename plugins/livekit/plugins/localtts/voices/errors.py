@@ -1,0 +1,16 @@
+"""Errors of the voice library beyond those every engine shares (engines/base.py)."""
+
+from __future__ import annotations
+
+from ..engines.base import VoiceError
+
+
+class VoiceExistsError(VoiceError):
+    """A voice with this id exists already; the caller may ask to replace it."""
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The voice database cannot be reached: directory voices still work, changes do not.
+
+    Not a VoiceError: the request was fine, the service is degraded (HTTP 503, not 4xx).
+    """
