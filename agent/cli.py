@@ -12,12 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
+from .serve_cli import serve
 from .voices_cli import voices_app
 
 app = typer.Typer(
     help="Self-hosted TTS for LiveKit agents.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(voices_app, name="voices")
+app.command()(serve)
 
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="auto | chatterbox | xtts | piper")]
 
