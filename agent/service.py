@@ -220,7 +220,8 @@ class SpeechRequest(_Synthesis):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: Annotated[str, Field(min_length=1, max_length=128)]
+    # OpenAI requires it; here the host's engine answers whatever it says
+    model: Annotated[str, Field(min_length=1, max_length=128)] = "localtts"
     input: str
     voice: Annotated[str | None, Field(max_length=128)] = None
     response_format: str = "pcm"

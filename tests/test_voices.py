@@ -30,7 +30,6 @@ from livekit.plugins.localtts.voices import (
 )
 from livekit.plugins.localtts.voices.store import MIGRATIONS, VoiceStore
 
-
 # ---------------------------------------------------------------------------- clips
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from .models import EngineName
 from .settings import Settings
@@ -65,31 +66,32 @@ class HostInfo:
 
 
 def performance_cores() -> int:
-    """Physical performance cores: torch threads beyond them only add contention."""
+    """Physical performance cores: macOS `hw.perflevel0.physicalcpu` (efficiency cores slow
+    torch down), else physical cores among the CPUs this process may run on (hyperthreads
+    only add contention to matmuls)."""
     if platform.system() == "Darwin":
         import subprocess
 
-        # perflevel0 = the performance cluster on Apple Silicon; efficiency cores slow torch
         for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
             try:
                 out = subprocess.run(
-                    ["sysctl", "-n", key], capture_output=True, text=True, timeout=2
+                    ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=True
                 )
-                if out.returncode == 0 and out.stdout.strip().isdigit():
-                    return int(out.stdout.strip())
-            except (OSError, subprocess.SubprocessError):
+                return max(1, int(out.stdout.strip()))
+            except (OSError, ValueError, subprocess.SubprocessError):
                 continue
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False)
-        if physical:
-            # a container limited by affinity sees all host cores in psutil
-            return min(physical, allowed) if allowed else physical
-    except ImportError:
-        pass
-    return max(1, allowed or os.cpu_count() or 1)
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def _memory_gb() -> float:

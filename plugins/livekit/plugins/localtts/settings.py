@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     piper_model: Path | None = Field(
         None, description="Piper .onnx voice; default: the bundled en_US-joe-medium"
     )
+    first_chunk_tokens: int | None = Field(
+        None, ge=1, description="speech tokens in the first audio chunk; None: engine default"
+    )
+    xtts_int8: bool = Field(False, description="int8 dynamic-quantized XTTS GPT (CPU)")
+    chatterbox_cfm_steps: int = Field(
+        10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
+    )
+    chatterbox_watermark: bool = Field(True, description="Perth watermark (not on chunk 1)")
     allow_download: bool = Field(
         False, description="let engines download weights from the Hugging Face hub"
     )

@@ -1,0 +1,357 @@
+"""Chatterbox engine on CPU with a tiny random-weight model (tests/tiny_chatterbox.py).
+
+What CUDA alone runs (graph capture, torch.compile, bf16) is not exercised here; the decode
+loop those wrap is the same code and runs below in fp32.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("chatterbox")
+
+from livekit.plugins.localtts.engines import availability  # noqa: E402
+from livekit.plugins.localtts.engines.base import (  # noqa: E402
+    EngineUnavailableError,
+    SynthesisParams,
+    VoiceClip,
+    VoiceError,
+)
+from livekit.plugins.localtts.engines.chatterbox import (  # noqa: E402
+    ChatterboxEngine,
+    ChatterboxOptions,
+)
+from livekit.plugins.localtts.engines.chatterbox_s3gen import (  # noqa: E402
+    SAMPLES_PER_TOKEN,
+)
+from livekit.plugins.localtts.engines.chatterbox_t3 import (  # noqa: E402
+    T3DynamicDecoder,
+    T3StaticDecoder,
+    filter_logits,
+)
+from livekit.plugins.localtts.settings import Settings  # noqa: E402
+
+from tests.tiny_chatterbox import (  # noqa: E402
+    make_tiny_chatterbox_engine,
+    synthetic_voice,
+    tiny_parts,
+    write_tiny_checkpoint,
+)
+
+FIRST = 6
+LOOKAHEAD = 3
+TEXT = "Hello there, this is a test."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def engine() -> ChatterboxEngine:
+    return make_tiny_chatterbox_engine(
+        first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
+        context_tokens=50,
+    )
+
+
+def _first_chunk(engine: ChatterboxEngine, params: SynthesisParams) -> np.ndarray:
+    cancel = threading.Event()
+    stream = engine.stream(TEXT, None, params, cancel)
+    first = next(stream)
+    cancel.set()
+    assert list(stream) == []
+    return first
+
+
+def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = np.sum((reference - other) ** 2)
+    return float(10 * np.log10(np.sum(reference**2) / max(noise, 1e-20)))
+
+
+# -- T3 decoding ---------------------------------------------------------------------------------
+
+
+def test_filter_logits_matches_hf_processors() -> None:
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TopPLogitsWarper,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 500, generator=gen) * 0.5
+    history = torch.tensor([[7, 7, 42, 499, 3]])
+    seen = torch.zeros(1, 500, dtype=torch.bool)
+    seen[0, history[0]] = True
+    cfg, penalty, temperature, min_p, top_p = 0.5, 1.3, 0.7, 0.05, 0.9
+    expected = logits[0:1] + cfg * (logits[0:1] - logits[1:2])
+    expected = RepetitionPenaltyLogitsProcessor(penalty)(history, expected) / temperature
+    expected = MinPLogitsWarper(min_p)(history, expected)
+    expected = TopPLogitsWarper(top_p)(history, expected)
+    got = filter_logits(
+        logits, seen, cfg_weight=torch.tensor(cfg), repetition_penalty=torch.tensor(penalty),
+        temperature=torch.tensor(temperature), min_p=torch.tensor(min_p),
+        top_p=torch.tensor(top_p),
+    )
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    finite = ~torch.isinf(expected)
+    assert finite.sum() > 1
+    torch.testing.assert_close(got[finite], expected[finite])
+
+
+def test_decoders_match_stock_t3_inference(engine: ChatterboxEngine) -> None:
+    """Near-greedy sampling: both cache kinds give exactly the stock loop's tokens."""
+    import torch.nn.functional as F
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from chatterbox.tts import punc_norm
+    from livekit.plugins.localtts.engines.chatterbox_t3 import SamplingParams
+
+    t3, conds = engine._t3, engine.default_conditionals
+    n = 24
+    text = engine._tokenizer.text_to_tokens(punc_norm(TEXT))
+    text = torch.cat([text, text])
+    text = F.pad(F.pad(text, (1, 0), value=t3.hp.start_text_token), (0, 1),
+                 value=t3.hp.stop_text_token)
+    cond = T3Cond(
+        speaker_emb=conds.t3.speaker_emb,
+        cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
+        emotion_adv=0.5 * torch.ones(1, 1, 1),
+    )
+    stock = t3.inference(
+        t3_cond=cond, text_tokens=text, max_new_tokens=n, temperature=1e-3, cfg_weight=0.5,
+        repetition_penalty=1.2, min_p=0.05, top_p=1.0,
+    )[0].tolist()
+
+    sampling = SamplingParams(temperature=1e-3, cfg_weight=0.5)
+    embeds = engine._prompt_embeds(TEXT, conds, 0.5)
+    for decoder in (
+        T3StaticDecoder(t3, max_cache_len=512),
+        T3DynamicDecoder(t3, max_cache_len=512),
+    ):
+        decoder.start(embeds, sampling, seed=123)
+        decoder.step(len(stock) - 1)
+        assert decoder.tokens(0, len(stock)) == stock, type(decoder).__name__
+
+
+# -- S3Gen pieces against upstream ---------------------------------------------------------------
+
+
+def test_token2mel_matches_stock_flow(engine: ChatterboxEngine) -> None:
+    streamer = engine._streamer
+    voice = streamer.prepare(engine.default_conditionals.gen)
+    gen = {k: v for k, v in engine.default_conditionals.gen.items()}
+    gen["prompt_feat"] = voice.prompt_feat
+    tokens = torch.randint(0, 6561, (1, 10), generator=torch.Generator().manual_seed(1))
+    token_noise = torch.randn(1, 80, 20, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        stock, _ = engine._s3gen.flow.inference(
+            token=tokens, token_len=torch.tensor([10]), finalize=True, noised_mels=token_noise,
+            n_timesteps=streamer.config.n_cfm_timesteps, **gen,
+        )
+        torch.manual_seed(5)
+        full = torch.randn(1, 80, voice.prompt_feat.shape[1] + 20)
+        ours = streamer.token2mel(voice, tokens, full[:, :, : voice.prompt_feat.shape[1]],
+                                  token_noise)
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+
+
+def test_excitation_and_hift_match_stock(engine: ChatterboxEngine) -> None:
+    from torch.distributions.uniform import Uniform
+
+    streamer = engine._streamer
+    hift = engine._s3gen.mel2wav
+    mel = torch.randn(1, 80, 12, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.manual_seed(9)
+        stock, _ = hift.inference(speech_feat=mel)
+        f0 = streamer.f0(mel)
+        n_harm = hift.m_source.l_sin_gen.harmonic_num + 1
+        torch.manual_seed(9)  # replay upstream's draws: harmonic phases, then noise
+        phase = Uniform(-np.pi, np.pi).sample((1, n_harm, 1))[0, :, 0]
+        phase[0] = 0
+        noise = torch.randn(1, n_harm, f0.shape[0])[0]
+        source, _ = streamer.excitation(f0, torch.zeros(n_harm), phase, noise)
+        ours = streamer.decode(mel, source)
+    assert _snr_db(stock[0].numpy(), ours.numpy()) > 40
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def streamed(engine: ChatterboxEngine) -> tuple[list[np.ndarray], object]:
+    chunks = list(engine.stream(TEXT, None, SynthesisParams(seed=11), threading.Event()))
+    return chunks, engine.last_stats
+
+
+def test_first_chunk_after_configured_tokens_and_chunks_grow(streamed) -> None:
+    chunks, stats = streamed
+    assert stats.tokens_at_first_chunk == FIRST
+    assert len(chunks[0]) == (FIRST - LOOKAHEAD) * SAMPLES_PER_TOKEN
+    sizes = stats.chunk_tokens
+    assert len(sizes) >= 3 and sizes[1] > sizes[0] and sizes[2] > sizes[1]
+    assert [len(c) for c in chunks] == [n * SAMPLES_PER_TOKEN for n in sizes]
+    assert all(c.dtype == np.float32 and np.all(np.abs(c) <= 1.0) for c in chunks)
+
+
+def test_streamed_close_to_one_pass_and_last_chunk_kept(engine, streamed) -> None:
+    chunks, stats = streamed
+    tokens = stats.speech_tokens
+    # the whole utterance is there: every speech token, the last chunk included
+    assert sum(stats.chunk_tokens) == len(tokens) > 0
+    streamer = engine._streamer
+    one = streamer.open(streamer.prepare(engine.default_conditionals.gen), seed=11)
+    one.add(tokens)
+    reference = one.finish()
+    audio = np.concatenate(chunks)
+    assert audio.shape == reference.shape
+    assert np.sqrt(np.mean(reference**2)) > 1e-3
+    assert _snr_db(reference, audio) >= 20
+    # 20 ms silence + fade at the utterance start only
+    assert np.all(audio[: SAMPLES_PER_TOKEN // 2] == 0)
+    assert np.any(chunks[1][: SAMPLES_PER_TOKEN // 2] != 0)
+
+
+def test_seed_reproducible(engine: ChatterboxEngine) -> None:
+    a = _first_chunk(engine, SynthesisParams(seed=3))
+    b = _first_chunk(engine, SynthesisParams(seed=3))
+    c = _first_chunk(engine, SynthesisParams(seed=4, temperature=1.0, exaggeration=0.9))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_cancel_stops_within_a_step_and_engine_stays_usable(engine) -> None:
+    cancel = threading.Event()
+    stream = engine.stream(TEXT, None, SynthesisParams(seed=1), cancel)
+    next(stream)
+    stopped_at = engine._decoder.length
+    cancel.set()
+    assert list(stream) == []
+    assert engine.last_stats.cancelled
+    assert engine._decoder.length == stopped_at  # no step after the cancel
+    # a stream waiting for the engine gives up when cancelled
+    holder = engine.stream(TEXT, None, SynthesisParams(seed=1), threading.Event())
+    next(holder)  # holds the generation lock
+    waiting_cancel = threading.Event()
+    result: list[list[np.ndarray]] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            list(engine.stream(TEXT, None, SynthesisParams(), waiting_cancel))
+        )
+    )
+    waiter.start()
+    time.sleep(0.2)
+    waiting_cancel.set()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and result == [[]]
+    holder.close()  # releases the lock
+    assert len(_first_chunk(engine, SynthesisParams(seed=2))) > 0
+
+
+# -- voices -------------------------------------------------------------------------------------
+
+
+def test_conditioning_roundtrip_and_bad_input(engine: ChatterboxEngine) -> None:
+    clip = VoiceClip(voice_id="v1", audio=synthetic_voice(1.5, 16_000, seed=2), sample_rate=16_000)
+    conditioning = engine.condition(clip)
+    data = engine.dump_conditioning(conditioning)
+    assert isinstance(data, bytes)
+    loaded = engine.load_conditioning("v1", data)
+    assert loaded.model_revision == conditioning.model_revision == "tiny-random"
+    a, b = conditioning.data, loaded.data
+    for key, value in a.t3.__dict__.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(getattr(b.t3, key), value, rtol=0, atol=0)
+    for key, value in a.gen.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(b.gen[key], value, rtol=0, atol=0)
+    cancel = threading.Event()
+    stream = engine.stream("Hi.", loaded, SynthesisParams(seed=0), cancel)
+    assert len(next(stream)) > 0
+    stream.close()
+
+    with pytest.raises(VoiceError):
+        engine.load_conditioning("bad", b"not a torch file")
+    with pytest.raises(VoiceError):
+        engine.condition(VoiceClip("short", np.zeros(8000, np.float32) + 0.1, 16_000))
+    with pytest.raises(VoiceError):
+        engine.condition(VoiceClip("silent", np.zeros(48_000, np.float32), 24_000))
+
+
+def test_no_default_voice_is_a_clear_error() -> None:
+    bare = make_tiny_chatterbox_engine(with_default_voice=False)
+    with pytest.raises(VoiceError, match=r"conds\.pt"):
+        next(bare.stream(TEXT, None, SynthesisParams(), threading.Event()))
+
+
+def test_cpu_info_reports_fp32_without_graphs(engine: ChatterboxEngine) -> None:
+    info = engine.info()
+    assert info["device"] == "cpu"
+    assert info["dtype"] == "float32"
+    assert info["static_kv_cache"] is True
+    assert info["compiled"] is False and info["cuda_graph"] is False
+    assert "cuda-graph" not in info["optimizations"]
+    assert info["default_voice"] is True
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def test_loads_a_checkpoint_directory(tmp_path_factory) -> None:
+    directory = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-chatterbox"))
+    settings = Settings(chatterbox_model=str(directory), device="cpu")
+    assert ChatterboxEngine.availability(settings) is None
+    engine = ChatterboxEngine(
+        model=directory,
+        options=ChatterboxOptions(device="cpu", warmup=False, watermark=False,
+                                  n_cfm_timesteps=2, max_new_tokens=20,
+                                  first_chunk_tokens=FIRST),
+    )
+    engine.load()
+    info = engine.info()
+    assert info["default_voice"] is True  # conds.pt
+    assert info["model_revision"].startswith("dir-")
+    # same weights as the in-memory tiny model
+    src = tiny_parts()["t3"].state_dict()
+    for key, value in engine._t3.state_dict().items():
+        torch.testing.assert_close(value, src[key])
+    assert len(_first_chunk(engine, SynthesisParams(seed=0))) == (FIRST - 3) * SAMPLES_PER_TOKEN
+
+
+def test_missing_weights_are_reported_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    started = time.monotonic()
+    settings = Settings(chatterbox_model="ResembleAI/chatterbox", device="cpu")
+    message = availability("chatterbox", settings)
+    assert message is not None and "t3_cfg.safetensors" in message
+    assert "LOCALTTS_CHATTERBOX_MODEL" in message
+    with pytest.raises(EngineUnavailableError, match=r"s3gen\.safetensors"):
+        ChatterboxEngine.from_settings(settings).load()
+    # even allow_download fails fast (offline), with the reason
+    allowed = Settings(chatterbox_model="ResembleAI/chatterbox", allow_download=True, device="cpu")
+    with pytest.raises(EngineUnavailableError, match="ResembleAI/chatterbox"):
+        ChatterboxEngine.from_settings(allowed).load()
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "tokenizer.json").write_text("{}")
+    message = ChatterboxEngine.availability(Settings(chatterbox_model=str(partial)))
+    assert message is not None
+    named_missing = message.split(" missing from")[0]
+    assert "ve.safetensors" in named_missing and "tokenizer.json" not in named_missing
+    message = ChatterboxEngine.availability(Settings(chatterbox_model=str(tmp_path / "nope")))
+    assert message is not None and "does not exist" in message
+    assert time.monotonic() - started < 30

@@ -1,0 +1,357 @@
+"""XTTS engine on a tiny random-weight model (coqui's own classes, built offline)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("TTS")
+
+from livekit.plugins.localtts.engines.base import (  # noqa: E402
+    EngineError,
+    EngineUnavailableError,
+    SynthesisParams,
+    VoiceError,
+)
+from livekit.plugins.localtts.engines.xtts import (  # noqa: E402
+    XTTSEngine,
+    XTTSLatents,
+    _WindowVocoder,
+    choose_device,
+    frames_for_tokens,
+    quantize_gpt_int8,
+    split_for_xtts,
+)
+from livekit.plugins.localtts.settings import Settings  # noqa: E402
+
+from tests.tiny_xtts import (  # noqa: E402
+    build_xtts,
+    make_test_clip,
+    make_tiny_xtts_engine,
+    write_xtts_checkpoint,
+)
+
+MAX_TOKENS = 24
+HOP = 256
+
+
+@pytest.fixture(scope="module")
+def engine() -> XTTSEngine:
+    return make_tiny_xtts_engine(max_tokens=MAX_TOKENS)
+
+
+def _collect(engine: XTTSEngine, text: str = "Hello there, how are you?", **params) -> list:
+    params.setdefault("seed", 0)
+    return list(engine.stream(text, None, SynthesisParams(**params), threading.Event()))
+
+
+def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    assert len(ref) == len(test)
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - test) ** 2), 1e-20)))
+
+
+class _ForwardCounter:
+    """Counts GPT trunk forward passes (one per generated token)."""
+
+    def __init__(self, engine: XTTSEngine, on_call=None) -> None:
+        self.calls = 0
+        self._on_call = on_call
+        self._handle = engine._model.gpt.gpt.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+        if self._on_call:
+            self._on_call(self.calls)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def test_first_chunk_is_small_and_later_chunks_grow(engine: XTTSEngine) -> None:
+    chunks = _collect(engine)
+    sizes = [len(c) for c in chunks]
+    first_frames = frames_for_tokens(engine.first_chunk_tokens) - engine.lookahead_frames
+    assert sizes[0] == first_frames * HOP  # audio of the first 6 tokens, less the held-back tail
+    assert sizes[1] > sizes[0]
+    assert sum(sizes) == frames_for_tokens(MAX_TOKENS) * HOP  # nothing lost, nothing doubled
+    assert all(c.dtype == np.float32 and np.all(np.isfinite(c)) for c in chunks)
+
+
+def test_streamed_equals_one_pass_decoding_of_the_same_latents(engine: XTTSEngine) -> None:
+    """The engine's windowed, crossfaded vocoding vs HiFiGAN over the whole utterance."""
+    model = engine._model
+    for speed in (1.0, 1.25):
+        latents: list = []
+        handle = model.gpt.final_norm.register_forward_hook(
+            lambda m, i, o, seen=latents: seen.append(o)
+        )
+        try:
+            streamed = np.concatenate(_collect(engine, speed=speed))
+        finally:
+            handle.remove()
+        with torch.inference_mode():
+            full = torch.stack(latents, dim=1)  # [1, T, d], one per generated token
+            if speed != 1.0:
+                full = torch.nn.functional.interpolate(
+                    full.transpose(1, 2), scale_factor=1.0 / speed, mode="linear"
+                ).transpose(1, 2)
+            g = engine.default_voice.data.speaker_embedding
+            one_pass = model.hifigan_decoder(full, g=g).reshape(-1).numpy()
+        assert _snr_db(one_pass, streamed) >= 20.0
+
+
+def test_window_vocoder_on_random_latents_any_schedule(engine: XTTSEngine) -> None:
+    model = engine._model
+    gen = torch.Generator().manual_seed(3)
+    lat = torch.randn(1, 30, model.gpt.model_dim, generator=gen)
+    g = engine.default_voice.data.speaker_embedding
+    with torch.inference_mode():
+        one_pass = model.hifigan_decoder(lat, g=g).reshape(-1).numpy()
+        vocoder = _WindowVocoder(model, g, length_scale=1.0, context=16, lookahead=6, crossfade=3)
+        parts, n = [], 0
+        for step in (1, 2, 5, 7, 11):
+            n = min(30, n + step)
+            parts.append(vocoder.push(lat[:, :n], final=False))
+        parts.append(vocoder.push(lat, final=True))
+    assert _snr_db(one_pass, np.concatenate(parts)) >= 20.0
+
+
+def test_own_loop_samples_exactly_like_coquis_generator(engine: XTTSEngine) -> None:
+    model = engine._model
+    sampling = engine._sampling(SynthesisParams())
+    voice = engine.default_voice.data
+    ours: list[int] = []
+    original = torch.multinomial
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        ours.append(int(out))
+        return out
+
+    torch.manual_seed(123)
+    torch.multinomial = spy
+    try:
+        list(engine._stream_piece("hello world", "en", voice, sampling, 1.0, threading.Event()))
+    finally:
+        torch.multinomial = original
+    torch.manual_seed(123)
+    with torch.inference_mode():
+        text = torch.IntTensor(model.tokenizer.encode("hello world", lang="en")).unsqueeze(0)
+        fake = model.gpt.compute_embeddings(voice.gpt_cond_latent, text)
+        stock = model.gpt.get_generator(
+            fake_inputs=fake, top_k=sampling.top_k, top_p=sampling.top_p,
+            temperature=sampling.temperature, do_sample=True, num_beams=1,
+            num_return_sequences=1, repetition_penalty=sampling.repetition_penalty,
+            output_hidden_states=True, return_dict_in_generate=True,
+            max_new_tokens=MAX_TOKENS,
+        )
+        theirs = [int(token) for token, _ in stock]
+    assert ours == theirs[: len(ours)] and len(ours) == MAX_TOKENS
+
+
+def test_cancel_between_chunks_stops_at_once_and_next_request_works(engine: XTTSEngine) -> None:
+    cancel = threading.Event()
+    counter = _ForwardCounter(engine)
+    try:
+        stream = engine.stream("Hello there, how are you?", None, SynthesisParams(seed=0), cancel)
+        next(stream)
+        steps = counter.calls
+        cancel.set()
+        assert list(stream) == []
+        assert counter.calls == steps  # not one more token
+    finally:
+        counter.remove()
+    assert sum(len(c) for c in _collect(engine)) == frames_for_tokens(MAX_TOKENS) * HOP
+
+
+def test_cancel_mid_chunk_stops_within_one_step(engine: XTTSEngine) -> None:
+    cancel = threading.Event()
+
+    def cancel_on_third(calls: int) -> None:  # as if another thread cancelled now
+        if calls == 3:
+            cancel.set()
+
+    counter = _ForwardCounter(engine, on_call=cancel_on_third)
+    try:
+        chunks = list(engine.stream("Hello there.", None, SynthesisParams(seed=0), cancel))
+    finally:
+        counter.remove()
+    assert chunks == [] and counter.calls == 3
+    assert _collect(engine)
+
+
+def test_concurrent_streams_share_one_engine(engine: XTTSEngine) -> None:
+    results: dict[int, int] = {}
+
+    def run(i: int) -> None:
+        results[i] = sum(len(c) for c in _collect(engine, f"Stream number {i}.", seed=i))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {i: frames_for_tokens(MAX_TOKENS) * HOP for i in range(2)}
+
+
+def test_conditioning_round_trips_through_bytes(engine: XTTSEngine) -> None:
+    voice = engine.condition(make_test_clip("alice"))
+    latents = voice.data
+    assert latents.gpt_cond_latent.shape == (1, 32, engine._model.gpt.model_dim)
+    assert latents.speaker_embedding.shape == (1, 512, 1)
+    restored = engine.load_conditioning("alice", engine.dump_conditioning(voice))
+    assert restored.voice_id == "alice" and restored.model_revision == engine.model_revision
+    assert torch.equal(restored.data.gpt_cond_latent, latents.gpt_cond_latent)
+    assert torch.equal(restored.data.speaker_embedding, latents.speaker_embedding)
+    params = SynthesisParams(seed=7)
+    a = np.concatenate(list(engine.stream("Hi.", voice, params, threading.Event())))
+    b = np.concatenate(list(engine.stream("Hi.", restored, params, threading.Event())))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_conditioning_and_clips_are_clear_errors(engine: XTTSEngine) -> None:
+    with pytest.raises(VoiceError, match="unreadable"):
+        engine.load_conditioning("x", b"not an npz")
+    wrong = XTTSLatents(torch.zeros(1, 32, 7), torch.zeros(1, 512, 1))
+    bad = engine.dump_conditioning(
+        type(engine.default_voice)("x", "xtts", engine.model_revision, wrong)
+    )
+    with pytest.raises(VoiceError, match="shapes"):
+        engine.load_conditioning("x", bad)
+    clip = make_test_clip("short", seconds=0.2)
+    with pytest.raises(VoiceError, match="at least"):
+        engine.condition(clip)
+    silent = type(clip)("silent", np.zeros(48000, dtype=np.float32), 24000)
+    with pytest.raises(VoiceError, match="silent"):
+        engine.condition(silent)
+    assert _collect(engine)  # still works
+
+
+def test_long_text_is_split_under_the_limits(engine: XTTSEngine) -> None:
+    sentence = "This sentence keeps going, with clauses and numbers like 42 and 1999; "
+    text = sentence * 30 + "and " + "word " * 300 + "end."
+    tokenizer = engine._model.tokenizer
+    pieces = engine._pieces(text, "en")
+    assert len(pieces) > 5
+    assert all(len(p) <= tokenizer.char_limits["en"] for p in pieces)
+    assert all(len(tokenizer.encode(p.lower(), lang="en")) < 402 for p in pieces)
+    assert len(pieces[0]) < 80  # a short first clause
+    # a tokenizer far more verbose than characters: pieces are halved until they fit
+    halved = split_for_xtts(text, "en", char_limit=250, token_count=lambda p: 10 * len(p),
+                            max_tokens=402)
+    assert all(10 * len(p) < 402 for p in halved)
+    engine.max_tokens = 1  # one token per piece: every piece is encoded and spoken
+    try:
+        chunks = list(engine.stream(text, None, SynthesisParams(seed=0), threading.Event()))
+    finally:
+        engine.max_tokens = MAX_TOKENS
+    assert len(chunks) == len(pieces)
+
+
+def test_language_and_voice_errors(engine: XTTSEngine) -> None:
+    assert _collect(engine, "Hola, ¿qué tal?", language="es-ES")
+    with pytest.raises(EngineError, match="does not speak"):
+        _collect(engine, language="xx")
+    saved = engine.default_voice
+    engine.set_default_voice(None)
+    try:
+        with pytest.raises(VoiceError, match="reference voice"):
+            _collect(engine)
+    finally:
+        engine.set_default_voice(saved)
+
+
+def test_device_is_cpu_never_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert choose_device("auto") == "cpu"
+    assert choose_device("cpu") == "cpu"
+    with pytest.raises(EngineUnavailableError, match="no CUDA"):
+        choose_device("cuda")
+
+
+def test_int8_gpt_stays_close_to_fp32() -> None:
+    fp32 = build_xtts("tiny", seed=1)
+    int8 = build_xtts("tiny", seed=1)
+    converted = quantize_gpt_int8(int8)
+    assert converted == 4 * fp32.gpt.layers  # c_attn, attn c_proj, c_fc, mlp c_proj
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 60, fp32.gpt.model_dim, generator=gen)
+    with torch.inference_mode():
+        a = fp32.gpt.gpt(inputs_embeds=emb).last_hidden_state
+        b = int8.gpt.gpt(inputs_embeds=emb).last_hidden_state
+        la = fp32.gpt.mel_head(fp32.gpt.final_norm(a))
+        lb = int8.gpt.mel_head(int8.gpt.final_norm(b))
+    rel = float((a - b).norm() / a.norm())
+    top1 = float((la.argmax(-1) == lb.argmax(-1)).float().mean())
+    assert rel < 0.05 and top1 > 0.9, (rel, top1)
+    engine = XTTSEngine.from_model(int8, int8=True, max_tokens=8, threads=1)
+    engine.load()
+    assert engine.info()["int8"] and "int8 dynamic GPT" in engine.info()["optimizations"]
+    voice = engine.condition(make_test_clip())
+    assert list(engine.stream("Hi.", voice, SynthesisParams(seed=0), threading.Event()))
+
+
+# -- loading from disk, offline ---------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("TTS_HOME", str(tmp_path / "tts"))
+    return tmp_path
+
+
+def _settings(model: str) -> Settings:
+    return Settings(xtts_model=model, _env_file=None)
+
+
+def test_missing_directory_is_a_clear_error(offline: Path) -> None:
+    settings = _settings(str(offline / "nowhere"))
+    with pytest.raises(EngineUnavailableError, match="not found"):
+        XTTSEngine.from_settings(settings)
+    assert "not found" in (XTTSEngine.availability(settings) or "")
+
+
+def test_directory_missing_files_names_them(offline: Path) -> None:
+    directory = offline / "partial"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    message = XTTSEngine.availability(_settings(str(directory))) or ""
+    assert "model.pth" in message and "vocab.json" in message and "config.json" not in message
+
+
+def test_hub_id_not_in_cache_is_a_clear_error(offline: Path) -> None:
+    for model in ("someone/not-cached", "coqui/XTTS-v2"):
+        settings = _settings(model)
+        with pytest.raises(EngineUnavailableError, match="not in the local Hugging Face cache"):
+            XTTSEngine.from_settings(settings)
+        assert "LOCALTTS_XTTS_MODEL" in (XTTSEngine.availability(settings) or "")
+
+
+def test_loads_a_checkpoint_directory_with_its_speakers(offline: Path) -> None:
+    directory = write_xtts_checkpoint(offline / "ckpt")
+    gen = torch.Generator().manual_seed(0)
+    torch.save(
+        {"Ana Florence": {"gpt_cond_latent": torch.randn(1, 32, 256, generator=gen),
+                          "speaker_embedding": torch.randn(1, 512, 1, generator=gen)}},
+        directory / "speakers_xtts.pth",
+    )
+    settings = _settings(str(directory))
+    assert XTTSEngine.availability(settings) is None
+    engine = XTTSEngine.from_settings(settings)
+    engine.max_tokens = 8
+    engine.threads = 1
+    engine.load()
+    assert engine.default_voice is not None and engine.default_voice.voice_id == "Ana Florence"
+    assert engine.model_revision.startswith("xtts-local-")
+    chunks = list(engine.stream("Hi there.", None, SynthesisParams(seed=0), threading.Event()))
+    assert sum(len(c) for c in chunks) > 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
