@@ -191,7 +191,7 @@ def main() -> None:
         ("audio (s)", "audio_s", None),
         ("tokens", "tokens", None),
     ]
-    print(f"\n| {'metric':<16} | {'stock generate':>14} | {'localtts':>10} | {'ratio':>17} |")
+    print(f"\n| {'metric':<16} | {'stock generate':>14} | {'localtts':>10} | {'speedup':>17} |")
     print(f"|{'-' * 18}|{'-' * 16}|{'-' * 12}|{'-' * 19}|")
     for label, field, higher_better in rows:
         if field == "rtf":
@@ -199,12 +199,13 @@ def main() -> None:
             b = med(ours, "total_s") / max(med(ours, "audio_s"), 1e-9)
         else:
             a, b = med(stock, field), med(ours, field)
-        if higher_better is None:
-            ratio = ""
-        elif higher_better:
-            ratio = f"{b / a:.2f}x faster" if a > 0 else ""
-        else:
-            ratio = f"{a / b:.2f}x faster" if b > 0 else ""
+        # speedup of localtts over stock: > 1 is better, < 1 is slower
+        speedup = None
+        if higher_better is True and a > 0:
+            speedup = b / a
+        elif higher_better is False and b > 0:
+            speedup = a / b
+        ratio = "" if speedup is None else f"{speedup:.2f}x" + (" (slower)" if speedup < 1 else "")
         print(f"| {label:<16} | {a:>14.3f} | {b:>10.3f} | {ratio:>17} |")
 
 

@@ -31,13 +31,15 @@ import torch  # noqa: E402
 from livekit.plugins.localtts.engines.base import SynthesisParams  # noqa: E402
 from livekit.plugins.localtts.engines.xtts import (  # noqa: E402
     XTTSEngine,
+    cpu_has_fast_bf16,
     performance_cores,
     quantize_gpt_int8,
 )
 
 from tests.tiny_xtts import build_xtts, make_test_clip  # noqa: E402
 
-TEXT = "The quick brown fox jumps over the lazy dog, then rests in the afternoon sun."
+# one clause: the engine and the stock paths then generate the same number of tokens
+TEXT = "The quick brown fox jumps over the lazy dog and then rests in the afternoon sun."
 SAMPLE_RATE = 24000
 TOKENS_PER_SECOND_REALTIME = 21.5
 
@@ -100,6 +102,19 @@ def naive_full(model, voice, tokens: int) -> Iterator[np.ndarray]:
 def engine_stream(engine: XTTSEngine, voice, tokens: int) -> Iterator[np.ndarray]:
     engine.max_tokens = tokens
     yield from engine.stream(TEXT, voice, SynthesisParams(), threading.Event())
+
+
+def vocoder_bf16_snr(model, frames: int = 120) -> float:
+    """The same random HiFiGAN input decoded in fp32 and under CPU bf16 autocast."""
+    gen = torch.Generator().manual_seed(0)
+    decoder = model.hifigan_decoder.waveform_decoder
+    x = torch.randn(1, decoder.conv_pre.in_channels, frames, generator=gen)
+    g = torch.randn(1, decoder.cond_layer.in_channels, 1, generator=gen)
+    with torch.inference_mode():
+        ref = decoder(x, g=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = decoder(x, g=g).float()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
 
 
 def closeness(fp32_model, int8_model, voice, steps: int = 64) -> dict[str, float]:
@@ -197,6 +212,14 @@ def main() -> None:
         ]))
         quality = closeness(reference, model, voice.data)
         quality["quantize_s"] = quant_s
+        if cpu_has_fast_bf16():  # the CPU default where the CPU has native bf16
+            engine.vocoder_bf16 = True
+            list(engine_stream(engine, voice, 8))
+            rows.append(Row("this engine int8 + bf16 HiFiGAN", [
+                timed(lambda: engine_stream(engine, voice, tokens), tokens)
+                for _ in range(args.iterations)
+            ]))
+            quality["vocoder_bf16_snr_db"] = vocoder_bf16_snr(model)
 
     size = "tiny (2x256)" if args.tiny else "real v2 shapes (30x1024), random weights"
     print(f"\nXTTS-v2 bench: {size}; {tokens} tokens/utterance; {args.iterations} iteration(s);"
@@ -220,6 +243,9 @@ def main() -> None:
               "agreement {:.1%}, vocoded-latent SNR {:.1f} dB; quantization took {:.1f} s".format(
                   64, quality["latent_rel_err"], quality["top1_agree"],
                   quality["audio_snr_db"], quality["quantize_s"]))
+    if "vocoder_bf16_snr_db" in quality:
+        snr = quality["vocoder_bf16_snr_db"]
+        print(f"bf16 vs fp32 HiFiGAN on the same frames: SNR {snr:.1f} dB")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     first_chunk_tokens: int | None = Field(
         None, ge=1, description="speech tokens in the first audio chunk; None: engine default"
     )
-    xtts_int8: bool = Field(False, description="int8 dynamic-quantized XTTS GPT (CPU)")
+    xtts_int8: bool | None = Field(
+        None, description="int8 dynamic-quantized XTTS GPT; None: on for the CPU"
+    )
+    xtts_vocoder_bf16: bool | None = Field(
+        None, description="bf16 HiFiGAN on the CPU; None: on where the CPU has native bf16"
+    )
     chatterbox_cfm_steps: int = Field(
         10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
     )

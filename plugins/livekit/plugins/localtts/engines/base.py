@@ -52,6 +52,22 @@ class VoiceClip:
         return len(self.audio) / float(self.sample_rate)
 
 
+def reference_audio(clip: VoiceClip, *, min_seconds: float, engine: str) -> np.ndarray:
+    """The clip's samples as float32 mono, after the checks every cloning engine needs
+    (the voice library validates more: speech length, clipping, trimming)."""
+    audio = np.asarray(clip.audio, dtype=np.float32).reshape(-1)
+    if audio.size == 0 or not np.all(np.isfinite(audio)):
+        raise VoiceError(f"voice {clip.voice_id!r}: reference audio is empty or has NaN/inf")
+    if clip.duration < min_seconds:
+        raise VoiceError(
+            f"voice {clip.voice_id!r}: reference clip is {clip.duration:.2f} s; {engine} "
+            f"needs at least {min_seconds} s (3-10 s recommended)"
+        )
+    if float(np.max(np.abs(audio))) < 1e-4:
+        raise VoiceError(f"voice {clip.voice_id!r}: reference clip is silent")
+    return audio
+
+
 @dataclass(frozen=True)
 class VoiceConditioning:
     """What an engine computed from a voice clip, ready to speak with.

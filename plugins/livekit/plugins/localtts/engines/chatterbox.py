@@ -34,6 +34,7 @@ from .base import (
     VoiceClip,
     VoiceConditioning,
     VoiceError,
+    reference_audio,
 )
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
@@ -522,16 +523,7 @@ class ChatterboxEngine:
         from chatterbox.models.t3.modules.cond_enc import T3Cond
         from chatterbox.tts import Conditionals
 
-        audio = np.asarray(clip.audio, dtype=np.float32).reshape(-1)
-        if audio.size == 0 or not np.all(np.isfinite(audio)):
-            raise VoiceError(f"voice {clip.voice_id!r}: empty or non-finite audio")
-        if clip.duration < _MIN_CLIP_SECONDS:
-            raise VoiceError(
-                f"voice {clip.voice_id!r}: clip of {clip.duration:.2f}s is too short "
-                f"(at least {_MIN_CLIP_SECONDS:.0f}s, ideally 6-10s)"
-            )
-        if float(np.max(np.abs(audio))) < 1e-4:
-            raise VoiceError(f"voice {clip.voice_id!r}: the clip is silent")
+        audio = reference_audio(clip, min_seconds=_MIN_CLIP_SECONDS, engine="Chatterbox")
         # same steps as ChatterboxTTS.prepare_conditionals, from memory instead of a file
         wav24 = audio
         if clip.sample_rate != SAMPLE_RATE:
