@@ -42,7 +42,7 @@ from .host import EngineSelection, HostInfo, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
-from .text import TextSplitter, is_speakable, normalize
+from .text import TextSplitter
 
 if TYPE_CHECKING:
     from .voices import VoiceLibrary
@@ -317,12 +317,13 @@ class _Speaker:
         self._opts = opts
         self._emitter = emitter
         self._voice: VoiceConditioning | None = None
+        self._voice_resolved = False
         self.pushed_samples = 0
 
-    async def resolve_voice(self) -> None:
-        self._voice = await self._tts._resolve_voice(self._opts.voice)
-
     async def speak(self, piece: str) -> None:
+        if not self._voice_resolved:  # once, and only when there is something to say
+            self._voice = await self._tts._resolve_voice(self._opts.voice)
+            self._voice_resolved = True
         chunks = engine_chunks(self._tts.engine, piece, self._voice, self._opts.params)
         async with aclosing(chunks):  # closing stops the engine thread at once
             async for chunk in chunks:
@@ -360,12 +361,8 @@ class ChunkedStream(tts.ChunkedStream):
             max_piece_chars=self._opts.max_piece_chars,
         )
         try:
-            if is_speakable(normalize(self._input_text)):
-                await speaker.resolve_voice()
-            # pieces are cut lazily so a 50,000-character text is never held as audio
-            for piece in splitter.push(self._input_text):
-                await speaker.speak(piece)
-            for piece in splitter.flush():
+            # one piece at a time: a 50,000-character text is never held as audio
+            for piece in splitter.push(self._input_text) + splitter.flush():
                 await speaker.speak(piece)
         except (APIError, asyncio.CancelledError):
             raise
@@ -416,11 +413,7 @@ class SynthesizeStream(tts.SynthesizeStream):
                 pieces.close()
 
         async def speak() -> None:
-            voice_resolved = False
             async for piece in pieces:
-                if not voice_resolved:  # once, only when there is something to say
-                    await speaker.resolve_voice()
-                    voice_resolved = True
                 self._mark_started()
                 await speaker.speak(piece)
 
