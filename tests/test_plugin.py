@@ -303,3 +303,21 @@ async def test_aclose_closes_open_streams(piper_engine: PiperEngine) -> None:
     with pytest.raises((StopAsyncIteration, APIError)):
         while True:
             await stream.__anext__()
+
+
+async def test_metrics_come_from_the_base_class(piper_engine: PiperEngine) -> None:
+    from livekit.agents.metrics import TTSMetrics
+
+    tts = localtts.TTS(engine=piper_engine)
+    seen: list[TTSMetrics] = []
+    tts.on("metrics_collected", seen.append)
+    await collect(tts.synthesize("Metrics for a chunked request."))
+    stream = tts.stream()
+    stream.push_text("Metrics for a streamed request.")
+    stream.end_input()
+    await collect(stream)
+    await stream.aclose()
+    await asyncio.sleep(0.1)
+    assert len(seen) == 2
+    assert all(m.ttfb > 0 and m.audio_duration > 0.5 for m in seen)
+    assert [m.streamed for m in seen] == [False, True]

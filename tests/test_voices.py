@@ -595,3 +595,42 @@ async def test_database_restart_mid_run(stoppable_postgres: Any, speech: Speech)
         await eventually(lambda: gone(library, "before"))
     finally:
         await library.aclose()
+
+
+# ---------------------------------------------------------------------------- plugin use
+
+
+async def test_plugin_speaks_cloned_voices_without_recomputing(
+    open_library: Any, speech: Speech, cloning_engine: Any
+) -> None:
+    from livekit.agents import APIStatusError
+    from livekit.plugins import localtts
+    from livekit.plugins.localtts.engines.piper import PiperEngine
+
+    counting = Counting(cloning_engine)
+    library = await open_library()
+    await library.add("narrator", speech.clip(0.8))
+    await library.add("guide", speech.clip(0.6))
+    report = await library.preload(counting)
+    assert sorted(report.computed) == ["guide", "narrator"]
+    assert counting.condition_calls == 2
+
+    tts = localtts.TTS(engine=counting, voice="narrator", voice_library=library)
+    seconds = 0.0
+    async for ev in tts.synthesize("Hello there, this is the narrator."):
+        seconds += ev.frame.duration
+    assert seconds > 0.1
+    tts.update_options(voice="guide")  # a per-request switch
+    async for _ev in tts.synthesize("And this is the guide."):
+        pass
+    assert counting.condition_calls == 2, "speaking recomputed a preloaded voice"
+
+    # Piper cannot clone: a clear error, never silence, and the next request works
+    piper = localtts.TTS(engine=PiperEngine(), voice="narrator", voice_library=library)
+    with pytest.raises(APIStatusError, match="cannot clone") as info:
+        async for _ev in piper.synthesize("Hello."):
+            pass
+    assert info.value.status_code == 400
+    piper.update_options(voice=None)
+    frames = [ev async for ev in piper.synthesize("Hello.")]
+    assert frames
