@@ -73,7 +73,7 @@ async def _say(
         total_ms = (time.perf_counter() - t0) * 1000
         audio_s = samples / tts.sample_rate
         return {
-            "first_audio_ms": round(first_audio_ms or 0.0, 1),
+            "first_audio_ms": round(first_audio_ms, 1) if first_audio_ms is not None else None,
             "total_ms": round(total_ms, 1),
             "audio_s": round(audio_s, 3),
             "rtf": round(total_ms / 1000 / audio_s, 4) if audio_s else None,

@@ -81,5 +81,9 @@ if [ "$need_torch" = 1 ]; then
     ;; esac
 fi
 
+if [ "$need_torch" = 1 ]; then
+    echo "localtts: pip's resolver may complain above that chatterbox-tts/coqui-tts pins are" \
+         "not met (torch, transformers, gradio...): expected, they are installed without them"
+fi
 echo "$stamp" >"$stamp_file"
 echo "localtts: installed into .venv ($(.venv/bin/python --version), engines: $engines)"

@@ -12,8 +12,9 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Run the HTTP service: speech into LiveKit rooms, /v1/audio/speech, voices, /health,
-    /metrics. One process holds one model: scale out with more processes or machines."""
+    """Run the HTTP service: room speech, /v1/audio/speech, voices, /health, /metrics.
+
+    One process holds one model: scale out with more processes or machines."""
     import logging
 
     import uvicorn

@@ -321,3 +321,21 @@ async def test_metrics_come_from_the_base_class(piper_engine: PiperEngine) -> No
     assert len(seen) == 2
     assert all(m.ttfb > 0 and m.audio_duration > 0.5 for m in seen)
     assert [m.streamed for m in seen] == [False, True]
+
+
+async def test_synthesis_waits_for_a_slow_listener(recording: RecordingEngine) -> None:
+    settings = localtts.Settings(read_ahead_s=3.0)
+    tts = localtts.TTS(engine=recording, settings=settings)  # type: ignore[arg-type]
+    stream = tts.synthesize(MULTI * 30)  # about 8 minutes of speech
+    await stream.__anext__()
+    await asyncio.sleep(3.0)  # the listener stalls; Piper could say minutes meanwhile
+    pieces_while_stalled = len(recording.calls)
+    # at most the read-ahead (3 s) plus the piece in flight: a few sentences, not 90
+    assert pieces_while_stalled <= 4, [c.text for c in recording.calls]
+    got = 0.0
+    async for ev in stream:  # reading on lets synthesis go on
+        got += ev.frame.duration
+        if got > 20:
+            break
+    assert len(recording.calls) > pieces_while_stalled
+    await stream.aclose()

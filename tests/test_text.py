@@ -64,3 +64,11 @@ def test_blank_text_gives_no_pieces() -> None:
     assert split_text("") == []
     assert split_text(" \n\t ") == []
     assert split_text("😀") == []
+
+
+def test_normalize_keeps_comparisons_symbols_and_words() -> None:
+    assert normalize("If x < 5 and y > 3, then stop.") == "If x < 5 and y > 3, then stop."
+    assert normalize("It is 5 °C, £5 and © 2024.") == "It is 5 °C, £5 and © 2024."
+    assert normalize("Hello\u200bworld") == "Hello world"  # zero-width space separates
+    assert normalize("I love it ❤️ a lot 👍🏽") == "I love it a lot"  # no stray selectors
+    assert normalize('<break time="1s"/>Pause') == "Pause"

@@ -355,3 +355,16 @@ def test_loads_a_checkpoint_directory_with_its_speakers(offline: Path) -> None:
     chunks = list(engine.stream("Hi there.", None, SynthesisParams(seed=0), threading.Event()))
     assert sum(len(c) for c in chunks) > 0
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+async def test_unsupported_language_is_a_400_through_the_plugin(engine: XTTSEngine) -> None:
+    from livekit.agents import APIStatusError
+    from livekit.plugins import localtts
+
+    tts = localtts.TTS(engine=engine, language="xx")
+    with pytest.raises(APIStatusError, match="does not speak") as info:
+        async for _ev in tts.synthesize("Hello there."):
+            pass
+    assert info.value.status_code == 400 and not info.value.retryable
+    tts.update_options(language="en")
+    assert [ev async for ev in tts.synthesize("Hello there.")]

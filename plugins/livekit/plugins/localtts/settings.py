@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     first_clause_min_chars: int = Field(
         16, description="the first piece of a reply is cut at the first clause end after this"
     )
+    read_ahead_s: float = Field(
+        10.0, gt=0, description="seconds of audio synthesis may run ahead of its listener"
+    )
     max_piece_chars: int = Field(300, description="longest text piece handed to an engine at once")
 
     # voice agent (agent/worker.py); STT/LLM also read OPENAI_API_KEY / OPENAI_BASE_URL

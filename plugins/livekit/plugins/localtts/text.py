@@ -12,7 +12,8 @@ import unicodedata
 
 from livekit.agents.tokenize import blingfire
 
-_TAG = re.compile(r"<[^<>]{0,200}>")  # SSML/XML/HTML tags: not spoken
+# SSML/XML/HTML tags are not spoken; "x < 5 and y > 3" is not a tag
+_TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]{0,200})?/?>")
 _MARKDOWN = re.compile(r"(\*{1,3}|_{2,3}|`{1,3}|^#{1,6}\s|^\s*[-*+]\s)", re.MULTILINE)
 _CLAUSE_END = re.compile(r"[,;:\u2014.!?\u2026](?=\s)")
 _SPACE = re.compile(r"\s+")
@@ -27,12 +28,14 @@ def normalize(text: str) -> str:
     kept = []
     for ch in text:
         cat = unicodedata.category(ch)
-        if ch in "\n\t":
-            kept.append(" ")
-        elif cat[0] == "C" or cat == "So" or cat == "Sk":  # control/format/emoji/modifiers
-            kept.append(" ")
+        if ch == "\u200b":
+            kept.append(" ")  # a zero-width space still separates words
+        elif cat == "Cf" or "\ufe00" <= ch <= "\ufe0f":
+            continue  # joiners and other format characters, emoji variation selectors
+        elif cat[0] == "C" or (cat in ("So", "Sk") and ord(ch) >= 0x2000):
+            kept.append(" ")  # controls (newline, tab...), emoji, arrows, dingbats
         else:
-            kept.append(ch)
+            kept.append(ch)  # letters, digits, punctuation, and symbols like ° © £
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", "".join(kept))).strip()
 
 

@@ -65,7 +65,10 @@ def _warm_engine(engine: Engine) -> Future[None]:
 
     with _warmups_lock:
         _, future = _warmups.get(id(engine), (engine, None))
-        if future is None or (future.done() and future.exception() is not None):
+        failed = future is not None and future.done() and (
+            future.cancelled() or future.exception() is not None
+        )
+        if future is None or failed:
             future = _executor.submit(load_and_warm)  # a failed warmup is tried again
             _warmups[id(engine)] = (engine, future)
         return future
@@ -77,6 +80,7 @@ class _TTSOptions:
     params: SynthesisParams
     first_clause_min_chars: int
     max_piece_chars: int
+    read_ahead_s: float
 
 
 def resolve_engine(engine: EngineChoice, settings: Settings) -> EngineSelection:
@@ -154,6 +158,7 @@ class TTS(tts.TTS):
             ),
             first_clause_min_chars=self._settings.first_clause_min_chars,
             max_piece_chars=self._settings.max_piece_chars,
+            read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
@@ -309,18 +314,60 @@ def _api_error(e: Exception, engine: Engine) -> APIError:
     return APIError(f"{engine.name} engine failed: {type(e).__name__}: {e}", retryable=False)
 
 
+class _ReadAhead:
+    """Keeps synthesis at most `limit_s` seconds of audio ahead of the stream's reader.
+
+    A real-time reader (an AgentSession playing into a room) would otherwise let a long
+    text pile up as audio in memory; a fast reader (a file, an HTTP client) is never held.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit = limit_s
+        self._pushed = 0.0
+        self._read = 0.0
+        self._room = asyncio.Event()
+
+    def pushed(self, seconds: float) -> None:
+        self._pushed += seconds
+
+    def read(self, seconds: float) -> None:
+        self._read += seconds
+        if self._pushed - self._read <= self._limit:
+            self._room.set()
+
+    async def wait(self) -> None:
+        while self._pushed - self._read > self._limit:
+            self._room.clear()
+            await self._room.wait()
+
+
+class _ReadAheadStream:
+    """Counts what the reader has taken (both stream kinds)."""
+
+    _read_ahead: _ReadAhead
+
+    async def __anext__(self) -> tts.SynthesizedAudio:
+        ev: tts.SynthesizedAudio = await super().__anext__()  # type: ignore[misc]
+        self._read_ahead.read(ev.frame.duration)
+        return ev
+
+
 class _Speaker:
     """Speaks pieces of text into one emitter; shared by both stream kinds."""
 
-    def __init__(self, tts_: TTS, opts: _TTSOptions, emitter: tts.AudioEmitter) -> None:
+    def __init__(
+        self, tts_: TTS, opts: _TTSOptions, emitter: tts.AudioEmitter, read_ahead: _ReadAhead
+    ) -> None:
         self._tts = tts_
         self._opts = opts
         self._emitter = emitter
+        self._read_ahead = read_ahead
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
         self.pushed_samples = 0
 
     async def speak(self, piece: str) -> None:
+        await self._read_ahead.wait()
         if not self._voice_resolved:  # once, and only when there is something to say
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
@@ -330,6 +377,7 @@ class _Speaker:
                 if chunk.size:
                     self._emitter.push(_to_pcm16(chunk))
                     self.pushed_samples += int(chunk.size)
+                    self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
@@ -340,13 +388,14 @@ class _Speaker:
             self.pushed_samples += n
 
 
-class ChunkedStream(tts.ChunkedStream):
+class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
     """`TTS.synthesize(text)`: the whole text is known; audio still streams piece by piece."""
 
     def __init__(self, *, tts: TTS, input_text: str, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
         self._tts: TTS = tts
         self._opts = replace(tts._opts)
+        self._read_ahead = _ReadAhead(self._opts.read_ahead_s)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         output_emitter.initialize(
@@ -355,7 +404,7 @@ class ChunkedStream(tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        speaker = _Speaker(self._tts, self._opts, output_emitter)
+        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
         splitter = TextSplitter(
             first_clause_min_chars=self._opts.first_clause_min_chars,
             max_piece_chars=self._opts.max_piece_chars,
@@ -372,7 +421,7 @@ class ChunkedStream(tts.ChunkedStream):
         output_emitter.flush()
 
 
-class SynthesizeStream(tts.SynthesizeStream):
+class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
     """`TTS.stream()`: text arrives token by token (an LLM); audio starts at the first
     clause and continues sentence by sentence while more text arrives."""
 
@@ -380,6 +429,7 @@ class SynthesizeStream(tts.SynthesizeStream):
         super().__init__(tts=tts, conn_options=conn_options)
         self._tts: TTS = tts
         self._opts = replace(tts._opts)
+        self._read_ahead = _ReadAhead(self._opts.read_ahead_s)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         request_id = utils.shortuuid()
@@ -391,7 +441,7 @@ class SynthesizeStream(tts.SynthesizeStream):
             stream=True,
         )
         output_emitter.start_segment(segment_id=request_id)
-        speaker = _Speaker(self._tts, self._opts, output_emitter)
+        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
         pieces = utils.aio.Chan[str]()
 
         async def read_input() -> None:

@@ -26,6 +26,11 @@ class EngineUnavailableError(EngineError):
     """
 
 
+class InvalidRequestError(EngineError, ValueError):
+    """The request cannot be served as asked (an unsupported language, a text piece too
+    long for the model): the caller's input is wrong, not the engine."""
+
+
 class VoiceError(EngineError):
     """A reference clip or voice cannot be used (corrupt, silent, too short, unknown...)."""
 

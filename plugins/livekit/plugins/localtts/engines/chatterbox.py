@@ -28,8 +28,8 @@ import numpy as np
 from ..host import performance_cores
 from ..settings import Settings
 from .base import (
-    EngineError,
     EngineUnavailableError,
+    InvalidRequestError,
     SynthesisParams,
     VoiceClip,
     VoiceConditioning,
@@ -457,8 +457,11 @@ class ChatterboxEngine:
         return int(np.ceil(need / 64) * 64)
 
     def warmup(self) -> None:
-        """One short utterance through both models: allocator, kernels, first-call costs."""
+        """One short utterance through both models: allocator, kernels, first-call costs.
+        Once per engine (load() runs it when `options.warmup`)."""
         self.load()
+        if self._warmup_s is not None:
+            return
         started = time.perf_counter()
         cancel = threading.Event()
         chunks = 0
@@ -604,7 +607,7 @@ class ChatterboxEngine:
         dtype = t3.speech_head.weight.dtype
         tokens = self._tokenizer.text_to_tokens(punc_norm(text)).to(dev)
         if tokens.shape[1] > self.options.max_text_tokens:
-            raise EngineError(
+            raise InvalidRequestError(
                 f"text of {tokens.shape[1]} tokens is longer than max_text_tokens="
                 f"{self.options.max_text_tokens}: split it into sentences"
             )

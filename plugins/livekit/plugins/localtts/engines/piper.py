@@ -122,7 +122,9 @@ class PiperEngine:
         self.load()
         from piper import SynthesisConfig
 
-        syn_config = SynthesisConfig(length_scale=1.0 / params.speed)
+        # the voice's own pace (its config's length_scale), made faster or slower
+        length_scale = (self._voice.config.length_scale or 1.0) / params.speed
+        syn_config = SynthesisConfig(length_scale=length_scale)
         with self._phonemize_lock:
             sentences = self._voice.phonemize(text)
         # Piper's own synthesize() phonemizes everything first, then runs one ONNX call

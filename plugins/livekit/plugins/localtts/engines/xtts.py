@@ -32,8 +32,8 @@ from ..host import performance_cores
 from ..settings import Settings
 from ..text import split_text
 from .base import (
-    EngineError,
     EngineUnavailableError,
+    InvalidRequestError,
     SynthesisParams,
     VoiceClip,
     VoiceConditioning,
@@ -553,8 +553,7 @@ class XTTSEngine:
             pass
 
     def warmup(self) -> None:
-        self.load()
-        self._warm()
+        self.load()  # load() warms once; a second warmup would only cost start-up time
 
     # -- voices ------------------------------------------------------------------------
 
@@ -642,7 +641,7 @@ class XTTSEngine:
         base = lang.split("-")[0]
         supported = {code.split("-")[0] for code in self._model.config.languages}
         if base not in supported:
-            raise EngineError(
+            raise InvalidRequestError(
                 f"XTTS does not speak {language!r}; supported: {', '.join(sorted(supported))}"
             )
         return base
