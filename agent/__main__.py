@@ -1,4 +1,4 @@
-"""`python -m agent dev|start|console`: the LiveKit voice-agent worker (agent/worker.py)."""
+"""`python -m agent dev|start|connect|console`: the LiveKit voice-agent worker (agent/worker.py)."""
 
 from agent.worker import main
 

@@ -1,4 +1,4 @@
-"""The LiveKit voice-agent worker: `python -m agent dev|start|console`.
+"""The LiveKit voice-agent worker: `python -m agent dev|start|connect|console`.
 
 One loaded model per worker process serves every room that process handles
 ------------------------------------------------------------------------------
@@ -44,6 +44,7 @@ import atexit
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -149,6 +150,7 @@ class WorkerRuntime:
         self.engine: Engine | None = None
         self.library: VoiceLibrary | None = None
         self._library_proxy: _LibraryOnLoop | None = None
+        self.warnings: list[str] = []  # what start-up had to give up, for load_report
         self._ready: Future[None] = Future()
         self._started = False
         self._start_lock = threading.Lock()
@@ -212,7 +214,30 @@ class WorkerRuntime:
             except Exception as e:
                 # rooms can still be served with the engine's own voice: say so, go on
                 logger.error("voice library unavailable, cloned voices cannot be used: %s", e)
+                if self._library_proxy is None:  # opened but not preloaded: voices still work
+                    self._drop_voice(f"the voice library is unavailable ({e})")
+        else:
+            self._drop_voice(f"engine {self.engine.name} cannot clone voices")
         await warm
+
+    def _drop_voice(self, why: str) -> None:
+        """Speak with the engine's own voice: a default voice that cannot be resolved would
+        fail every reply (the agent would be silent in every room)."""
+        if self.voice is None:
+            return
+        warning = (
+            f"LOCALTTS_VOICE={self.voice!r} IS IGNORED: {why}; the agent speaks with the "
+            f"engine's own voice"
+        )
+        logger.warning(warning)
+        self.warnings.append(warning)
+        # every session's TTS reads the default voice from these settings
+        self.settings = self.settings.model_copy(update={"voice": None})
+
+    @property
+    def voice(self) -> str | None:
+        """The default voice every session speaks with (None: the engine's own)."""
+        return self.settings.voice
 
     async def _open_library(self, warm: asyncio.Future[None]) -> None:
         from livekit.plugins.localtts.voices import VoiceLibrary
@@ -312,6 +337,9 @@ class WorkerRuntime:
     def load_report(self) -> dict[str, Any]:
         gpu = gpu_load()
         return {
+            "engine": self.engine.name if self.engine is not None else None,
+            "voice": self.voice,
+            "warnings": list(self.warnings),
             "rooms": self.active_sessions,
             "speaking": self.active_streams,
             "max_sessions": self.settings.agent_max_sessions,
@@ -443,5 +471,38 @@ def build_server() -> AgentServer:
     return server
 
 
+# the commands that connect to a LiveKit server; console, download-files and --help do not
+_SERVER_COMMANDS = frozenset({"start", "dev", "connect"})
+# what each needs: the environment variable, or the command-line option livekit also takes
+_SERVER_SETTINGS = (
+    ("LIVEKIT_URL", "--url"),
+    ("LIVEKIT_API_KEY", "--api-key"),
+    ("LIVEKIT_API_SECRET", "--api-secret"),
+)
+
+
+def missing_server_settings(argv: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The LIVEKIT_* variables `argv` (without the program name) needs but lacks.
+
+    Without them livekit-agents logs a traceback ("ws_url is required") and exits 0, which
+    a supervisor reads as a clean stop: check before anything loads.
+    """
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command not in _SERVER_COMMANDS or {"--help", "-h"} & set(argv):
+        return []
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    return [
+        variable
+        for variable, option in _SERVER_SETTINGS
+        if not environ.get(variable) and option not in given
+    ]
+
+
 def main() -> None:
+    if missing := missing_server_settings(sys.argv[1:], os.environ):
+        sys.exit(
+            f"python -m agent: {', '.join(missing)} not set. Set LIVEKIT_URL, LIVEKIT_API_KEY "
+            "and LIVEKIT_API_SECRET (the LiveKit server to register with) in the environment, "
+            "or pass --url/--api-key/--api-secret; `python -m agent console` needs none"
+        )
     cli.run_app(build_server())

@@ -6,6 +6,7 @@ set."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from agent.worker import (
     build_llm,
     build_server,
     build_stt,
+    missing_server_settings,
     prewarm,
     start_session,
     worker_load,
@@ -313,6 +315,108 @@ def test_python_m_agent_offers_the_livekit_commands() -> None:
     assert out.returncode == 0, out.stderr
     for command in ("dev", "start", "console"):
         assert command in out.stdout
+
+
+async def test_a_default_voice_the_engine_cannot_clone_is_ignored_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Piper (the fallback) clones nothing: LOCALTTS_VOICE must not silence every reply."""
+    settings = localtts.Settings(  # type: ignore[call-arg]
+        _env_file=None, engine="piper", voice="narrator", agent_greeting=GREETING
+    )
+    rt = WorkerRuntime(settings=settings)
+    try:
+        with caplog.at_level(logging.WARNING, logger="livekit.plugins.localtts"):
+            await rt.ready()
+        (warning,) = [r.getMessage() for r in caplog.records if "IS IGNORED" in r.getMessage()]
+        assert "LOCALTTS_VOICE='narrator'" in warning and "cannot clone" in warning
+        assert rt.voice is None and rt.library is None  # no library opened for Piper
+        report = rt.load_report()
+        assert report["engine"] == "piper" and report["voice"] is None
+        assert report["warnings"] == [warning]
+
+        # and the agent speaks, with Piper's own voice
+        session = rt.new_session(llm=ScriptedLLM([]), stt=None)
+        output = CapturingAudioOutput()
+        session.output.audio = output
+        try:
+            greeting = await start_session(session, rt)
+            assert greeting is not None
+            await greeting
+        finally:
+            await session.aclose()
+        assert sum(f.duration for f in output.frames) > 1.0
+        assert rms(output.samples()) > 0.02
+    finally:
+        rt.close()
+
+
+async def test_a_default_voice_without_its_library_is_ignored_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cloning engine whose voice library cannot open: the rooms are still served."""
+    from livekit.plugins.localtts.voices import VoiceLibrary
+
+    def unreachable(cls: type, settings: localtts.Settings) -> VoiceLibrary:
+        raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(PiperEngine, "supports_cloning", True)  # stands in for a cloning engine
+    monkeypatch.setattr(VoiceLibrary, "from_settings", classmethod(unreachable))
+    settings = localtts.Settings(_env_file=None, engine="piper", voice="narrator")  # type: ignore[call-arg]
+    rt = WorkerRuntime(settings=settings)
+    try:
+        await rt.ready()
+        assert rt.voice is None
+        (warning,) = rt.load_report()["warnings"]
+        assert "'narrator' IS IGNORED" in warning and "database unreachable" in warning
+        assert rt.new_session(llm=ScriptedLLM([]), stt=None).tts._opts.voice is None  # type: ignore[union-attr]
+    finally:
+        rt.close()
+
+
+def test_load_report_without_a_default_voice_has_no_warning(runtime: WorkerRuntime) -> None:
+    report = runtime.load_report()
+    assert report["engine"] == "piper" and report["voice"] is None and report["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        (["start"], ["LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"]),
+        (["dev", "--log-level", "debug"], ["LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"]),
+        (["connect", "--room", "r", "--url", "ws://x"], ["LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"]),
+        (["start", "--url=ws://x", "--api-key=k", "--api-secret=s"], []),
+        (["start", "--help"], []),
+        (["--help"], []),
+        (["console"], []),
+        (["download-files"], []),
+        ([], []),
+    ],
+)
+def test_missing_server_settings(argv: list[str], missing: list[str]) -> None:
+    assert missing_server_settings(argv, {}) == missing
+    full = {"LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    assert missing_server_settings(argv, full) == []
+    # an empty variable is as good as none
+    assert missing_server_settings(argv, {**full, "LIVEKIT_URL": ""}) == (
+        ["LIVEKIT_URL"] if "LIVEKIT_URL" in missing else []
+    )
+
+
+@pytest.mark.parametrize("command", ["start", "dev"])
+def test_python_m_agent_without_a_server_fails_clearly(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "LOCALTTS_ENGINE": "piper", "LIVEKIT_API_KEY": "devkey"},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert out.returncode != 0
+    assert "LIVEKIT_URL, LIVEKIT_API_SECRET not set" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
 
 
 @pytest.mark.livekit

@@ -3,11 +3,16 @@ engines can run."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 from livekit.plugins.localtts.host import (
     EngineSelection,
     HostInfo,
     HostPolicyError,
+    cgroup_cpu_limit,
+    performance_cores,
     select_engine,
 )
 from livekit.plugins.localtts.settings import Settings
@@ -190,3 +195,94 @@ def test_detect_reads_this_machine() -> None:
     assert host.performance_cores >= 1
     assert host.memory_gb > 0
     assert host.cuda is False or host.cuda_device  # a CUDA host names its device
+
+
+# --- performance cores: CPU topology and cgroup quota, read from fake /sys and /proc -----
+
+
+def _fake_topology(root: Path, cores: int, threads_per_core: int) -> Path:
+    """A /sys/devices/system/cpu with `cores` physical cores of `threads_per_core` CPUs."""
+    sysfs = root / "cpu"
+    cpus = cores * threads_per_core
+    for cpu in range(cpus):
+        siblings = ",".join(str(cpu % cores + k * cores) for k in range(threads_per_core))
+        (sysfs / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    return sysfs
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+linux_only = pytest.mark.skipif(
+    platform.system() == "Darwin", reason="macOS reads sysctl, not /sys"
+)
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("200000 100000\n", 2),  # docker --cpus=2
+        ("150000 100000\n", 2),  # --cpus=1.5: rounded up
+        ("50000 100000\n", 1),  # --cpus=0.5: never 0
+        ("max 100000\n", 32),  # no quota: the physical cores
+    ],
+)
+def test_cgroup_v2_quota_caps_the_cores(tmp_path: Path, cpu_max: str, expected: int) -> None:
+    sysfs = _fake_topology(tmp_path, cores=32, threads_per_core=2)  # a 64-CPU host
+    cgroup = tmp_path / "cgroup"
+    _write(cgroup / "cpu.max", cpu_max)
+    proc = _write(tmp_path / "proc_self_cgroup", "0::/\n")  # a container's namespace
+    cores = performance_cores(cpus=range(64), cpu_sysfs=sysfs, cgroup_root=cgroup, proc_cgroup=proc)
+    assert cores == expected
+
+
+@linux_only
+def test_cgroup_v2_quota_of_the_processs_own_cgroup_and_its_parents(tmp_path: Path) -> None:
+    sysfs = _fake_topology(tmp_path, cores=16, threads_per_core=1)
+    cgroup = tmp_path / "cgroup"
+    proc = _write(tmp_path / "proc_self_cgroup", "0::/system.slice/tts.service\n")
+    _write(cgroup / "system.slice" / "cpu.max", "400000 100000\n")  # the slice: 4 CPUs
+    _write(cgroup / "system.slice" / "tts.service" / "cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(cgroup_root=cgroup, proc_cgroup=proc) == 4
+    assert (
+        performance_cores(cpus=range(16), cpu_sysfs=sysfs, cgroup_root=cgroup, proc_cgroup=proc)
+        == 4
+    )
+    # a tighter quota on the service itself wins
+    _write(cgroup / "system.slice" / "tts.service" / "cpu.max", "300000 100000\n")
+    assert cgroup_cpu_limit(cgroup_root=cgroup, proc_cgroup=proc) == 3
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("quota_us", "expected"), [("300000", 3), ("250000", 3), ("-1", 8)], ids=str
+)
+def test_cgroup_v1_quota_caps_the_cores(tmp_path: Path, quota_us: str, expected: int) -> None:
+    sysfs = _fake_topology(tmp_path, cores=8, threads_per_core=2)
+    cgroup = tmp_path / "cgroup"
+    proc = _write(tmp_path / "proc_self_cgroup", "4:memory:/x\n2:cpu,cpuacct:/\n")
+    _write(cgroup / "cpu,cpuacct" / "cpu.cfs_quota_us", quota_us + "\n")
+    _write(cgroup / "cpu,cpuacct" / "cpu.cfs_period_us", "100000\n")
+    cores = performance_cores(cpus=range(16), cpu_sysfs=sysfs, cgroup_root=cgroup, proc_cgroup=proc)
+    assert cores == expected
+
+
+@linux_only
+def test_no_cgroup_files_means_no_cap(tmp_path: Path) -> None:
+    sysfs = _fake_topology(tmp_path, cores=4, threads_per_core=2)
+    missing = tmp_path / "nothing"
+    assert cgroup_cpu_limit(cgroup_root=missing, proc_cgroup=missing) is None
+    # hyperthreads of one core count once; CPUs outside the affinity do not count
+    assert (
+        performance_cores(cpus=range(8), cpu_sysfs=sysfs, cgroup_root=missing, proc_cgroup=missing)
+        == 4
+    )
+    assert (
+        performance_cores(cpus={0, 4, 1}, cpu_sysfs=sysfs, cgroup_root=missing, proc_cgroup=missing)
+        == 2
+    )

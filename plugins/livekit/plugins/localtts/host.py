@@ -16,8 +16,10 @@ LOCALTTS_COMPILE, LOCALTTS_THREADS; LOCALTTS_STRICT forbids the Piper fallback.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,10 +67,28 @@ class HostInfo:
         )
 
 
-def performance_cores() -> int:
+# Where Linux describes the CPUs and this process's cgroup; arguments so tests can feed fakes.
+_CPU_SYSFS = Path("/sys/devices/system/cpu")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# cgroup v1 mounts the CPU controller under one of these names
+_CGROUP_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+
+
+def performance_cores(
+    *,
+    cpus: Collection[int] | None = None,
+    cpu_sysfs: Path = _CPU_SYSFS,
+    cgroup_root: Path = _CGROUP_ROOT,
+    proc_cgroup: Path = _PROC_SELF_CGROUP,
+) -> int:
     """Physical performance cores: macOS `hw.perflevel0.physicalcpu` (efficiency cores slow
     torch down), else physical cores among the CPUs this process may run on (hyperthreads
-    only add contention to matmuls)."""
+    only add contention to matmuls), capped by the cgroup CPU quota (`docker --cpus=2` on a
+    64-core host must not run 32 threads: they would be throttled).
+
+    `cpus` defaults to this process's CPU affinity; the paths are where Linux keeps the CPU
+    topology and this process's cgroup."""
     if platform.system() == "Darwin":
         import subprocess
 
@@ -80,18 +100,84 @@ def performance_cores() -> int:
                 return max(1, int(out.stdout.strip()))
             except (OSError, ValueError, subprocess.SubprocessError):
                 continue
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:
-        return max(1, (os.cpu_count() or 2) // 2)
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except AttributeError:  # not Linux: no topology to read, assume 2 threads a core
+            return max(1, (os.cpu_count() or 2) // 2)
     cores = set()
-    for cpu in allowed:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    for cpu in cpus:
+        siblings = cpu_sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list"
         try:
             cores.add(siblings.read_text().strip())
         except OSError:
             cores.add(str(cpu))
-    return max(1, len(cores))
+    count = max(1, len(cores))
+    quota = cgroup_cpu_limit(cgroup_root=cgroup_root, proc_cgroup=proc_cgroup)
+    return count if quota is None else max(1, min(count, quota))
+
+
+def cgroup_cpu_limit(
+    *, cgroup_root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_SELF_CGROUP
+) -> int | None:
+    """CPUs this process's cgroup quota allows, rounded up, or None without a quota.
+
+    cgroup v2: `cpu.max` holds "quota period" ("max period": no quota); cgroup v1:
+    `cpu.cfs_quota_us` (-1: no quota) and `cpu.cfs_period_us`. A quota on any ancestor
+    cgroup limits this process too, so the smallest one found on the way up wins. Inside a
+    container the cgroup namespace usually makes the container's own cgroup the root.
+    """
+    limits = [
+        limit
+        for directory in _cgroup_dirs(cgroup_root, proc_cgroup)
+        if (limit := _quota_in(directory)) is not None
+    ]
+    return min(limits) if limits else None
+
+
+def _cgroup_dirs(cgroup_root: Path, proc_cgroup: Path) -> list[Path]:
+    """This process's CPU cgroup directories and their ancestors, up to the mount root."""
+    # /proc/self/cgroup lines: "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
+    relative: dict[str, str] = {}
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "" or "cpu" in controllers.split(","):
+                relative["v2" if controllers == "" else "v1"] = path
+    except (OSError, ValueError):
+        pass
+    mounts = [(cgroup_root, relative.get("v2", "/"))]  # v2: one unified hierarchy
+    mounts += [(cgroup_root / name, relative.get("v1", "/")) for name in _CGROUP_V1_CPU_DIRS]
+    dirs: list[Path] = []
+    for mount, path in mounts:
+        if not mount.is_dir():
+            continue
+        leaf = mount / path.strip("/")
+        # a path from the host's view may not exist inside a container's mount: skip it
+        for directory in (leaf, *leaf.parents):
+            if directory.is_dir() and directory not in dirs:
+                dirs.append(directory)
+            if directory == mount:
+                break
+    return dirs
+
+
+def _quota_in(directory: Path) -> int | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)  # "max" -> ValueError: no quota
+    except ValueError:
+        return None
+    if quota_us <= 0 or period_us <= 0:  # v1 writes -1 for "no quota"
+        return None
+    return max(1, math.ceil(quota_us / period_us))
 
 
 def _memory_gb() -> float:
