@@ -101,7 +101,7 @@ def _voice_error(e: Exception) -> ServiceError:
     if isinstance(e, UnknownVoiceError):
         return ServiceError(404, "unknown_voice", str(e))
     if isinstance(e, VoiceExistsError):
-        return ServiceError(409, "voice_exists", str(e))
+        return ServiceError(409, "voice_exists", f"{e}: send the form field replace=true")
     if isinstance(e, UnsupportedVoiceError):
         return ServiceError(400, "unsupported_voice", str(e))
     if isinstance(e, VoiceError):

@@ -38,8 +38,17 @@ def _run(action: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except (VoiceError, DatabaseUnavailableError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_explain(e)}", err=True)
         raise typer.Exit(1) from e
+
+
+def _explain(error: Exception) -> str:
+    """The error's message, with how to do here what it asks for."""
+    from livekit.plugins.localtts.voices import VoiceExistsError
+
+    if isinstance(error, VoiceExistsError):
+        return f"{error}: add --replace"
+    return str(error)
 
 
 @voices_app.command("add")
@@ -129,7 +138,7 @@ def import_dir(
                 )
             except (VoiceError, OSError, ValueError) as e:
                 failures.append(path.name)
-                typer.echo(f"skipped {path.name}: {e}", err=True)
+                typer.echo(f"skipped {path.name}: {_explain(e)}", err=True)
                 continue
             typer.echo(f"added {info.voice_id!r}: {info.duration:.1f} s")
         return failures

@@ -418,6 +418,7 @@ async def test_voices_crud(service: tuple[Any, httpx.AsyncClient], piper_tts: lo
         "/api/voices", data={"voice_id": "narrator «n°1»"}, files={"file": ("n.wav", clip)}
     )
     assert again.status_code == 409 and again.json()["error"]["code"] == "voice_exists"
+    assert "replace=true" in again.json()["error"]["message"]
     replaced = await client.post(
         "/api/voices",
         data={"voice_id": "narrator «n°1»", "name": "Renamed", "replace": "true"},

@@ -271,12 +271,56 @@ async def test_add_get_list_remove(open_library: Any, speech: Speech, voice_id: 
 async def test_duplicate_id_needs_replace(open_library: Any, speech: Speech) -> None:
     library = await open_library()
     first = await library.add("dup", speech.clip(0.5))
-    with pytest.raises(VoiceExistsError, match="replace"):
+    with pytest.raises(VoiceExistsError, match="replace it explicitly") as caught:
         await library.add("dup", speech.clip(0.9))
+    # how to replace is for the CLI / the HTTP service to say (see below)
+    assert "--replace" not in str(caught.value) and "replace=" not in str(caught.value)
     assert (await library.get("dup")).updated_at == first.updated_at  # nothing lost
     second = await library.add("dup", speech.clip(0.9), name="new", replace=True)
     assert second.updated_at > first.updated_at and second.created_at == first.created_at
     assert second.name == "new"
+
+
+def test_cli_says_how_to_replace_a_voice(
+    database_url: str, speech: Speech, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from livekit.plugins.localtts.settings import get_settings
+    from typer.testing import CliRunner
+
+    from agent.voices_cli import voices_app
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOCALTTS_VOICES_DIR", str(tmp_path / "no-voices"))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "dup.wav").write_bytes(speech.clip())
+    runner = CliRunner()
+    get_settings.cache_clear()
+    try:
+        added = runner.invoke(voices_app, ["add", "dup", str(clips / "dup.wav")])
+        assert added.exit_code == 0, added.output
+        again = runner.invoke(voices_app, ["add", "dup", str(clips / "dup.wav")])
+        imported = runner.invoke(voices_app, ["import", str(clips)])
+        replaced = runner.invoke(voices_app, ["add", "dup", str(clips / "dup.wav"), "--replace"])
+    finally:
+        get_settings.cache_clear()
+    assert again.exit_code == 1
+    assert "'dup' already exists" in again.output and "add --replace" in again.output
+    assert imported.exit_code == 1 and "skipped dup.wav" in imported.output
+    assert "add --replace" in imported.output
+    assert "replace=" not in again.output + imported.output
+    assert replaced.exit_code == 0, replaced.output
+
+
+def test_service_says_how_to_replace_a_voice() -> None:
+    from agent.service import _voice_error
+
+    error = _voice_error(
+        VoiceExistsError("voice 'dup' already exists; remove it first or replace it explicitly")
+    )
+    assert (error.status, error.code) == (409, "voice_exists")
+    assert "'dup' already exists" in error.message and "replace=true" in error.message
+    assert "--replace" not in error.message
 
 
 def _bad_inputs(speech: Speech) -> dict[str, tuple[bytes, str]]:
@@ -308,6 +352,54 @@ async def test_bad_audio_is_refused_clearly_and_loses_nothing(
     assert [v.voice_id for v in await library.list()] == ["kept"]
     await library.add("next", speech.clip(0.6))  # the next request works
     assert {v.voice_id for v in await library.list()} == {"kept", "next"}
+
+
+def _silent_flac(seconds: int, rate: int, channels: int) -> bytes:
+    """Compressed silence: a few hundred KB that decode to hundreds of MB."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros((rate * 10, channels), np.int16)
+        for _ in range(seconds // 10):
+            f.write(block)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rate", "channels", "message"),
+    [(30 * 60, 48_000, 2, "lasts 30.0 min"), (60, 192_000, 8, "8 channels at 192000 Hz")],
+)
+async def test_decompression_bomb_is_refused_before_decoding(
+    open_library: Any, speech: Speech, seconds: int, rate: int, channels: int, message: str
+) -> None:
+    import tracemalloc
+
+    from livekit.plugins.localtts.voices import prepare_clip
+
+    bomb = _silent_flac(seconds, rate, channels)
+    assert len(bomb) < 2_000_000  # well under the upload bound: only decoding could hurt
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        with pytest.raises(VoiceError, match=message):
+            prepare_clip("bomb", bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, f"decoded {peak / 1e6:.0f} MB before refusing"
+
+    library = await open_library()
+    await library.add("kept", speech.clip())
+    with pytest.raises(VoiceError, match=r"'bomb'.*limit"):
+        await library.add("bomb", bomb)
+    assert [v.voice_id for v in await library.list()] == ["kept"]
+
+
+def test_long_silence_around_speech_is_still_accepted(speech: Speech) -> None:
+    """The bound on what a file may hold leaves room for a recording's silences."""
+    from livekit.plugins.localtts.voices import prepare_clip
+
+    pad = np.zeros(speech.rate * 100, np.float32)
+    prepared = prepare_clip("padded", wav(np.concatenate([pad, speech.audio, pad]), speech.rate))
+    assert prepared.clip.duration == pytest.approx(len(speech.audio) / speech.rate, abs=0.3)
 
 
 @pytest.mark.parametrize(
@@ -396,6 +488,59 @@ async def test_concurrent_requests_share_one_computation(
     assert all(r is results[0] for r in results)
     assert await library.conditioning("shared", engine) is results[0]
     assert engine.condition_calls == 1
+
+
+class Gated(Counting):
+    """Holds its first `condition` call until `release` is set: a clip still being
+    conditioned when its voice changes."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def condition(self, clip: VoiceClip) -> VoiceConditioning:
+        with self._lock:
+            first = not self.entered.is_set()
+            self.entered.set()
+        if first:
+            self.release.wait(timeout=30)
+        return super().condition(clip)
+
+
+async def test_a_changed_voice_never_gets_its_old_clips_conditioning(
+    open_library: Any, speech: Speech
+) -> None:
+    from livekit.plugins.localtts.voices import prepare_clip
+
+    def expected(clip: bytes) -> np.ndarray:  # what conditioning the stored clip gives
+        stored = prepare_clip("v", clip).wav_bytes()
+        return SpectralEngine().condition(prepare_clip("v", stored).clip).data
+
+    library = await open_library(condition_concurrency=2)
+    engine = Gated(SpectralEngine())
+    await library.preload(engine)  # a preloaded engine: changes are prepared for it
+    old_clip, new_clip = speech.clip(0.5), speech.clip(0.9)
+    await library.add("v", old_clip)  # its conditioning starts in the background...
+    await eventually(engine.entered.is_set)  # ...and is held there
+    await library.add("v", new_clip, replace=True)
+    request = asyncio.ensure_future(library.conditioning("v", engine))
+    try:
+        await asyncio.wait({request}, timeout=5)
+        assert request.done(), "the request waited on the old clip's conditioning"
+    finally:
+        engine.release.set()
+    got = (await request).data
+    assert np.array_equal(got, expected(new_clip))
+    assert not np.array_equal(got, expected(old_clip))
+    # once the old clip's work lands, the new clip's conditioning is what stays cached
+    await eventually(lambda: not library._inflight)
+    calls = engine.condition_calls
+    assert np.array_equal((await library.conditioning("v", engine)).data, got)
+    assert engine.condition_calls == calls == 2
+    fresh = Counting(SpectralEngine())  # and what was persisted is the new clip's
+    assert np.array_equal((await (await open_library()).conditioning("v", fresh)).data, got)
+    assert fresh.condition_calls == 0
 
 
 async def test_corrupt_row_is_skipped_and_blocks_nothing(
@@ -571,6 +716,36 @@ async def test_embedded_postgres_by_default_persists_across_runs(
         assert [v.voice_id for v in await library.list()] == ["kept"]
     finally:
         await library.aclose()
+
+
+async def test_embedded_postgres_start_again_releases_the_old_handle(tmp_path: Path) -> None:
+    """What VoiceLibrary's connect retries do: start() again after a failure."""
+    import os
+    import signal
+
+    from livekit.plugins.localtts.voices.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(data_dir=tmp_path / "data")
+    await embedded.start()
+    pid_file = embedded.pgdata / "postmaster.pid"
+    holders = embedded.pgdata / ".handle_pids.json"  # embedded-postgres' list of holders
+    try:
+        # the server died under the handle: a retry must start it again
+        os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGINT)
+        await eventually(lambda: not pid_file.exists())
+        conn = await asyncpg.connect(await embedded.start(), timeout=10)
+        await conn.close()
+        assert json.loads(holders.read_text()) == [os.getpid()]
+
+        # another process holds the server too: a retry keeps this process registered
+        holders.write_text(json.dumps([1, os.getpid()]))
+        conn = await asyncpg.connect(await embedded.start(), timeout=10)
+        await conn.close()
+        assert sorted(json.loads(holders.read_text())) == sorted([1, os.getpid()])
+    finally:
+        holders.write_text(json.dumps([os.getpid()]))  # the last holder: stop() stops it
+        await embedded.stop()
+    assert not pid_file.exists() and json.loads(holders.read_text()) == []
 
 
 async def test_database_restart_mid_run(stoppable_postgres: Any, speech: Speech) -> None:

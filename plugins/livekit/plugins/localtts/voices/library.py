@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -120,6 +121,9 @@ def _key(voice_id: str, engine: Engine) -> tuple[str, str, str]:
     return (voice_id, engine.name, engine.model_revision)
 
 
+_Flight = tuple[tuple[str, str, str], str]  # (_key, clip digest): conditioning under way
+
+
 def check_voice_id(voice_id: str) -> str:
     """Any printable text up to 128 characters (quotes and unicode welcome)."""
     if not isinstance(voice_id, str) or not voice_id or voice_id != voice_id.strip():
@@ -196,7 +200,9 @@ class VoiceLibrary:
         self._db: dict[str, _Voice] = {}
         self._dir: dict[str, _Voice] = {}
         self._conditioning: dict[tuple[str, str, str], tuple[str, VoiceConditioning]] = {}
-        self._inflight: dict[tuple[str, str, str], asyncio.Task[VoiceConditioning]] = {}
+        # keyed by the clip's digest too: work begun on a voice's old clip is never handed
+        # to a caller asking after the voice changed
+        self._inflight: dict[_Flight, asyncio.Task[VoiceConditioning]] = {}
         self._engines: dict[tuple[str, str], Engine] = {}  # preloaded: refreshed on changes
         self._changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -435,9 +441,9 @@ class VoiceLibrary:
         store = self._require_store()
         if not replace and voice_id in self._dir and voice_id not in self._db:
             raise VoiceExistsError(
-                f"voice {voice_id!r} already exists (directory file "
-                f"{self._dir[voice_id].path}); pass replace=True (--replace) to override it "
-                "with a database copy"
+                f"voice {voice_id!r} already exists as the directory file "
+                f"{self._dir[voice_id].path}; replace it explicitly to override it with a "
+                "database copy"
             )
         prepared = await self._prepare(voice_id, audio, language=language)
         wav = await asyncio.to_thread(prepared.wav_bytes)
@@ -454,8 +460,7 @@ class VoiceLibrary:
             )
         if row is None:
             raise VoiceExistsError(
-                f"voice {voice_id!r} already exists; remove it first or pass replace=True "
-                "(--replace) to overwrite it"
+                f"voice {voice_id!r} already exists; remove it first or replace it explicitly"
             )
         self._set_db_voice(_db_voice(row))
         logger.info(
@@ -614,18 +619,23 @@ class VoiceLibrary:
             if report is not None:
                 report.from_cache.append(entry.info.voice_id)
             return hit[1]
-        task = self._inflight.get(key)
+        flight = (key, entry.digest)
+        task = self._inflight.get(flight)
         if task is None:
             task = asyncio.ensure_future(
                 self._load_or_compute(entry, engine, audio, cached, report)
             )
-            self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+            self._inflight[flight] = task
+            task.add_done_callback(functools.partial(self._landed, flight))
             return await asyncio.shield(task)
         conditioning = await asyncio.shield(task)  # someone else is already on it
         if report is not None:
             report.from_cache.append(entry.info.voice_id)
         return conditioning
+
+    def _landed(self, flight: _Flight, task: asyncio.Task[VoiceConditioning]) -> None:
+        if self._inflight.get(flight) is task:
+            del self._inflight[flight]
 
     async def _load_or_compute(
         self,
@@ -645,6 +655,7 @@ class VoiceLibrary:
         if audio is not None:  # preload: every clip is validated, cached or not
             prepared = await self._prepare(voice_id, audio, language=entry.info.language)
         conditioning: VoiceConditioning | None = None
+        digest = entry.digest  # of the clip the conditioning was made from
         if cached is not None and cached.audio_digest == entry.digest:
             try:
                 await asyncio.to_thread(engine.load)
@@ -658,20 +669,23 @@ class VoiceLibrary:
             if report is not None:
                 report.from_cache.append(voice_id)
         else:
-            conditioning = await self._compute(entry, engine, prepared)
+            digest, conditioning = await self._compute(entry, engine, prepared)
             if report is not None:
                 report.computed.append(voice_id)
         current = self._entry(voice_id)
-        if current is not None and current.digest == entry.digest:  # not changed meanwhile
-            self._conditioning[_key(voice_id, engine)] = (entry.digest, conditioning)
+        if current is not None and _still_wanted(current, entry, digest):
+            self._conditioning[_key(voice_id, engine)] = (current.digest, conditioning)
         return conditioning
 
     async def _compute(
         self, entry: _Voice, engine: Engine, prepared: PreparedClip | None
-    ) -> VoiceConditioning:
-        voice_id = entry.info.voice_id
+    ) -> tuple[str, VoiceConditioning]:
+        """(digest of the clip used, its conditioning): the clip read now may be newer
+        than `entry` when the voice changed meanwhile, and is labelled as what it is."""
+        voice_id, digest = entry.info.voice_id, entry.digest
         if prepared is None:
             audio = await self._source_audio(entry)
+            digest = audio_digest(audio)
             prepared = await self._prepare(voice_id, audio, language=entry.info.language)
         clip = bound_clip(prepared.clip, getattr(engine, "max_reference_seconds", None))
         await asyncio.to_thread(engine.load)  # idempotent; waits for a warmup in progress
@@ -680,21 +694,22 @@ class VoiceLibrary:
             conditioning = await asyncio.to_thread(engine.condition, clip)
             logger.info("conditioned voice %r for %s in %.2f s", voice_id, engine.name,
                         time.perf_counter() - started)  # fmt: skip
-        store = self._store
-        if store is not None:
+        store, current = self._store, self._entry(voice_id)
+        # a clip replaced meanwhile is not stored: it would overwrite the newer clip's row
+        if store is not None and current is not None and _still_wanted(current, entry, digest):
             try:
                 data = await asyncio.to_thread(engine.dump_conditioning, conditioning)
                 await store.put_conditioning(
                     voice_id=voice_id,
                     engine=engine.name,
                     model_revision=engine.model_revision,
-                    audio_digest=entry.digest,
+                    audio_digest=digest,
                     data=data,
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 # the voice works from memory; the next start recomputes it
                 logger.warning("could not persist conditioning of %r: %s", voice_id, _brief(e))
-        return conditioning
+        return digest, conditioning
 
     async def preload(self, engine: Engine) -> PreloadReport:
         """Validate every voice and make its conditioning ready for `engine`: from the
@@ -763,6 +778,13 @@ class VoiceLibrary:
             logger.warning("voice %r skipped: %s", voice_id, why)
         logger.info("voice preload: %s", report.summary())
         return report
+
+
+def _still_wanted(current: _Voice, entry: _Voice, digest: str) -> bool:
+    """Whether conditioning begun for `entry`, made from a clip of `digest`, is still the
+    `current` voice's: no change since (`entry` current; a directory file edited since the
+    scan is read as it is now), or the clip read was already the current one."""
+    return current.digest in (entry.digest, digest)
 
 
 def _db_voice(row: VoiceRow) -> _Voice:
