@@ -470,3 +470,74 @@ async def test_agent_speaks_into_a_real_room(runtime: WorkerRuntime) -> None:
         await agent_room.disconnect()
         await listener.disconnect()
         await utils.aio.cancel_and_wait(*readers)
+
+
+async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
+    tmp_path: Any, database_url: str
+) -> None:
+    """The cloning path end to end: an XTTS checkpoint directory (tiny random weights, the
+    real directory loader), the voice library on the runtime's own loop, a default cloned
+    voice preloaded once, and a room's session speaking with it from another loop."""
+    import io
+
+    import soundfile as sf
+    from livekit.plugins.localtts.voices import VoiceLibrary
+
+    from .tiny_xtts import write_xtts_checkpoint
+
+    piper = PiperEngine()
+    speech = np.concatenate(
+        list(
+            piper.stream(
+                "A reference clip of clear speech, spoken slowly. " * 2,
+                None,
+                localtts.SynthesisParams(),
+                threading.Event(),
+            )
+        )
+    )
+    clip = io.BytesIO()
+    sf.write(clip, speech, piper.sample_rate, format="WAV", subtype="PCM_16")
+    seed = VoiceLibrary(database_url=database_url, voices_dir=tmp_path / "no-voices")
+    await seed.start()
+    await seed.add("narrator", clip.getvalue())
+    await seed.aclose()
+
+    settings = localtts.Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        engine="xtts",
+        xtts_model=str(write_xtts_checkpoint(tmp_path / "xtts")),
+        xtts_int8=False,
+        database_url=database_url,
+        voices_dir=tmp_path / "no-voices",
+        voice="narrator",
+        agent_greeting=GREETING,
+    )
+    rt = WorkerRuntime(settings=settings)
+    try:
+        await rt.ready()
+        assert rt.engine is not None and rt.engine.name == "xtts"
+        assert rt.voice == "narrator" and rt.load_report()["warnings"] == []
+        calls = 0
+        condition = rt.engine.condition
+
+        def counting(clip: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return condition(clip)
+
+        rt.engine.condition = counting  # type: ignore[method-assign]
+        session = rt.new_session(llm=ScriptedLLM([]), stt=None)
+        output = CapturingAudioOutput()
+        session.output.audio = output
+        try:
+            greeting = await start_session(session, rt)
+            assert greeting is not None
+            await greeting
+        finally:
+            await session.aclose()
+        assert sum(f.duration for f in output.frames) > 0.2
+        assert rms(output.samples()) > 0.0
+        assert calls == 0, "the preloaded voice was conditioned again for a room"
+    finally:
+        rt.close()
