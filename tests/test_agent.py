@@ -116,6 +116,20 @@ async def runtime() -> AsyncIterator[WorkerRuntime]:
     rt.close()
 
 
+async def _greet(runtime: WorkerRuntime) -> CapturingAudioOutput:
+    """A room's session says its greeting into a capturing output, then closes."""
+    session = runtime.new_session(llm=ScriptedLLM([]), stt=None)
+    output = CapturingAudioOutput()
+    session.output.audio = output
+    try:
+        greeting = await start_session(session, runtime)
+        assert greeting is not None
+        await greeting
+    finally:
+        await session.aclose()
+    return output
+
+
 async def _speak_and_answer(
     runtime: WorkerRuntime, question: str, answer: str
 ) -> tuple[CapturingAudioOutput, ScriptedLLM, Any, float]:
@@ -336,15 +350,7 @@ async def test_a_default_voice_the_engine_cannot_clone_is_ignored_loudly(
         assert report["warnings"] == [warning]
 
         # and the agent speaks, with Piper's own voice
-        session = rt.new_session(llm=ScriptedLLM([]), stt=None)
-        output = CapturingAudioOutput()
-        session.output.audio = output
-        try:
-            greeting = await start_session(session, rt)
-            assert greeting is not None
-            await greeting
-        finally:
-            await session.aclose()
+        output = await _greet(rt)
         assert sum(f.duration for f in output.frames) > 1.0
         assert rms(output.samples()) > 0.02
     finally:
@@ -527,15 +533,7 @@ async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
             return condition(clip)
 
         rt.engine.condition = counting  # type: ignore[method-assign]
-        session = rt.new_session(llm=ScriptedLLM([]), stt=None)
-        output = CapturingAudioOutput()
-        session.output.audio = output
-        try:
-            greeting = await start_session(session, rt)
-            assert greeting is not None
-            await greeting
-        finally:
-            await session.aclose()
+        output = await _greet(rt)
         assert sum(f.duration for f in output.frames) > 0.2
         assert rms(output.samples()) > 0.0
         assert calls == 0, "the preloaded voice was conditioned again for a room"
