@@ -36,6 +36,7 @@ from .base import (
     VoiceError,
     reference_audio,
 )
+from .weights import hub_snapshot, snapshot_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
 
@@ -142,43 +143,20 @@ def resolve_checkpoint(model: str, *, allow_download: bool) -> Path:
             f"Chatterbox model directory {path} does not exist; "
             + _missing_message(f"{path}", list(REQUIRED_FILES))
         )
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError as e:  # pragma: no cover - a dependency of chatterbox-tts
-        raise EngineUnavailableError(
-            "huggingface_hub is missing: pip install 'localtts[chatterbox]'"
-        ) from e
-    found: dict[str, Path] = {}
-    for name in (*REQUIRED_FILES, DEFAULT_VOICE_FILE):
-        cached = try_to_load_from_cache(model, name)
-        if isinstance(cached, str):
-            found[name] = Path(cached)
-    missing = [f for f in REQUIRED_FILES if f not in found]
-    if missing and allow_download:
-        try:
-            for name in (*REQUIRED_FILES, DEFAULT_VOICE_FILE):
-                if name not in found:
-                    found[name] = Path(hf_hub_download(repo_id=model, filename=name))
-        except Exception as e:
-            if name != DEFAULT_VOICE_FILE or any(f not in found for f in REQUIRED_FILES):
-                raise EngineUnavailableError(
-                    f"downloading {name} from the Hugging Face repo {model} failed: {e}"
-                ) from e
-        missing = []
-    if missing:
+    directory, missing = hub_snapshot(
+        model, REQUIRED_FILES, (DEFAULT_VOICE_FILE,), allow_download=allow_download
+    )
+    if directory is None:
         raise EngineUnavailableError(
             _missing_message(f"the Hugging Face cache for {model}", missing)
         )
-    folders = {found[f].parent for f in REQUIRED_FILES}
-    if len(folders) != 1:  # pragma: no cover - files of one cached snapshot share a folder
-        raise EngineUnavailableError(f"Chatterbox files for {model} are split across {folders}")
-    return folders.pop()
+    return directory
 
 
 def checkpoint_revision(directory: Path) -> str:
     """The HF snapshot hash when the directory is one, else a digest of the files' sizes."""
-    if directory.parent.name == "snapshots":
-        return directory.name[:12]
+    if (snapshot := snapshot_revision(directory)) is not None:
+        return snapshot
     digest = hashlib.sha1()
     for name in (*REQUIRED_FILES, T3_CONFIG_FILE):
         f = directory / name

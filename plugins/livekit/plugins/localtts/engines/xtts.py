@@ -40,6 +40,7 @@ from .base import (
     VoiceError,
     reference_audio,
 )
+from .weights import hub_snapshot, snapshot_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
 
@@ -131,41 +132,22 @@ def resolve_checkpoint_dir(model: str, *, allow_download: bool = False) -> Path:
 
 
 def _hub_checkpoint_dir(repo_id: str, *, allow_download: bool) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError as e:  # pragma: no cover - coqui-tts depends on it
-        raise EngineUnavailableError(f"huggingface_hub is not installed ({e})") from e
-    found: dict[str, Path] = {}
-    for name in (*REQUIRED_FILES, SPEAKERS_FILE):
-        cached = try_to_load_from_cache(repo_id, name)  # local only, never the network
-        if isinstance(cached, str):
-            found[name] = Path(cached)
-    missing = [name for name in REQUIRED_FILES if name not in found]
-    if missing and allow_download:
-        try:
-            for name in missing:
-                found[name] = Path(hf_hub_download(repo_id, name))
-        except Exception as e:
-            raise EngineUnavailableError(
-                f"could not download XTTS weights {repo_id!r} ({e})"
-            ) from e
-        missing = []
-    if missing:
+    directory, missing = hub_snapshot(
+        repo_id, REQUIRED_FILES, (SPEAKERS_FILE,), allow_download=allow_download
+    )
+    if directory is None:
         raise EngineUnavailableError(
             f"XTTS weights {repo_id!r} are not in the local Hugging Face cache (missing "
             f"{', '.join(missing)}); download them once (huggingface-cli download {repo_id}), "
             "point LOCALTTS_XTTS_MODEL at a local directory, or set LOCALTTS_ALLOW_DOWNLOAD=1"
         )
-    directories = {found[name].parent for name in REQUIRED_FILES}
-    if len(directories) != 1:  # pragma: no cover - one snapshot holds all files
-        raise EngineUnavailableError(f"XTTS files of {repo_id!r} are split across {directories}")
-    return directories.pop()
+    return directory
 
 
 def _directory_revision(directory: Path) -> str:
     """Hub snapshots carry their commit in the path; local weights: size and mtime."""
-    if directory.parent.name == "snapshots":
-        return f"xtts-{directory.name[:12]}"
+    if (snapshot := snapshot_revision(directory)) is not None:
+        return f"xtts-{snapshot}"
     stat = (directory / "model.pth").stat()
     digest = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return f"xtts-local-{digest}"
