@@ -1,7 +1,8 @@
 """Chatterbox engine on CPU with a tiny random-weight model (tests/tiny_chatterbox.py).
 
-What CUDA alone runs (graph capture, torch.compile, bf16) is not exercised here; the decode
-loop those wrap is the same code and runs below in fp32.
+CUDA-graph capture and replay is the one part CUDA alone runs. What CUDA hosts run by default
+besides is exercised on the CPU below: the decode step under torch.compile(fullgraph=True)
+(inductor's CPU backend), T3 in bfloat16 and the S3Gen flow in reduced precision.
 """
 
 from __future__ import annotations
@@ -304,6 +305,88 @@ def test_cpu_info_reports_fp32_without_graphs(engine: ChatterboxEngine) -> None:
     assert info["compiled"] is False and info["cuda_graph"] is False
     assert "cuda-graph" not in info["optimizations"]
     assert info["default_voice"] is True
+
+
+# -- what CUDA hosts run by default, exercised on the CPU ----------------------------------------
+
+
+def test_compiled_decode_step_gives_the_eager_tokens(engine, tmp_path, monkeypatch) -> None:
+    """The decode step compiled with fullgraph (no graph break: the trace a CUDA host compiles
+    and then captures) samples exactly the eager tokens, and fills the persistent cache."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache = tmp_path / "compile-cache"
+    compiled = make_tiny_chatterbox_engine(
+        with_default_voice=False, compile=True, compile_cache_dir=cache,
+        first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
+        context_tokens=50,
+    )
+    compiled.set_default_voice(engine.default_conditionals)
+    info = compiled.info()
+    assert info["compiled"] is True and "torch-compile" in info["optimizations"]
+    assert info["cuda_graph"] is False
+    assert info["compile_cache_dir"] == str(cache.resolve())
+    assert any(p.is_file() for p in cache.rglob("*"))  # compiled at load, not by a request
+
+    params = SynthesisParams(seed=5, temperature=0.9)
+    audio = np.concatenate(list(compiled.stream(TEXT, None, params, threading.Event())))
+    tokens = compiled.last_stats.speech_tokens
+    eager_audio = np.concatenate(list(engine.stream(TEXT, None, params, threading.Event())))
+    assert len(tokens) > FIRST and tokens == engine.last_stats.speech_tokens
+    np.testing.assert_allclose(audio, eager_audio, atol=1e-4)
+
+
+def test_reduced_precision_t3_and_flow(engine) -> None:
+    """T3 in bfloat16: the static-cache decoder (own attention, RoPE, masked fixed-length
+    cache) gives the logits of transformers' own forward in the same precision; the flow in
+    fp16 stays close to fp32; an engine set to both streams and reports it."""
+    low = make_tiny_chatterbox_engine(
+        with_default_voice=False, private=True, t3_dtype="bfloat16", flow_dtype="float16",
+        first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
+    )
+    low.set_default_voice(engine.default_conditionals)
+    info = low.info()
+    assert (info["dtype"], info["flow_dtype"], info["vocoder_dtype"]) == (
+        "bfloat16", "float16", "float32"
+    )
+    assert "t3-bfloat16" in info["optimizations"]
+
+    embeds = low._prompt_embeds(TEXT, low.default_conditionals, 0.5)
+    assert embeds.dtype == torch.bfloat16
+    forced = torch.randint(0, 6561, (20,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    @torch.inference_mode()
+    def logits_along(decoder) -> torch.Tensor:
+        """Prefill, then the forced tokens one decode step each (teacher forcing: bf16
+        rounding may flip a near-tie sample, which would make free-running streams part)."""
+        t3 = decoder.t3
+        out = [decoder._prefill_logits(embeds)]
+        decoder._cache_pos.fill_(embeds.shape[1])
+        for i, token in enumerate(forced):
+            x = t3.speech_emb(torch.tensor([token])) + t3.speech_pos_emb.emb(torch.tensor([i + 1]))
+            out.append(decoder._decode_logits(x.view(1, 1, -1).expand(2, 1, -1)))
+            decoder._cache_pos.add_(1)
+        return torch.stack(out).float()
+
+    static = logits_along(T3StaticDecoder(low._t3, max_cache_len=512))
+    reference = logits_along(T3DynamicDecoder(low._t3, max_cache_len=512))
+    assert static.shape == (len(forced) + 1, 2, low._t3.hp.speech_tokens_dict_size)
+    scale = reference.abs().amax(dim=-1, keepdim=True)
+    assert ((static - reference).abs() / scale).max() < 0.05
+    agree = (static.argmax(dim=-1) == reference.argmax(dim=-1)).float().mean()
+    assert agree >= 0.9
+
+    chunks = list(low.stream(TEXT, None, SynthesisParams(seed=2), threading.Event()))
+    assert sum(low.last_stats.chunk_tokens) == len(low.last_stats.speech_tokens) > FIRST
+    audio = np.concatenate(chunks)
+    assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio**2)) > 1e-3
+
+    # same tokens through the fp32 flow and the fp16 one
+    def one_pass(streamer) -> np.ndarray:
+        stream = streamer.open(streamer.prepare(engine.default_conditionals.gen), seed=2)
+        stream.add(low.last_stats.speech_tokens)
+        return stream.finish()
+
+    assert _snr_db(one_pass(engine._streamer), one_pass(low._streamer)) >= 30
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -109,19 +109,26 @@ def tiny_parts(seed: int = 0) -> dict[str, Any]:
 
 
 def make_tiny_chatterbox_engine(
-    *, with_default_voice: bool = True, voice_seconds: float = 2.0, **options: Any
+    *, with_default_voice: bool = True, voice_seconds: float = 2.0, private: bool = False,
+    **options: Any,
 ) -> Any:
     """A loaded ChatterboxEngine over the shared tiny parts (CPU, fp32).
 
-    `options` override `ChatterboxOptions` fields (e.g. first_chunk_tokens=8).
+    `options` override `ChatterboxOptions` fields (e.g. first_chunk_tokens=8). `private`
+    gives the engine its own copies of T3 and S3Gen: loading moves modules to the engine's
+    dtype in place, so an engine in another precision must not share them.
     """
+    import copy
+
     from livekit.plugins.localtts.engines.base import VoiceClip
     from livekit.plugins.localtts.engines.chatterbox import (
         ChatterboxEngine,
         ChatterboxOptions,
     )
 
-    parts = tiny_parts()
+    parts = dict(tiny_parts())
+    if private:
+        parts.update(t3=copy.deepcopy(parts["t3"]), s3gen=copy.deepcopy(parts["s3gen"]))
     defaults: dict[str, Any] = dict(
         device="cpu", n_cfm_timesteps=N_CFM_STEPS, watermark=False, warmup=False,
         max_new_tokens=120,

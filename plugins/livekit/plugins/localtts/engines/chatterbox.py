@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -335,10 +336,10 @@ class ChatterboxEngine:
     def _t3_dtype(self) -> Any:
         import torch
 
+        if self.options.t3_dtype != "auto":  # honoured on CPU too (slower; tests use it)
+            return _dtype(self.options.t3_dtype)
         if self._device.type != "cuda":
             return torch.float32  # reduced precision on CPU is slower, not faster
-        if self.options.t3_dtype != "auto":
-            return _dtype(self.options.t3_dtype)
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def load(self) -> None:
@@ -370,9 +371,8 @@ class ChatterboxEngine:
             on_cuda = dev.type == "cuda"
             self._t3 = parts["t3"].to(device=dev, dtype=self._t3_dtype()).eval()
             self._s3gen = parts["s3gen"].to(dev).eval()
-            flow_dtype = _dtype(opts.flow_dtype) if on_cuda and opts.flow_dtype != "auto" else None
-            if flow_dtype is not None:
-                self._s3gen.flow.to(flow_dtype)
+            if opts.flow_dtype not in ("auto", "float32"):  # HiFT stays fp32 (see options)
+                self._s3gen.flow.to(_dtype(opts.flow_dtype))
             self._ve = parts["ve"].to(dev).eval()
             self._tokenizer = parts["tokenizer"]
             if parts.get("conds") is not None:
@@ -384,7 +384,9 @@ class ChatterboxEngine:
                 use_compile = use_graph = False
             if use_compile:
                 if self._compile_cache_dir is not None:
-                    enable_compile_cache(self._compile_cache_dir)
+                    effective = enable_compile_cache(self._compile_cache_dir)
+                    if effective.resolve() != self._compile_cache_dir.resolve():
+                        logger.info("torch compile cache: %s (TORCHINDUCTOR_CACHE_DIR)", effective)
             cache_len = self._cache_len()
             if opts.static_cache:
                 self._decoder = T3StaticDecoder(
@@ -754,9 +756,10 @@ class ChatterboxEngine:
             kv_cache_len=decoder.max_cache_len,
             compiled=decoder.compiled,
             cuda_graph=decoder.graph_captured,
+            # where inductor really caches: a directory set before ours (by the user, or by
+            # an earlier compile in this process) wins over the option
             compile_cache_dir=(
-                str(self._compile_cache_dir) if decoder.compiled and self._compile_cache_dir
-                else None
+                os.environ.get("TORCHINDUCTOR_CACHE_DIR") if decoder.compiled else None
             ),
             stop_check_interval=decoder.stop_check_interval,
             watermark=self._watermarker is not None,

@@ -370,10 +370,14 @@ class T3StaticDecoder(T3Decoder):
         return self.compile_step
 
 
-def enable_compile_cache(cache_dir: Path) -> None:
-    """Persist inductor's compiled kernels/graphs so restarts skip most compilation."""
+def enable_compile_cache(cache_dir: Path) -> Path:
+    """Persist inductor's compiled kernels/graphs so restarts skip most compilation.
+
+    Returns the directory in effect: a TORCHINDUCTOR_CACHE_DIR already set (by the user, or by
+    inductor itself after an earlier compile in this process) is kept.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    effective = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir)))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     try:
@@ -382,4 +386,5 @@ def enable_compile_cache(cache_dir: Path) -> None:
         inductor_config.fx_graph_cache = True
     except Exception:  # pragma: no cover - inductor missing in a stripped torch build
         pass
+    return effective
 
