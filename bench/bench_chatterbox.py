@@ -30,6 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
+# first: lets a GPU machine without livekit-agents import the engines (bench/engine_only.py)
+import bench.engine_only  # noqa: E402, F401
+
+# isort: split
 import torch  # noqa: E402
 from livekit.plugins.localtts.engines.base import SynthesisParams, VoiceClip  # noqa: E402
 from livekit.plugins.localtts.engines.chatterbox import (  # noqa: E402
@@ -176,8 +180,11 @@ def main() -> None:
     def med(runs: list[Run], field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs)
 
+    device_name = (torch.cuda.get_device_name(torch.device(args.device))
+                   if args.device.startswith("cuda") else "cpu")
     print(f"\nChatterbox bench: {'tiny' if args.tiny else 'real-size'} random weights, "
-          f"device={args.device}, torch {torch.__version__}, threads={args.threads}, "
+          f"device={args.device} ({device_name}), torch {torch.__version__}, "
+          f"threads={args.threads}, "
           f"tokens<={args.tokens}, CFM steps={args.cfm_steps}, voice {args.voice_seconds:.0f}s, "
           f"runs={args.runs}, build {build_s:.1f}s")
     print(f"engine: dtype={info['dtype']} static_kv_cache={info['static_kv_cache']} "

@@ -80,6 +80,32 @@ def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference**2) / max(noise, 1e-20)))
 
 
+FORCED_TOKENS = torch.randint(0, 6561, (20,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+@torch.inference_mode()
+def _teacher_forced_logits(decoder, embeds) -> torch.Tensor:
+    """(1 + len(FORCED_TOKENS), 2, V) float logits: the prefill's, then one decode step per
+    forced token. Teacher forcing because in reduced precision a near-tie sample may flip,
+    after which two free-running streams have nothing in common."""
+    t3, device = decoder.t3, decoder.device
+    out = [decoder._prefill_logits(embeds.to(decoder.dtype))]
+    decoder._cache_pos.fill_(embeds.shape[1])
+    for i, token in enumerate(FORCED_TOKENS):
+        x = t3.speech_emb(torch.tensor([token], device=device))
+        x = x + t3.speech_pos_emb.emb(torch.tensor([i + 1], device=device))
+        out.append(decoder._decode_logits(x.view(1, 1, -1).expand(2, 1, -1)))
+        decoder._cache_pos.add_(1)
+    return torch.stack(out).float()
+
+
+def _assert_logits_close(got: torch.Tensor, reference: torch.Tensor) -> None:
+    assert got.shape == reference.shape == (len(FORCED_TOKENS) + 1, 2, 8194)
+    scale = reference.abs().amax(dim=-1, keepdim=True)
+    assert ((got - reference).abs() / scale).max() < 0.05  # bf16 gives ~0.004
+    assert (got.argmax(dim=-1) == reference.argmax(dim=-1)).float().mean() >= 0.9
+
+
 # -- T3 decoding ---------------------------------------------------------------------------------
 
 
@@ -352,28 +378,10 @@ def test_reduced_precision_t3_and_flow(engine) -> None:
 
     embeds = low._prompt_embeds(TEXT, low.default_conditionals, 0.5)
     assert embeds.dtype == torch.bfloat16
-    forced = torch.randint(0, 6561, (20,), generator=torch.Generator().manual_seed(0)).tolist()
-
-    @torch.inference_mode()
-    def logits_along(decoder) -> torch.Tensor:
-        """Prefill, then the forced tokens one decode step each (teacher forcing: bf16
-        rounding may flip a near-tie sample, which would make free-running streams part)."""
-        t3 = decoder.t3
-        out = [decoder._prefill_logits(embeds)]
-        decoder._cache_pos.fill_(embeds.shape[1])
-        for i, token in enumerate(forced):
-            x = t3.speech_emb(torch.tensor([token])) + t3.speech_pos_emb.emb(torch.tensor([i + 1]))
-            out.append(decoder._decode_logits(x.view(1, 1, -1).expand(2, 1, -1)))
-            decoder._cache_pos.add_(1)
-        return torch.stack(out).float()
-
-    static = logits_along(T3StaticDecoder(low._t3, max_cache_len=512))
-    reference = logits_along(T3DynamicDecoder(low._t3, max_cache_len=512))
-    assert static.shape == (len(forced) + 1, 2, low._t3.hp.speech_tokens_dict_size)
-    scale = reference.abs().amax(dim=-1, keepdim=True)
-    assert ((static - reference).abs() / scale).max() < 0.05
-    agree = (static.argmax(dim=-1) == reference.argmax(dim=-1)).float().mean()
-    assert agree >= 0.9
+    static = _teacher_forced_logits(T3StaticDecoder(low._t3, max_cache_len=512), embeds)
+    _assert_logits_close(static, _teacher_forced_logits(
+        T3DynamicDecoder(low._t3, max_cache_len=512), embeds
+    ))
 
     chunks = list(low.stream(TEXT, None, SynthesisParams(seed=2), threading.Event()))
     assert sum(low.last_stats.chunk_tokens) == len(low.last_stats.speech_tokens) > FIRST
@@ -387,6 +395,93 @@ def test_reduced_precision_t3_and_flow(engine) -> None:
         return stream.finish()
 
     assert _snr_db(one_pass(engine._streamer), one_pass(low._streamer)) >= 30
+
+
+# -- CUDA (skipped without a GPU; a lent GPU machine runs them: docs/benchmarks.md) ---------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_engine(engine: ChatterboxEngine) -> ChatterboxEngine:
+    """The tiny model on CUDA with the CUDA defaults: bf16 (fp16) T3, the decode step compiled
+    and captured as a CUDA graph, warmup at load."""
+    gpu = make_tiny_chatterbox_engine(
+        with_default_voice=False, private=True, device="cuda", warmup=True,
+        first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
+        context_tokens=50,
+    )
+    gpu.set_default_voice(engine.default_conditionals)
+    return gpu
+
+
+@needs_cuda
+def test_cuda_defaults_are_on_and_reported(cuda_engine: ChatterboxEngine) -> None:
+    info = cuda_engine.info()
+    assert info["device"].startswith("cuda")
+    assert info["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert info["compiled"] is True and info["cuda_graph"] is True
+    assert info["static_kv_cache"] is True and info["warmup_s"] is not None
+    assert {"static-kv-cache", "torch-compile", "cuda-graph"} <= set(info["optimizations"])
+
+
+@needs_cuda
+def test_cuda_graph_replays_the_compiled_step(cuda_engine: ChatterboxEngine) -> None:
+    """Replaying the captured graph samples what launching the compiled step does, and the
+    compiled step's logits are the eager ones and transformers' ones."""
+    from livekit.plugins.localtts.engines.chatterbox_t3 import SamplingParams
+
+    t3 = cuda_engine._t3
+    embeds = cuda_engine._prompt_embeds(TEXT, cuda_engine.default_conditionals, 0.5)
+    captured = cuda_engine._decoder
+    launched = T3StaticDecoder(t3, max_cache_len=captured.max_cache_len, compile_step=True)
+    launched.capture(embeds)  # compiles, captures nothing
+    assert captured.graph_captured and not launched.graph_captured
+    near_greedy = SamplingParams(temperature=1e-3)
+    tokens = []
+    for decoder in (captured, launched):
+        decoder.start(embeds, near_greedy, seed=9)
+        decoder.step(25)
+        tokens.append(decoder.tokens(0, 26))
+    assert tokens[0] == tokens[1]
+
+    compiled = _teacher_forced_logits(launched, embeds)
+    eager = _teacher_forced_logits(T3StaticDecoder(t3, max_cache_len=512), embeds)
+    _assert_logits_close(compiled, eager)
+    _assert_logits_close(compiled, _teacher_forced_logits(
+        T3DynamicDecoder(t3, max_cache_len=512), embeds
+    ))
+
+
+@needs_cuda
+def test_cuda_stream_chunks_close_to_one_pass_and_seeded(cuda_engine: ChatterboxEngine) -> None:
+    params = SynthesisParams(seed=11)
+    chunks = list(cuda_engine.stream(TEXT, None, params, threading.Event()))
+    stats = cuda_engine.last_stats
+    assert stats.tokens_at_first_chunk == FIRST
+    assert [len(c) for c in chunks] == [n * SAMPLES_PER_TOKEN for n in stats.chunk_tokens]
+    assert sum(stats.chunk_tokens) == len(stats.speech_tokens) > FIRST
+    streamer = cuda_engine._streamer
+    one = streamer.open(streamer.prepare(cuda_engine.default_conditionals.gen), seed=11)
+    one.add(stats.speech_tokens)
+    audio = np.concatenate(chunks)
+    assert _snr_db(one.finish(), audio) >= 20
+    # the graph draws from the engine's generator: the same seed gives the same utterance
+    again = np.concatenate(list(cuda_engine.stream(TEXT, None, params, threading.Event())))
+    assert cuda_engine.last_stats.speech_tokens == stats.speech_tokens
+    assert _snr_db(audio, again) >= 50  # cuDNN may reorder sums; nothing more
+
+
+@needs_cuda
+def test_cuda_cancel_stops_within_a_step(cuda_engine: ChatterboxEngine) -> None:
+    cancel = threading.Event()
+    stream = cuda_engine.stream(TEXT, None, SynthesisParams(seed=1), cancel)
+    next(stream)
+    stopped_at = cuda_engine._decoder.length
+    cancel.set()
+    assert list(stream) == []
+    assert cuda_engine.last_stats.cancelled and cuda_engine._decoder.length == stopped_at
+    assert len(_first_chunk(cuda_engine, SynthesisParams(seed=2))) > 0
 
 
 # -- loading --------------------------------------------------------------------------------------
