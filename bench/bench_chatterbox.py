@@ -9,15 +9,18 @@ off on both sides unless `--watermark` (Perth's first call JIT-compiles for ~20 
 
     python bench/bench_chatterbox.py                       # real size on this CPU
     python bench/bench_chatterbox.py --device cuda         # bf16 + compile + CUDA graph
+    python bench/bench_chatterbox.py --device cuda --pipeline --flow-dtype float16 --runs 5
     python bench/bench_chatterbox.py --tiny                # smoke run: 2-layer T3, seconds
 
 Columns: first-chunk latency (stock: the whole utterance, it does not stream), T3 tokens per
-second (decode; real time needs 25), RTF (wall time / audio duration).
+second (decode; real time needs 25), RTF (wall time / audio duration). `--pipeline` adds a
+column for T3 decoding in its own thread (and CUDA stream) while S3Gen renders.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -122,30 +125,39 @@ def bench_stock(parts: dict[str, Any], conds: Any, args: argparse.Namespace) -> 
 
 
 def bench_engine(parts: dict[str, Any], conds: Any, args: argparse.Namespace) -> tuple[
-    list[Run], dict[str, Any]
+    dict[str, list[Run]], dict[str, Any]
 ]:
+    """Runs of the engine, one entry per variant: one thread, and with --pipeline T3 in a
+    thread (and CUDA stream) of its own while S3Gen renders."""
     options = ChatterboxOptions(
         device=args.device, max_new_tokens=args.tokens, n_cfm_timesteps=args.cfm_steps,
         watermark=args.watermark, warmup=True, first_chunk_tokens=args.first_chunk_tokens,
+        flow_dtype=args.flow_dtype,
         compile_cache_dir=Path(tempfile.gettempdir()) / "localtts-bench-compile-cache",
     )
     engine = ChatterboxEngine(options=options, conds=conds, revision="bench-random", **parts)
     engine.load()
-    runs = []
-    for i in range(args.runs):
-        t0 = time.perf_counter()
-        first = None
-        samples = 0
-        for chunk in engine.stream(SENTENCE, None, SynthesisParams(seed=i), threading.Event()):
-            if first is None:
-                first = time.perf_counter() - t0
-            samples += len(chunk)
-        total = time.perf_counter() - t0
-        stats = engine.last_stats
-        assert stats is not None and first is not None
-        runs.append(Run(first, total, samples / SAMPLE_RATE, stats.tokens,
-                        stats.t3_tokens_per_s))
-    return runs, engine.info()
+    variants = {"localtts": False} | ({"pipelined": True} if args.pipeline else {})
+    results: dict[str, list[Run]] = {}
+    for name, pipeline in variants.items():
+        engine.options = dataclasses.replace(options, pipeline=pipeline)
+        runs = results[name] = []
+        for i in range(args.runs):
+            t0 = time.perf_counter()
+            first = None
+            samples = 0
+            for chunk in engine.stream(
+                SENTENCE, None, SynthesisParams(seed=i), threading.Event()
+            ):
+                if first is None:
+                    first = time.perf_counter() - t0
+                samples += len(chunk)
+            total = time.perf_counter() - t0
+            stats = engine.last_stats
+            assert stats is not None and first is not None
+            runs.append(Run(first, total, samples / SAMPLE_RATE, stats.tokens,
+                            stats.t3_tokens_per_s))
+    return results, engine.info()
 
 
 def main() -> None:
@@ -159,6 +171,10 @@ def main() -> None:
     parser.add_argument("--voice-seconds", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--watermark", action="store_true")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also run the engine with T3 decoding in its own thread")
+    parser.add_argument("--flow-dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -176,8 +192,11 @@ def main() -> None:
     # stock first: the engine converts T3 to bf16 in place on CUDA
     stock = bench_stock(parts, conds, args)
     ours, info = bench_engine(parts, conds, args)
+    columns = {"stock generate": stock} | ours
 
-    def med(runs: list[Run], field: str) -> float:
+    def value(runs: list[Run], field: str) -> float:
+        if field == "rtf":  # of the medians, as before
+            return value(runs, "total_s") / max(value(runs, "audio_s"), 1e-9)
         return statistics.median(getattr(r, field) for r in runs)
 
     device_name = (torch.cuda.get_device_name(torch.device(args.device))
@@ -187,9 +206,10 @@ def main() -> None:
           f"threads={args.threads}, "
           f"tokens<={args.tokens}, CFM steps={args.cfm_steps}, voice {args.voice_seconds:.0f}s, "
           f"runs={args.runs}, build {build_s:.1f}s")
-    print(f"engine: dtype={info['dtype']} static_kv_cache={info['static_kv_cache']} "
-          f"compiled={info['compiled']} cuda_graph={info['cuda_graph']} "
-          f"first_chunk_tokens={args.first_chunk_tokens} watermark={info['watermark']}")
+    print(f"engine: dtype={info['dtype']} flow={info['flow_dtype']} "
+          f"static_kv_cache={info['static_kv_cache']} compiled={info['compiled']} "
+          f"cuda_graph={info['cuda_graph']} first_chunk_tokens={args.first_chunk_tokens} "
+          f"watermark={info['watermark']}")
     rows = [
         ("first chunk (s)", "first_chunk_s", False),
         ("T3 tokens/s", "t3_tokens_per_s", True),
@@ -198,22 +218,23 @@ def main() -> None:
         ("audio (s)", "audio_s", None),
         ("tokens", "tokens", None),
     ]
-    print(f"\n| {'metric':<16} | {'stock generate':>14} | {'localtts':>10} | {'speedup':>17} |")
-    print(f"|{'-' * 18}|{'-' * 16}|{'-' * 12}|{'-' * 19}|")
+    # speedup of each engine variant over stock: > 1 is better, < 1 is slower
+    heads = list(columns) + [f"{name} speedup" for name in ours]
+    print("\n| metric | " + " | ".join(heads) + " |")
+    print("|---|" + "---:|" * len(heads))
     for label, field, higher_better in rows:
-        if field == "rtf":
-            a = med(stock, "total_s") / max(med(stock, "audio_s"), 1e-9)
-            b = med(ours, "total_s") / max(med(ours, "audio_s"), 1e-9)
-        else:
-            a, b = med(stock, field), med(ours, field)
-        # speedup of localtts over stock: > 1 is better, < 1 is slower
-        speedup = None
-        if higher_better is True and a > 0:
-            speedup = b / a
-        elif higher_better is False and b > 0:
-            speedup = a / b
-        ratio = "" if speedup is None else f"{speedup:.2f}x" + (" (slower)" if speedup < 1 else "")
-        print(f"| {label:<16} | {a:>14.3f} | {b:>10.3f} | {ratio:>17} |")
+        values = [value(runs, field) for runs in columns.values()]
+        cells = [f"{v:.3f}" for v in values]
+        base = values[0]
+        for v in values[1:]:
+            speedup = None
+            if higher_better is True and base > 0:
+                speedup = v / base
+            elif higher_better is False and v > 0:
+                speedup = base / v
+            cells.append("" if speedup is None
+                         else f"{speedup:.2f}x" + (" (slower)" if speedup < 1 else ""))
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

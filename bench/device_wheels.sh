@@ -13,7 +13,7 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 || exit
 #   python3 -m pytest --noconftest -p bench.engine_only -q tests/test_chatterbox.py
-#   python3 bench/bench_chatterbox.py --device cuda --runs 5 --tokens 150
+#   python3 bench/bench_chatterbox.py --device cuda --runs 5 --tokens 150 --pipeline
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -287,6 +287,68 @@ def test_cancel_stops_within_a_step_and_engine_stays_usable(engine) -> None:
     assert len(_first_chunk(engine, SynthesisParams(seed=2))) > 0
 
 
+@pytest.fixture(scope="module")
+def pipelined(engine: ChatterboxEngine) -> ChatterboxEngine:
+    gpu_like = make_tiny_chatterbox_engine(
+        with_default_voice=False, pipeline=True, first_chunk_tokens=FIRST,
+        lookahead_tokens=LOOKAHEAD, max_new_tokens=30, context_tokens=50,
+    )
+    gpu_like.set_default_voice(engine.default_conditionals)
+    return gpu_like
+
+
+def _decoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "localtts-chatterbox-t3"]
+
+
+def test_pipelined_decoding_gives_the_same_utterance(pipelined, streamed) -> None:
+    """T3 in its own thread while S3Gen renders: the chunks are those of the one-thread loop
+    (the audio depends on the tokens alone, not on when they were handed over)."""
+    assert pipelined.info()["pipeline"] is True
+    chunks = list(pipelined.stream(TEXT, None, SynthesisParams(seed=11), threading.Event()))
+    reference, stats = streamed
+    assert pipelined.last_stats.speech_tokens == stats.speech_tokens
+    assert pipelined.last_stats.chunk_tokens == stats.chunk_tokens
+    for got, want in zip(chunks, reference, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not _decoder_threads()
+
+
+def test_pipelined_cancel_close_and_errors_leave_the_engine_usable(pipelined, monkeypatch) -> None:
+    decoder = pipelined._decoder
+    step = decoder.step
+
+    def slow_step(n: int = 1) -> None:  # a real-size T3's pace, so the cap is not reached
+        time.sleep(0.05)
+        step(n)
+
+    monkeypatch.setattr(decoder, "step", slow_step)
+    cancel = threading.Event()
+    stream = pipelined.stream(TEXT, None, SynthesisParams(seed=1), cancel)
+    next(stream)
+    cancel.set()
+    at_cancel = decoder.length
+    assert list(stream) == []
+    assert pipelined.last_stats.cancelled and not _decoder_threads()
+    assert decoder.length <= at_cancel + 1 < 30  # within a step
+    monkeypatch.undo()
+
+    stream = pipelined.stream(TEXT, None, SynthesisParams(seed=1), threading.Event())
+    next(stream)
+    stream.close()  # the caller walks away without cancelling
+    assert not _decoder_threads()
+
+    def broken_step(n: int = 1) -> None:
+        raise RuntimeError("decode step failed")
+
+    monkeypatch.setattr(pipelined._decoder, "step", broken_step)
+    with pytest.raises(RuntimeError, match="decode step failed"):
+        list(pipelined.stream(TEXT, None, SynthesisParams(seed=1), threading.Event()))
+    monkeypatch.undo()
+    assert not _decoder_threads()
+    assert len(_first_chunk(pipelined, SynthesisParams(seed=2))) > 0
+
+
 # -- voices -------------------------------------------------------------------------------------
 
 
@@ -470,6 +532,26 @@ def test_cuda_stream_chunks_close_to_one_pass_and_seeded(cuda_engine: Chatterbox
     again = np.concatenate(list(cuda_engine.stream(TEXT, None, params, threading.Event())))
     assert cuda_engine.last_stats.speech_tokens == stats.speech_tokens
     assert _snr_db(audio, again) >= 50  # cuDNN may reorder sums; nothing more
+
+
+@needs_cuda
+def test_cuda_pipelined_decoding_gives_the_same_utterance(cuda_engine: ChatterboxEngine) -> None:
+    """T3 replaying its graph on a stream of its own while S3Gen renders on the default one."""
+    import dataclasses
+
+    params = SynthesisParams(seed=4)
+    sequential = list(cuda_engine.stream(TEXT, None, params, threading.Event()))
+    tokens = cuda_engine.last_stats.speech_tokens
+    options = cuda_engine.options
+    cuda_engine.options = dataclasses.replace(options, pipeline=True)
+    try:
+        pipelined = list(cuda_engine.stream(TEXT, None, params, threading.Event()))
+    finally:
+        cuda_engine.options = options
+    assert cuda_engine.last_stats.speech_tokens == tokens
+    assert [len(c) for c in pipelined] == [len(c) for c in sequential]
+    assert _snr_db(np.concatenate(sequential), np.concatenate(pipelined)) >= 50
+    assert not _decoder_threads()
 
 
 @needs_cuda

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
     )
     chatterbox_watermark: bool = Field(True, description="Perth watermark (not on chunk 1)")
+    chatterbox_pipeline: bool = Field(
+        False, description="decode T3 in a thread (own CUDA stream) while S3Gen renders"
+    )
     allow_download: bool = Field(
         False, description="let engines download weights from the Hugging Face hub"
     )

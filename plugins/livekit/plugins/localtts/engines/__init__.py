@@ -58,6 +58,13 @@ ENGINE_SETTINGS = (
     "xtts_model",
     "piper_model",
     "allow_download",
+    "data_dir",  # the compile cache lives there
+    "first_chunk_tokens",
+    "chatterbox_cfm_steps",
+    "chatterbox_watermark",
+    "chatterbox_pipeline",
+    "xtts_int8",
+    "xtts_vocoder_bf16",
 )
 
 _shared: dict[tuple[str, str], Engine] = {}

@@ -11,15 +11,17 @@ hub is only contacted when `allow_download` is set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +70,9 @@ class ChatterboxOptions:
     compile_cache_dir: Path | None = None  # default: <data_dir>/torch-compile-cache
     threads: int | None = None  # torch CPU threads; None: the host's performance cores
     stop_check_interval: int = 8  # steps between host reads (stop token, streaming)
+    # T3 decodes in a thread of its own (own CUDA stream) while S3Gen renders: overlaps the
+    # two on a GPU; off until measured there (GIL and stream contention), pointless on 2 cores
+    pipeline: bool = False
     max_new_tokens: int = 1000  # upstream's cap (40 s of speech)
     max_text_tokens: int = 400
     watermark: bool = True  # Perth watermark on every chunk but the first
@@ -278,6 +283,7 @@ class ChatterboxEngine:
             threads=settings.threads,
             n_cfm_timesteps=settings.chatterbox_cfm_steps,
             watermark=settings.chatterbox_watermark,
+            pipeline=settings.chatterbox_pipeline,
             compile_cache_dir=Path(settings.data_dir) / "torch-compile-cache",
             **(
                 {"first_chunk_tokens": settings.first_chunk_tokens}
@@ -678,55 +684,126 @@ class ChatterboxEngine:
                 cap = decoder.capacity_for(embeds.shape[1])
                 limit = min(cap, max_new_tokens or self.options.max_new_tokens)
                 stream = self._streamer.open(voice, seed=seed)
-                read = 0
                 stats.prefill_s = time.perf_counter() - t0
-                stop = self._t3.hp.stop_speech_token
-                valid_limit = self._t3.hp.start_speech_token  # ids >= 6561 are not speech
-                while True:
-                    # decode up to the next host read: every stop_check_interval steps, or
-                    # exactly when the next chunk's tokens are complete
-                    want = stream.tokens_needed_for_next_chunk() - len(stream.tokens)
-                    target = min(limit, decoder.length + max(1, min(
-                        decoder.stop_check_interval, want)))
-                    t1 = time.perf_counter()
-                    while decoder.length < target:
-                        if cancel.is_set():
-                            stats.cancelled = True
-                            return
-                        decoder.step()
-                    new = decoder.tokens(read, decoder.length)  # the only host sync
-                    stats.t3_s += time.perf_counter() - t1
-                    read = decoder.length
-                    if stop in new:
-                        new = new[: new.index(stop)]
-                        stats.stopped = True
-                    stream.add([t for t in new if t < valid_limit])
-                    finished = stats.stopped or decoder.length >= limit
-                    t2 = time.perf_counter()
-                    chunks = stream.finish_chunks() if finished else stream.ready_chunks()
-                    stats.vocoder_s += time.perf_counter() - t2
-                    for chunk in chunks:
-                        if cancel.is_set():
-                            stats.cancelled = True
-                            return
-                        stats.chunk_tokens = list(stream.chunk_tokens)
-                        stats.speech_tokens = list(stream.tokens)
-                        if stats.first_chunk_s is None:
-                            stats.first_chunk_s = time.perf_counter() - started
-                            stats.tokens_at_first_chunk = len(stream.tokens)
-                            stats.sampled_at_first_chunk = decoder.length
-                        elif self._watermarker is not None:
-                            chunk = self._watermark(chunk)
-                        stats.audio_s += len(chunk) / SAMPLE_RATE
-                        yield np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
-                    if finished:
-                        break
+                batches = self._speech_batches(
+                    limit, stream.tokens_needed_for_next_chunk, cancel, stats
+                )
+                try:
+                    for new, finished in batches:
+                        stream.add(new)
+                        t2 = time.perf_counter()
+                        chunks = stream.finish_chunks() if finished else stream.ready_chunks()
+                        stats.vocoder_s += time.perf_counter() - t2
+                        for chunk in chunks:
+                            if cancel.is_set():
+                                stats.cancelled = True
+                                return
+                            stats.chunk_tokens = list(stream.chunk_tokens)
+                            stats.speech_tokens = list(stream.tokens)
+                            if stats.first_chunk_s is None:
+                                stats.first_chunk_s = time.perf_counter() - started
+                                stats.tokens_at_first_chunk = len(stream.tokens)
+                                stats.sampled_at_first_chunk = decoder.length
+                            elif self._watermarker is not None:
+                                chunk = self._watermark(chunk)
+                            stats.audio_s += len(chunk) / SAMPLE_RATE
+                            yield np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
+                finally:
+                    batches.close()  # a pipelined decoder thread is stopped and joined here
+                stats.cancelled = stats.cancelled or cancel.is_set()
                 stats.tokens = decoder.length
         finally:
             stats.tokens = stats.tokens or (self._decoder.length if self._decoder else 0)
             stats.total_s = time.perf_counter() - started
             self.last_stats = stats
             self._generate_lock.release()
+
+    def _decode_speech(
+        self, limit: int, tokens_wanted: Callable[[], int], stop: Callable[[], bool],
+        stats: StreamStats,
+    ) -> Iterator[tuple[list[int], bool]]:
+        """(new speech tokens, finished) at every host read of the started decoder.
+
+        A read comes every `stop_check_interval` steps, or exactly when the streamer has the
+        tokens for its next chunk (`tokens_wanted()`, a running total of speech tokens).
+        """
+        decoder = self._decoder
+        hp = self._t3.hp
+        interval = decoder.stop_check_interval
+        read = produced = 0
+        while True:
+            want = tokens_wanted() - produced
+            # a pipelined streamer may lag behind: then read at the interval
+            steps = interval if want <= 0 else min(interval, want)
+            target = min(limit, decoder.length + steps)
+            t1 = time.perf_counter()
+            while decoder.length < target:
+                if stop():
+                    stats.t3_s += time.perf_counter() - t1
+                    return
+                decoder.step()
+            new = decoder.tokens(read, decoder.length)  # the only host sync
+            stats.t3_s += time.perf_counter() - t1
+            read = decoder.length
+            if hp.stop_speech_token in new:
+                new = new[: new.index(hp.stop_speech_token)]
+                stats.stopped = True
+            speech = [t for t in new if t < hp.start_speech_token]  # ids >= 6561 aren't speech
+            produced += len(speech)
+            finished = stats.stopped or decoder.length >= limit
+            yield speech, finished
+            if finished:
+                return
+
+    def _speech_batches(
+        self, limit: int, tokens_wanted: Callable[[], int], cancel: threading.Event,
+        stats: StreamStats,
+    ) -> Iterator[tuple[list[int], bool]]:
+        """`_decode_speech` in this thread, or (`options.pipeline`) in a thread of its own, on
+        a CUDA stream of its own, so T3 decodes while S3Gen renders the previous chunk."""
+        if not self.options.pipeline:
+            yield from self._decode_speech(limit, tokens_wanted, cancel.is_set, stats)
+            return
+        import torch
+
+        on_cuda = self._device.type == "cuda"
+        t3_stream = torch.cuda.Stream(self._device) if on_cuda else None
+        if t3_stream is not None:
+            t3_stream.wait_stream(torch.cuda.current_stream(self._device))  # after the prefill
+        handoff: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        halt = threading.Event()
+
+        def stop() -> bool:
+            return halt.is_set() or cancel.is_set()
+
+        def decode() -> None:
+            try:
+                with contextlib.ExitStack() as scope:
+                    scope.enter_context(torch.inference_mode())
+                    if t3_stream is not None:
+                        scope.enter_context(torch.cuda.stream(t3_stream))
+                    for batch in self._decode_speech(limit, tokens_wanted, stop, stats):
+                        handoff.put(("batch", batch))
+            except BaseException as e:  # handed to the consumer, raised there
+                handoff.put(("error", e))
+            finally:
+                handoff.put(("end", None))
+
+        worker = threading.Thread(target=decode, name="localtts-chatterbox-t3", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, item = handoff.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            halt.set()
+            worker.join()  # the decoder is this utterance's until its thread is gone
+            if t3_stream is not None:
+                torch.cuda.current_stream(self._device).wait_stream(t3_stream)
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         marked = self._watermarker.apply_watermark(chunk, sample_rate=SAMPLE_RATE)
@@ -762,6 +839,7 @@ class ChatterboxEngine:
                 os.environ.get("TORCHINDUCTOR_CACHE_DIR") if decoder.compiled else None
             ),
             stop_check_interval=decoder.stop_check_interval,
+            pipeline=opts.pipeline,
             watermark=self._watermarker is not None,
             default_voice=self._default is not None,
             load_s=self._load_s,
@@ -776,6 +854,8 @@ class ChatterboxEngine:
             optimizations.append("torch-compile")
         if decoder.graph_captured:
             optimizations.append("cuda-graph")
+        if opts.pipeline:
+            optimizations.append("t3-s3gen-pipeline")
         info["optimizations"] = optimizations
         return info
 

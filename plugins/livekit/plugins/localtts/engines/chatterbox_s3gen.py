@@ -257,7 +257,10 @@ class VocoderStream:
     @torch.inference_mode()
     def _render(self, b: int, *, final: bool) -> np.ndarray:
         cfg, st = self.config, self.streamer
-        a, n = self.committed, len(self.tokens)
+        # exactly `lookahead` tokens of right context, however many are known: the audio is
+        # a function of the tokens alone, not of when the decoder handed them over
+        a = self.committed
+        n = len(self.tokens) if final else b + cfg.lookahead_tokens
         t0 = max(0, a - cfg.context_tokens)
         ids = torch.tensor([self.tokens[t0:n]], dtype=torch.long, device=self._device)
         frames = self._mel_noise_for(TOKEN_MEL_RATIO * t0, TOKEN_MEL_RATIO * n)
