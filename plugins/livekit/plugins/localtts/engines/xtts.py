@@ -15,6 +15,7 @@ without either, `voice=None` is a `VoiceError` (XTTS always needs a reference vo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -249,6 +250,49 @@ def frames_for_tokens(tokens: int, speed: float = 1.0) -> int:
     if speed != 1.0:
         n = math.floor(n * (1.0 / max(speed, 0.05)))
     return math.floor(math.floor(n * 4.0) * (24000 / 22050))
+
+
+@functools.lru_cache(maxsize=1)
+def _preallocated_layer_class() -> type:
+    """A transformers cache layer writing keys/values into buffers that double when full and
+    handing attention views of them: DynamicCache re-concatenates every layer's whole cache
+    on every token (30 layers x 2 copies, growing with the utterance)."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self._k_buffer: Any = None
+            self._v_buffer: Any = None
+            self._length = 0
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self._length + key_states.shape[-2]
+            if self._k_buffer is None or end > self._k_buffer.shape[-2]:
+                shape = (*key_states.shape[:-2], max(256, 2 * end), key_states.shape[-1])
+                k = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
+                v = torch.empty(shape, dtype=value_states.dtype, device=value_states.device)
+                if self._length:
+                    k[..., : self._length, :] = self.keys
+                    v[..., : self._length, :] = self.values
+                self._k_buffer, self._v_buffer = k, v
+            self._k_buffer[..., self._length : end, :] = key_states
+            self._v_buffer[..., self._length : end, :] = value_states
+            self._length = end
+            self.keys = self._k_buffer[..., :end, :]
+            self.values = self._v_buffer[..., :end, :]
+            return self.keys, self.values
+
+    return PreallocatedLayer
+
+
+def _preallocated_kv_cache() -> Any:
+    from transformers.cache_utils import Cache
+
+    return Cache(layer_class_to_replicate=_preallocated_layer_class())
 
 
 class _WindowVocoder:
@@ -699,7 +743,6 @@ class XTTSEngine:
         max_tokens: int | None = None,
     ) -> Iterator[np.ndarray]:
         import torch
-        from transformers import DynamicCache
 
         model = self._model
         gpt = model.gpt
@@ -724,7 +767,7 @@ class XTTSEngine:
         rng = None  # None: torch's global generator, as coqui's generate() uses
         if sampling.seed is not None:
             rng = torch.Generator(device=device).manual_seed(sampling.seed)
-        cache = DynamicCache()
+        cache = _preallocated_kv_cache()
         vocoder = _WindowVocoder(
             model, latents.speaker_embedding.to(device), length_scale=length_scale,
             context=self.context_frames, lookahead=self.lookahead_frames,
