@@ -259,7 +259,7 @@ def test_seed_reproducible(engine: ChatterboxEngine) -> None:
     assert not np.array_equal(a, c)
 
 
-def test_cancel_stops_within_a_step_and_engine_stays_usable(engine) -> None:
+def _assert_cancel_stops_within_a_step(engine: ChatterboxEngine) -> None:
     cancel = threading.Event()
     stream = engine.stream(TEXT, None, SynthesisParams(seed=1), cancel)
     next(stream)
@@ -268,6 +268,11 @@ def test_cancel_stops_within_a_step_and_engine_stays_usable(engine) -> None:
     assert list(stream) == []
     assert engine.last_stats.cancelled
     assert engine._decoder.length == stopped_at  # no step after the cancel
+    assert len(_first_chunk(engine, SynthesisParams(seed=2))) > 0
+
+
+def test_cancel_stops_within_a_step_and_engine_stays_usable(engine) -> None:
+    _assert_cancel_stops_within_a_step(engine)
     # a stream waiting for the engine gives up when cancelled
     holder = engine.stream(TEXT, None, SynthesisParams(seed=1), threading.Event())
     next(holder)  # holds the generation lock
@@ -556,14 +561,7 @@ def test_cuda_pipelined_decoding_gives_the_same_utterance(cuda_engine: Chatterbo
 
 @needs_cuda
 def test_cuda_cancel_stops_within_a_step(cuda_engine: ChatterboxEngine) -> None:
-    cancel = threading.Event()
-    stream = cuda_engine.stream(TEXT, None, SynthesisParams(seed=1), cancel)
-    next(stream)
-    stopped_at = cuda_engine._decoder.length
-    cancel.set()
-    assert list(stream) == []
-    assert cuda_engine.last_stats.cancelled and cuda_engine._decoder.length == stopped_at
-    assert len(_first_chunk(cuda_engine, SynthesisParams(seed=2))) > 0
+    _assert_cancel_stops_within_a_step(cuda_engine)
 
 
 # -- loading --------------------------------------------------------------------------------------

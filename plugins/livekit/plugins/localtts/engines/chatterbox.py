@@ -657,15 +657,9 @@ class ChatterboxEngine:
 
         from .chatterbox_t3 import SamplingParams
 
-        sampling = SamplingParams(
-            temperature=0.8 if params.temperature is None else params.temperature,
-            min_p=0.05 if params.min_p is None else params.min_p,
-            top_p=1.0 if params.top_p is None else params.top_p,
-            repetition_penalty=(
-                1.2 if params.repetition_penalty is None else params.repetition_penalty
-            ),
-            cfg_weight=0.5 if params.cfg_weight is None else params.cfg_weight,
-        )
+        # the request's knobs where given, SamplingParams' own (upstream's) defaults elsewhere
+        knobs = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
+        sampling = SamplingParams(**{k: v for k, v in knobs.items() if v is not None})
         exaggeration = 0.5 if params.exaggeration is None else params.exaggeration
         seed = params.seed if params.seed is not None else secrets.randbits(62)
         started = time.perf_counter()
