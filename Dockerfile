@@ -47,14 +47,11 @@ ENV HOME=/home/localtts \
     PATH=/app/.venv/bin:$PATH
 RUN mkdir -p "$HF_HOME" /home/localtts/.cache/compile "$LOCALTTS_DATA_DIR"
 
-# CUDA torch first: agent/install.sh keeps a torch it finds and pins every later step to it
-COPY --chown=localtts:localtts pyproject.toml README.md ./
-COPY --chown=localtts:localtts agent/install.sh agent/install.sh
-RUN python3.11 -m venv .venv \
-    && .venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch torchaudio
-
+# every package at the lock's version; torch from the CUDA 12.8 index
+# (LOCALTTS_TORCH_INDEX_URL, see agent/install.sh)
 COPY --chown=localtts:localtts . .
-RUN LOCALTTS_CUDA=1 LOCALTTS_ENGINES="piper chatterbox" PYTHON=python3.11 agent/install.sh
+RUN LOCALTTS_TORCH_INDEX_URL="$TORCH_INDEX_URL" LOCALTTS_ENGINES="piper chatterbox" \
+    PYTHON=python3.11 bash agent/install.sh
 
 VOLUME ["/home/localtts/.cache/huggingface", "/home/localtts/.cache/compile", "/home/localtts/.local/share/localtts"]
 

@@ -1,89 +1,79 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: creates .venv at the repository root and installs localtts
-# with every extra (piper, xtts, chatterbox, agent, dev). Re-running it when nothing
-# changed takes a second (a stamp of this script + pyproject.toml + python + torch choice).
+# with every extra (piper, xtts, chatterbox, agent, dev), every package at the exact version
+# agent/requirements.lock gives (regenerate it with `bash agent/lock.sh`). Re-running it when
+# nothing changed takes a second (a stamp of this script, the lock, pyproject.toml, python).
 #
 # Why this is not a plain `pip install -e .[all]` (the workarounds live here, nowhere else):
-#  * torch: a CUDA host (nvidia-smi works) gets the registry's CUDA build; any other host
-#    gets torch==$LOCALTTS_TORCH_VERSION (2.13.0: a local CPU wheel in this environment).
-#    Every later pip call is constrained to the installed torch so nothing replaces it.
-#  * chatterbox-tts 0.1.7 pins torch==2.6.0, transformers==5.2.0, numpy<2, gradio...: it
-#    is installed with --no-deps, then the libraries its code imports are installed unpinned
-#    (it runs with torch 2.13 and transformers 5.x). coqui-tts is installed the same way so
-#    its torchaudio requirement cannot pull a different torch.
-#  * torchaudio/torchcodec: the registry's wheels are CUDA builds. On a CPU-only torch,
-#    torchaudio's compiled extension cannot load, so its .so files are removed and it runs
-#    in its documented pure-Python mode (functional/transforms/compliance work; audio is
-#    read with soundfile, never torchaudio.load). torchcodec is installed only because
-#    coqui-tts checks that it is present on torch>=2.9; it is never called.
+#  * Every pip call is constrained by the lock (`-c`), so two installs a month apart get the
+#    same versions; unpinned installs drift and break (transformers 5.24 broke coqui-tts).
+#  * torch: the lock's version (2.13.0) from PyPI, whose Linux wheel is a CUDA build that also
+#    runs on the CPU. LOCALTTS_TORCH_INDEX_URL points pip at another torch index for that one
+#    package, e.g. https://download.pytorch.org/whl/cpu (a CPU-only build, ~10x smaller) or
+#    .../whl/cu128 (older NVIDIA drivers); its `2.13.0+cpu` still satisfies the lock's pin.
+#  * chatterbox-tts 0.1.7 pins torch==2.6.0, transformers==5.2.0, numpy<2, gradio...; coqui-tts
+#    would pull a torchaudio of its choosing: both are installed with --no-deps, then what
+#    their code imports (agent/requirements.in, resolved into the lock). They run with torch
+#    2.13 and transformers 5.17.
+#  * torchaudio: the registry's wheel is built against another torch than the lock's, so its
+#    compiled extension may not load. When `import torchaudio` fails for that reason its .so
+#    files are removed and it runs in its documented pure-Python mode (functional/transforms/
+#    compliance work; audio is read with soundfile, never torchaudio.load). torchcodec is
+#    installed only because coqui-tts checks that it is present on torch>=2.9; never called.
 #
-# Environment: PYTHON (default python3), LOCALTTS_TORCH_VERSION (default 2.13.0),
-# LOCALTTS_CUDA=1|0 (override the nvidia-smi check, e.g. in a docker build),
-# LOCALTTS_ENGINES="piper xtts chatterbox" (which engine extras to install).
+# Environment: PYTHON (default python3), LOCALTTS_TORCH_INDEX_URL (see above),
+# LOCALTTS_ENGINES="piper xtts chatterbox" (which engines; without xtts and chatterbox no
+# torch is installed).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-python3}"
-torch_version="${LOCALTTS_TORCH_VERSION:-2.13.0}"
 engines="${LOCALTTS_ENGINES:-piper xtts chatterbox}"
-cuda=0
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then cuda=1; fi
-# image builds have no GPU visible: LOCALTTS_CUDA=1 asks for the CUDA build anyway
-if [ -n "${LOCALTTS_CUDA:-}" ]; then cuda="$LOCALTTS_CUDA"; fi
+torch_index="${LOCALTTS_TORCH_INDEX_URL:-}"
+lock=agent/requirements.lock
 
 stamp_file=.venv/.localtts-install
-stamp="$( (cat agent/install.sh pyproject.toml; "$python" --version; echo "$torch_version $engines cuda=$cuda") | sha256sum | cut -d' ' -f1)"
+stamp="$( (cat agent/install.sh "$lock" agent/requirements.in pyproject.toml
+           "$python" --version; echo "$engines $torch_index") | sha256sum | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
     echo "localtts: .venv is up to date"
     exit 0
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
-"${pip[@]}" --upgrade pip >/dev/null
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q -c "$lock")
+"${pip[@]}" pip setuptools
 
-# 1. torch, chosen once, then pinned for every later step
+# 1. torch first (possibly from another index), so nothing later picks a different build
 case " $engines " in *" xtts "*|*" chatterbox "*) need_torch=1 ;; *) need_torch=0 ;; esac
-constraints="$(mktemp)"
-trap 'rm -f "$constraints"' EXIT
 if [ "$need_torch" = 1 ]; then
-    if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-        if [ "$cuda" = 1 ]; then "${pip[@]}" torch; else "${pip[@]}" "torch==$torch_version"; fi
+    if [ -n "$torch_index" ]; then
+        "${pip[@]}" torch --index-url "$torch_index" --extra-index-url https://pypi.org/simple
+    else
+        "${pip[@]}" torch
     fi
-    .venv/bin/python -c "import torch; print('torch==' + torch.__version__)" >"$constraints"
 fi
 
-# 2. the project itself (editable) with the extras whose pins are sane
+# 2. the project itself (editable; built with the lock's setuptools, not a fresh download)
 extras="agent,dev"
 case " $engines " in *" piper "*) extras="piper,$extras" ;; esac
-"${pip[@]}" -c "$constraints" -e ".[$extras]"
+"${pip[@]}" --no-build-isolation -e ".[$extras]"
 
-# 3. engines with stale or torch-pulling pins: the packages without their pins, then what
-#    their code imports
+# 3. engines with stale or torch-pulling pins: the packages without their dependencies,
+#    then what their code imports
 if [ "$need_torch" = 1 ]; then
-    "${pip[@]}" --no-deps "torchaudio" "torchcodec"
-    if [ "$cuda" = 0 ]; then
+    no_deps=(torchcodec)
+    case " $engines " in *" xtts "*) no_deps+=(coqui-tts) ;; esac
+    case " $engines " in *" chatterbox "*) no_deps+=(chatterbox-tts) ;; esac
+    "${pip[@]}" --no-deps "${no_deps[@]}"
+    "${pip[@]}" -r agent/requirements.in
+    if ! .venv/bin/python -c "import torchaudio" >/dev/null 2>&1; then
         site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         rm -f "$site"/torchaudio/lib/*.so
+        .venv/bin/python -c "import torchaudio"
     fi
-    common=(librosa transformers safetensors huggingface-hub scipy tqdm numpy)
-    case " $engines " in *" xtts "*)
-        "${pip[@]}" --no-deps "coqui-tts>=0.28,<0.29"
-        "${pip[@]}" -c "$constraints" "${common[@]}" six anyascii "coqpit-config>=0.2.5,<0.3" \
-            "coqui-tts-trainer>=0.4,<0.5" einops "fsspec[http]" inflect ko-speech-tools \
-            matplotlib monotonic-alignment-search num2words numba pysbd pyyaml
-    ;; esac
-    case " $engines " in *" chatterbox "*)
-        "${pip[@]}" --no-deps "chatterbox-tts==0.1.7"
-        "${pip[@]}" -c "$constraints" "${common[@]}" s3tokenizer diffusers resemble-perth \
-            "conformer==0.3.2" omegaconf pyloudnorm nvidia-ml-py
-    ;; esac
 fi
 
-if [ "$need_torch" = 1 ]; then
-    echo "localtts: pip's resolver may complain above that chatterbox-tts/coqui-tts pins are" \
-         "not met (torch, transformers, gradio...): expected, they are installed without them"
-fi
 echo "$stamp" >"$stamp_file"
 echo "localtts: installed into .venv ($(.venv/bin/python --version), engines: $engines)"

@@ -1,8 +1,13 @@
-"""LiveKit test helpers: a capturing audio output for a real AgentSession without a server."""
+"""LiveKit test helpers: a capturing audio output for a real AgentSession without a server,
+and a listener participant that records what it hears in a real room."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from livekit import rtc
@@ -53,3 +58,133 @@ def frames_to_float(frames: list[rtc.AudioFrame]) -> np.ndarray:
 
 def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
+# --- real rooms ------------------------------------------------------------------------------
+
+SPEECH_RMS = 0.01  # a 10 ms frame louder than this (-40 dBFS) carries speech, not codec hiss
+
+
+@dataclass
+class HeardTrack:
+    """One remote audio track as a listener received it, frame by frame."""
+
+    participant: str
+    track_sid: str
+    sample_rate: int
+    frames: list[np.ndarray] = field(default_factory=list)  # int16 mono
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
+
+    def samples(self) -> np.ndarray:
+        """Everything heard, float32 in [-1, 1]."""
+        if not self.frames:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.frames).astype(np.float32) / 32768.0
+
+    def first_speech(self, *, after: float = 0.0, threshold: float = SPEECH_RMS) -> float | None:
+        """Arrival time of the first frame after `after` louder than `threshold` (RMS)."""
+        for arrival, frame in zip(self.arrivals, self.frames, strict=True):
+            if arrival >= after and rms(frame.astype(np.float32) / 32768.0) > threshold:
+                return arrival
+        return None
+
+    def last_speech(self, *, threshold: float = SPEECH_RMS) -> float | None:
+        """Arrival time of the last frame louder than `threshold`."""
+        for arrival, frame in zip(reversed(self.arrivals), reversed(self.frames), strict=True):
+            if rms(frame.astype(np.float32) / 32768.0) > threshold:
+                return arrival
+        return None
+
+
+class RoomListener:
+    """A participant of the test's own: joins a room on a real LiveKit server, subscribes to
+    every audio track published there and records what it hears, with arrival times.
+
+    What a listener hears is the evidence of a room test, not what the code says it sent.
+    """
+
+    def __init__(
+        self, url: str, token: str, *, sample_rate: int = 24_000, name: str = "listener"
+    ) -> None:
+        self._url = url
+        self._token = token
+        self.sample_rate = sample_rate
+        self.name = name
+        self.room = rtc.Room()
+        self.tracks: list[HeardTrack] = []
+        self._readers: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+        self.room.on("track_subscribed", self._on_track)
+
+    async def __aenter__(self) -> RoomListener:
+        await self.join()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.leave()
+
+    async def join(self) -> None:
+        await self.room.connect(self._url, self._token)
+
+    async def leave(self) -> None:
+        await self.room.disconnect()
+        for reader in list(self._readers):
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers.clear()
+
+    def _on_track(
+        self, track: rtc.Track, publication: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+    ) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO:
+            return
+        heard = HeardTrack(p.identity, publication.sid, self.sample_rate)
+        self.tracks.append(heard)
+        self._notify()
+        task = asyncio.ensure_future(self._read(track, heard))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _read(self, track: rtc.Track, heard: HeardTrack) -> None:
+        stream = rtc.AudioStream(track, sample_rate=self.sample_rate, num_channels=1)
+        try:
+            async for event in stream:
+                heard.frames.append(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
+                heard.arrivals.append(time.monotonic())
+                self._notify()
+        finally:
+            await stream.aclose()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def heard_from(self, participant: str | None = None) -> list[HeardTrack]:
+        return [t for t in self.tracks if participant is None or t.participant == participant]
+
+    async def wait_for(
+        self, predicate: Callable[[RoomListener], bool], *, timeout: float, what: str
+    ) -> None:
+        """Wait until `predicate(self)` holds (checked whenever a track or frame arrives)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {what} within {timeout} s")
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def wait_for_speech(
+        self, *, after: float = 0.0, participant: str | None = None, timeout: float = 20.0
+    ) -> float:
+        """Arrival time of the first speech heard after `after` (from `participant`)."""
+        found: list[float] = []
+
+        def heard(listener: RoomListener) -> bool:
+            times = [t.first_speech(after=after) for t in listener.heard_from(participant)]
+            found[:] = sorted(x for x in times if x is not None)
+            return bool(found)
+
+        await self.wait_for(heard, timeout=timeout, what="speech")
+        return found[0]
