@@ -22,8 +22,9 @@ only if (vad_features.py measures both on the last 64 ms, one 512-point FFT at 8
 2. it is `clear_snr_db` (25 dB) above that floor - far above any noise heard lately, so
    webrtcvad's word stands, unvoiced sounds and whispers included - or, closer to the
    noise, it has a pitch: aperiodicity (YIN, 60-400 Hz, below 1 kHz) at most
-   `max_aperiodicity` (0.5). Voiced speech keeps its pitch under noise that swamps its
-   level; white, pink and babble-like noise have none.
+   `max_aperiodicity` (0.5; `max_aperiodicity_in_turn`, 0.55, once a turn has started).
+   Voiced speech keeps its pitch under noise that swamps its level; white, pink and
+   babble-like noise have none.
 
 Turn-taking on top: within a turn one stray voiced window does not restart the silence
 count, `min_resume_duration` (60 ms) of voice does (a noise burst would otherwise push the
@@ -69,6 +70,7 @@ class _VADOptions:
     noise_robust: bool
     min_snr_db: float
     max_aperiodicity: float
+    max_aperiodicity_in_turn: float
     clear_snr_db: float
     noise_tail_s: float
     noise_floor_s: float
@@ -91,7 +93,12 @@ def _check(opts: _VADOptions) -> None:
     ):
         if getattr(opts, name) < 0:
             raise ValueError(f"{name} must be >= 0")
-    for name in ("max_buffered_speech", "noise_floor_s", "max_aperiodicity"):
+    for name in (
+        "max_buffered_speech",
+        "noise_floor_s",
+        "max_aperiodicity",
+        "max_aperiodicity_in_turn",
+    ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be > 0")
 
@@ -112,6 +119,7 @@ class VAD(vad.VAD):
         noise_robust: bool = True,
         min_snr_db: float = 5.0,
         max_aperiodicity: float = 0.5,
+        max_aperiodicity_in_turn: float = 0.55,
         clear_snr_db: float = 25.0,
         noise_tail_s: float = 0.1,
         noise_floor_s: float = 2.0,
@@ -137,6 +145,8 @@ class VAD(vad.VAD):
             max_aperiodicity: in noise, a window with more aperiodicity than this (0: a pure
                 pitch, ~1: noise) is silence; lower keeps out more noise and loses more of
                 the speech.
+            max_aperiodicity_in_turn: the same within a turn (hysteresis: a little looser,
+                so that a vowel's weaker edges keep a turn going).
             clear_snr_db: a window this far above the noise floor needs no pitch.
             noise_tail_s: silence added to min_silence_duration in noise.
             noise_floor_s: how long the noise floor remembers its minimum (a new noise is
@@ -155,6 +165,7 @@ class VAD(vad.VAD):
             noise_robust=noise_robust,
             min_snr_db=min_snr_db,
             max_aperiodicity=max_aperiodicity,
+            max_aperiodicity_in_turn=max_aperiodicity_in_turn,
             clear_snr_db=clear_snr_db,
             noise_tail_s=noise_tail_s,
             noise_floor_s=noise_floor_s,
@@ -193,6 +204,7 @@ class VAD(vad.VAD):
         noise_robust: NotGivenOr[bool] = NOT_GIVEN,
         min_snr_db: NotGivenOr[float] = NOT_GIVEN,
         max_aperiodicity: NotGivenOr[float] = NOT_GIVEN,
+        max_aperiodicity_in_turn: NotGivenOr[float] = NOT_GIVEN,
         clear_snr_db: NotGivenOr[float] = NOT_GIVEN,
         noise_tail_s: NotGivenOr[float] = NOT_GIVEN,
     ) -> None:
@@ -208,6 +220,7 @@ class VAD(vad.VAD):
                 "noise_robust": noise_robust,
                 "min_snr_db": min_snr_db,
                 "max_aperiodicity": max_aperiodicity,
+                "max_aperiodicity_in_turn": max_aperiodicity_in_turn,
                 "clear_snr_db": clear_snr_db,
                 "noise_tail_s": noise_tail_s,
             }.items()
@@ -272,12 +285,17 @@ def _rms_dbfs(samples: np.ndarray) -> float:
     return 10.0 * math.log10(mean_square) if mean_square > 0 else -math.inf
 
 
-def _speech_despite_noise(snr_db: float, features: FeatureTracker, opts: _VADOptions) -> bool:
+def _speech_despite_noise(
+    snr_db: float, features: FeatureTracker, opts: _VADOptions, speaking: bool
+) -> bool:
     if snr_db < opts.min_snr_db:
         return False  # at the noise floor: the noise itself
     if snr_db >= opts.clear_snr_db:
         return True  # far above any noise heard lately: unvoiced speech (whispers) counts
-    return features.aperiodicity() <= opts.max_aperiodicity  # in noise, speech has a pitch
+    # in noise, speech has a pitch; within a turn a weaker one will do (hysteresis: the
+    # edges of vowels under noise), noise still has to pass it for min_resume_duration
+    limit = opts.max_aperiodicity_in_turn if speaking else opts.max_aperiodicity
+    return features.aperiodicity() <= limit
 
 
 def _mono(frame: rtc.AudioFrame) -> np.ndarray:
@@ -381,7 +399,7 @@ class VADStream(vad.VADStream):
             while pending_inf.size >= window:
                 started = time.perf_counter()
                 samples = pending_inf[:window]
-                voiced = self._classify(samples)
+                voiced = self._classify(samples, speaking)
                 inference_s = time.perf_counter() - started
                 pending_inf = pending_inf[window:]
 
@@ -473,7 +491,7 @@ class VADStream(vad.VADStream):
             return 0.0
         return self._opts.noise_tail_s if self._features.floor_dbfs() >= NOISY_FLOOR_DBFS else 0.0
 
-    def _classify(self, samples: np.ndarray) -> bool:
+    def _classify(self, samples: np.ndarray, speaking: bool) -> bool:
         """webrtcvad's decision, overruled where the noise features say it is noise."""
         opts = self._opts
         assert self._features is not None
@@ -483,7 +501,7 @@ class VADStream(vad.VADStream):
             return False
         if not self._detector.is_speech(samples.tobytes(), opts.sample_rate):
             return False
-        return snr_db is None or _speech_despite_noise(snr_db, self._features, opts)
+        return snr_db is None or _speech_despite_noise(snr_db, self._features, opts, speaking)
 
     def _new_resampler(self, input_rate: int) -> rtc.AudioResampler | None:
         if not input_rate or input_rate == self._opts.sample_rate:
