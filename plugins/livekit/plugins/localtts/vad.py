@@ -286,15 +286,15 @@ def _rms_dbfs(samples: np.ndarray) -> float:
 
 
 def _speech_despite_noise(
-    snr_db: float, features: FeatureTracker, opts: _VADOptions, speaking: bool
+    snr_db: float, features: FeatureTracker, opts: _VADOptions, continues_voice: bool
 ) -> bool:
     if snr_db < opts.min_snr_db:
         return False  # at the noise floor: the noise itself
     if snr_db >= opts.clear_snr_db:
         return True  # far above any noise heard lately: unvoiced speech (whispers) counts
-    # in noise, speech has a pitch; within a turn a weaker one will do (hysteresis: the
-    # edges of vowels under noise), noise still has to pass it for min_resume_duration
-    limit = opts.max_aperiodicity_in_turn if speaking else opts.max_aperiodicity
+    # in noise, speech has a pitch; right after a voiced window of a turn a weaker one will
+    # do (hysteresis: a vowel's edges under the noise), but voice resumes at the strict one
+    limit = opts.max_aperiodicity_in_turn if continues_voice else opts.max_aperiodicity
     return features.aperiodicity() <= limit
 
 
@@ -399,7 +399,8 @@ class VADStream(vad.VADStream):
             while pending_inf.size >= window:
                 started = time.perf_counter()
                 samples = pending_inf[:window]
-                voiced = self._classify(samples, speaking)
+                # raw_speech_s > 0: the window before was voiced
+                voiced = self._classify(samples, speaking and raw_speech_s > 0)
                 inference_s = time.perf_counter() - started
                 pending_inf = pending_inf[window:]
 
@@ -491,7 +492,7 @@ class VADStream(vad.VADStream):
             return 0.0
         return self._opts.noise_tail_s if self._features.floor_dbfs() >= NOISY_FLOOR_DBFS else 0.0
 
-    def _classify(self, samples: np.ndarray, speaking: bool) -> bool:
+    def _classify(self, samples: np.ndarray, continues_voice: bool) -> bool:
         """webrtcvad's decision, overruled where the noise features say it is noise."""
         opts = self._opts
         assert self._features is not None
@@ -501,7 +502,9 @@ class VADStream(vad.VADStream):
             return False
         if not self._detector.is_speech(samples.tobytes(), opts.sample_rate):
             return False
-        return snr_db is None or _speech_despite_noise(snr_db, self._features, opts, speaking)
+        return snr_db is None or _speech_despite_noise(
+            snr_db, self._features, opts, continues_voice
+        )
 
     def _new_resampler(self, input_rate: int) -> rtc.AudioResampler | None:
         if not input_rate or input_rate == self._opts.sample_rate:
