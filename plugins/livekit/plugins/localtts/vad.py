@@ -12,9 +12,9 @@ say where in the stream an event happened.
 
 Noise (`noise_robust`, on by default)
 -------------------------------------
-webrtcvad alone calls babble, and pink or white noise at 10 dB SNR and below, speech: the
-turn never ends and the agent never answers. So a window webrtcvad calls speech is voiced
-only if (vad_features.py measures both on the last 64 ms, one 512-point FFT at 8 kHz):
+webrtcvad alone calls babble-like noise (and pink noise at 0 dB SNR) speech: the turn never
+ends and the agent never answers. So a window webrtcvad calls speech is voiced only if
+(vad_features.py measures both on the last 64 ms, one 512-point FFT at 8 kHz):
 
 1. its level is `min_snr_db` (5 dB) above the noise floor (band levels against their
    minimum over the last `noise_floor_s`, 2 s: minimum statistics); a steady noise or hum
@@ -22,16 +22,17 @@ only if (vad_features.py measures both on the last 64 ms, one 512-point FFT at 8
 2. it is `clear_snr_db` (25 dB) above that floor - far above any noise heard lately, so
    webrtcvad's word stands, unvoiced sounds and whispers included - or, closer to the
    noise, it has a pitch: aperiodicity (YIN, 60-400 Hz, below 1 kHz) at most
-   `max_aperiodicity` (0.5; `max_aperiodicity_in_turn`, 0.55, once a turn has started).
-   Voiced speech keeps its pitch under noise that swamps its level; white, pink and
-   babble-like noise have none.
+   `max_aperiodicity` (0.5; within a turn, right after a voiced window,
+   `max_aperiodicity_in_turn`, 0.55: a vowel's weaker edges). Voiced speech keeps its pitch
+   under noise that swamps its level; white, pink and babble-like noise have none.
 
 Turn-taking on top: within a turn one stray voiced window does not restart the silence
 count, `min_resume_duration` (60 ms) of voice does (a noise burst would otherwise push the
 end of the turn back); in noise (a floor above -70 dBFS) the silence that ends a turn is
 `min_silence_duration + noise_tail_s` (0.1 s), because pitch-based decisions lose a word's
 unvoiced end (s, t, f) and a comma's pause would otherwise end the turn. The knobs were
-tuned with `bench/bench_vad.py` (docs/benchmarks.md). In noise, speech without a pitch
+tuned with `bench/bench_vad.py` on seeds 0-3 and measured on others (docs/benchmarks.md);
+the features cost about 2.5 ms of CPU per audio second. In noise, speech without a pitch
 (whispering) is not heard: turn `noise_robust` off, or use Silero (docs/agent.md).
 """
 
@@ -145,8 +146,8 @@ class VAD(vad.VAD):
             max_aperiodicity: in noise, a window with more aperiodicity than this (0: a pure
                 pitch, ~1: noise) is silence; lower keeps out more noise and loses more of
                 the speech.
-            max_aperiodicity_in_turn: the same within a turn (hysteresis: a little looser,
-                so that a vowel's weaker edges keep a turn going).
+            max_aperiodicity_in_turn: the same within a turn right after a voiced window
+                (hysteresis: a little looser, for a vowel's weaker edges).
             clear_snr_db: a window this far above the noise floor needs no pitch.
             noise_tail_s: silence added to min_silence_duration in noise.
             noise_floor_s: how long the noise floor remembers its minimum (a new noise is
