@@ -33,7 +33,8 @@ LOCALTTS_LLM_MODEL, LOCALTTS_LLM_BASE_URL           LLM model and server (base U
 LOCALTTS_STT_MODEL, LOCALTTS_STT_BASE_URL,          OPENAI_BASE_URL for that one service)
 LOCALTTS_STT_LANGUAGE
 LOCALTTS_AGENT_INSTRUCTIONS, LOCALTTS_AGENT_GREETING
-LOCALTTS_AGENT_MAX_SESSIONS, LOCALTTS_VAD_AGGRESSIVENESS
+LOCALTTS_AGENT_MAX_SESSIONS
+LOCALTTS_VAD, LOCALTTS_VAD_AGGRESSIVENESS          turn-taking: webrtc (default) or silero
 LOCALTTS_ENGINE, LOCALTTS_DEVICE, LOCALTTS_VOICE, ...  the speech engine (settings.py)
 """
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib.util
 import os
 import sys
 import threading
@@ -62,6 +64,7 @@ from livekit.agents import (
     stt,
     utils,
 )
+from livekit.agents import vad as agents_vad
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.worker import ServerEnvOption
@@ -285,7 +288,7 @@ class WorkerRuntime:
             stt=build_stt(settings) if not utils.is_given(stt) else stt,
             llm=build_llm(settings) if not utils.is_given(llm) else llm,
             tts=tts,
-            vad=VAD(aggressiveness=settings.vad_aggressiveness),
+            vad=build_vad(settings),
         )
         return session
 
@@ -399,6 +402,28 @@ def build_stt(settings: localtts.Settings) -> stt.STT:
     )
 
 
+# --- VAD -----------------------------------------------------------------------------------
+
+
+def vad_problem(settings: localtts.Settings) -> str | None:
+    """Why the configured VAD cannot be built, or None (checked at start, imports nothing)."""
+    if settings.vad == "silero" and importlib.util.find_spec("livekit.plugins.silero") is None:
+        return "LOCALTTS_VAD=silero needs livekit-plugins-silero: pip install 'localtts[silero]'"
+    return None
+
+
+def build_vad(settings: localtts.Settings) -> agents_vad.VAD:
+    """localtts.VAD (webrtcvad, robust to noise), or Silero with LOCALTTS_VAD=silero
+    (docs/agent.md says when each is the better choice)."""
+    if (problem := vad_problem(settings)) is not None:
+        raise RuntimeError(problem)
+    if settings.vad == "silero":
+        from livekit.plugins import silero
+
+        return silero.VAD.load()
+    return VAD(aggressiveness=settings.vad_aggressiveness)
+
+
 # --- the job ------------------------------------------------------------------------------
 
 
@@ -505,4 +530,6 @@ def main() -> None:
             "and LIVEKIT_API_SECRET (the LiveKit server to register with) in the environment, "
             "or pass --url/--api-key/--api-secret; `python -m agent console` needs none"
         )
+    if (problem := vad_problem(localtts.get_settings())) is not None:
+        sys.exit(f"python -m agent: {problem}")  # now, not in the first room
     cli.run_app(build_server())

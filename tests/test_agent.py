@@ -37,6 +37,7 @@ from agent.worker import (
     build_llm,
     build_server,
     build_stt,
+    build_vad,
     missing_server_settings,
     prewarm,
     start_session,
@@ -315,6 +316,40 @@ def test_stt_and_llm_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     transcriber = build_stt(settings)
     assert transcriber.model == "Systran/faster-whisper-small"
     assert str(transcriber._client.base_url).startswith("http://127.0.0.1:9000/v1")
+
+
+def test_vad_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCALTTS_VAD", raising=False)
+    monkeypatch.setenv("LOCALTTS_VAD_AGGRESSIVENESS", "3")
+    vad = build_vad(localtts.Settings(_env_file=None))  # type: ignore[call-arg]
+    assert isinstance(vad, VAD) and vad._opts.aggressiveness == 3
+    monkeypatch.setenv("LOCALTTS_VAD", "silero")
+    settings = localtts.Settings(_env_file=None)  # type: ignore[call-arg]
+    # without the extra: one clear line naming the fix (sys.modules None: not importable)
+    monkeypatch.setitem(sys.modules, "livekit.plugins.silero", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'localtts\[silero\]'"):
+        build_vad(settings)
+    monkeypatch.delitem(sys.modules, "livekit.plugins.silero")
+    pytest.importorskip("livekit.plugins.silero")
+    assert build_vad(settings).model == "silero"
+
+
+def test_python_m_agent_asked_for_a_missing_silero_fails_clearly(tmp_path: Any) -> None:
+    # a sitecustomize that hides the silero plugin, whether or not this venv has it
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['livekit.plugins.silero'] = None\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "console"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LOCALTTS_VAD": "silero", "PYTHONPATH": str(tmp_path)},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert out.returncode != 0
+    assert "pip install 'localtts[silero]'" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
 
 
 def test_python_m_agent_offers_the_livekit_commands() -> None:

@@ -220,6 +220,12 @@ async def test_options_are_checked_and_updatable() -> None:
     with pytest.raises(ValueError, match="aggressiveness"):
         vad.update_options(aggressiveness=-1)
     assert vad._opts.aggressiveness == 3  # a bad update changes nothing
+    vad.update_options(noise_robust=False, max_aperiodicity=0.4, noise_tail_s=0.0)
+    assert not stream._opts.noise_robust and stream._opts.max_aperiodicity == 0.4
+    with pytest.raises(ValueError, match="max_aperiodicity"):
+        VAD(max_aperiodicity=0)
+    with pytest.raises(ValueError, match="noise_tail_s"):
+        vad.update_options(noise_tail_s=-0.1)
     await stream.aclose()
 
 

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     agent_max_sessions: int = Field(
         4, ge=1, description="rooms one worker process serves at full load (load = rooms / this)"
     )
+    vad: Literal["webrtc", "silero"] = Field(
+        "webrtc",
+        description="turn-taking VAD: webrtc (localtts.VAD) or silero (pip install "
+        "'localtts[silero]')",
+    )
     vad_aggressiveness: int = Field(
         2, ge=0, le=3, description="webrtcvad aggressiveness, 0 (least) to 3 (most)"
     )
