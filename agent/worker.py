@@ -66,7 +66,7 @@ from livekit.agents import (
     vad,
 )
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
-from livekit.agents.voice import SpeechHandle
+from livekit.agents.voice import SpeechHandle, room_io
 from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.agents.worker import ServerEnvOption
 
@@ -85,6 +85,9 @@ if TYPE_CHECKING:
 PREWARM_TIMEOUT_S = 900.0
 # livekit's own default load monitor averages 5 samples taken every 0.5 s
 _GPU_UTILISATION_WINDOW = 5
+# the participant's audio reaches the VAD in frames this long (livekit: 50 ms): one WebRTC
+# packet each, so an interruption is seen up to 30 ms sooner (see `turn_handling`)
+INPUT_FRAME_MS = 20
 
 
 # --- load -------------------------------------------------------------------------------
@@ -390,13 +393,14 @@ def turn_handling(settings: localtts.Settings) -> TurnHandlingOptions:
 
     An interruption takes `agent_min_interruption_s` (0.2 s) of voiced speech, counted by
     `VoicedSpeechVAD`. The agent's audio then stops at the listener 0.1-0.2 s later (uplink,
-    a 30 ms VAD window, RoomIO's audio queue, downlink), so it falls silent 0.3-0.4 s after
-    the user starts to speak, inside the 0.5 s target (tests/test_agent_rooms.py). The
-    threshold ignores sounds with less voice than that: a click, a knock, a short "uh". A cough
-    (about 0.25 s of noise, which reads about 0.27 s voiced after Opus) pauses the reply;
-    it resumes when the STT finds no words in it (livekit's false-interruption handling,
-    `false_interruption_timeout` 2 s after the noise). Ignoring coughs outright would take a
-    threshold near 0.3 s and the stop would come at 0.45-0.5 s: too close to the limit.
+    20 ms input frames, 30 ms VAD windows, RoomIO's output queue, downlink): it falls silent
+    0.3-0.4 s after the user starts to speak, inside the 0.5 s target (measured by
+    tests/test_agent_rooms.py). The threshold ignores sounds with less voice than that: a
+    click, a knock, a short "uh". A cough (about 0.25 s of noise, which reads about 0.27 s
+    voiced after Opus) pauses the reply; it resumes when the STT finds no words in it
+    (livekit's false-interruption handling, `false_interruption_timeout` 2 s after the
+    noise). Ignoring coughs outright would take a threshold near 0.3 s, and the stop would
+    come at 0.45-0.5 s: too close to the limit.
     """
     return {
         "turn_detection": inference.TurnDetector(version="v1-mini"),
@@ -520,7 +524,13 @@ async def start_session(
     settings = runtime.settings
     runtime.track(session)
     try:
-        await session.start(agent=VoiceAgent(instructions=settings.agent_instructions), room=room)
+        await session.start(
+            agent=VoiceAgent(instructions=settings.agent_instructions),
+            room=room,
+            room_options=room_io.RoomOptions(
+                audio_input=room_io.AudioInputOptions(frame_size_ms=INPUT_FRAME_MS)
+            ),
+        )
     except BaseException:
         runtime.forget(session)
         raise

@@ -2,7 +2,7 @@
 the test's livekit-server, sent to a room by the server when a participant joins it, with STT
 and LLM from a scripted OpenAI-compatible server over real HTTP and Piper speaking. Each
 test's participant publishes a live microphone and records what it hears: that is the
-evidence, timed with `time.monotonic()` (one clock for the test, the worker and the logs).
+evidence, timed with `time.monotonic()`.
 
 Interruption latency is measured from the interrupting utterance's speech onset as published
 (the moment its first 10 ms frame louder than -40 dBFS leaves the participant's audio source
@@ -47,7 +47,8 @@ INSTRUCTIONS = localtts.Settings.model_fields["agent_instructions"].default
 LOAD_TEST_AGENT = "localtts-load-test"  # the second worker takes only rooms that name it
 REGISTER_TIMEOUT_S = 90.0
 # how long a room may wait for its agent's greeting, measured from the participant's join
-# (about 1.2 s for one room, 1.5-2.5 s for four at once on this 2-core machine)
+# (on the loaded 2-core development machine: 0.9-1.6 s for one room, 2.6-4.3 s for four at
+# once - see docs/agent.md)
 GREETING_WITHIN_S = 6.0
 INTERRUPTION_STOPS_WITHIN_S = 0.5
 
@@ -283,13 +284,6 @@ async def wait_quiet(listener: RoomListener, track: HeardTrack, quiet: float = 0
     return last
 
 
-def heard_span(track: HeardTrack, after: float, gap: float = 0.6) -> tuple[float, float]:
-    """The first stretch of speech heard after `after` (pauses under `gap` s inside it)."""
-    spans = track.speech_spans(gap=gap, after=after)
-    assert spans, f"no speech after {after}"
-    return spans[0]
-
-
 # --- the tests ---------------------------------------------------------------------------------
 
 
@@ -433,13 +427,16 @@ async def test_speaking_over_the_answer_stops_it_within_half_a_second(
     # and nothing from the agent until its reply to the interruption
     assert [s for s in spans if stopped < s[0] < reply_at - 0.05] == []
 
-    # the VAD heard both noises as speech (the STT was sent them and heard no words): the
-    # "uh" was too short to interrupt, not missed
+    # the VAD heard the "uh" as speech (the STT was sent it, and heard no words): it was too
+    # short to interrupt, not missed. (The cough may or may not count as speech for the VAD.)
     heard = [
         (t.text, loud_seconds(t.audio, t.sample_rate)) for t in stub.transcriptions[stt_before:]
     ]
-    assert [text for text, _ in heard] == [question, "", "", interruption]
+    texts = [text for text, _ in heard]
+    assert texts[0] == question and texts[-1] == interruption and texts[1] == ""
+    assert set(texts[1:-1]) == {""} and len(texts) <= 4
     assert heard[0][1] == pytest.approx(loud_seconds(question_audio, RATE), abs=0.25)
+    assert heard[1][1] == pytest.approx(loud_seconds(noises["uh"], RATE), abs=0.1)
     # the agent answered the interruption: the LLM saw it after the cut answer
     assert stub.chats[-1].texts("user") == [question, interruption]
     cough_break = [
@@ -586,8 +583,8 @@ async def test_a_full_worker_gets_no_room_until_one_ends(
         in_fourth = await join(fourth)
         await agent_track(in_fourth)
         await in_fourth.wait_for_speech(timeout=GREETING_WITHIN_S)
-        assert room_job_request(livekit_server, fourth) is not None
-        assert room_job_request(livekit_server, fourth)[0] == "assigned job to worker"  # type: ignore[index]
+        outcome = room_job_request(livekit_server, fourth)
+        assert outcome is not None and outcome[0] == "assigned job to worker", outcome
         assert len(small.logged("received job request", room=fourth)) == 1
         # and no second chance for the room that was refused
         assert agents(in_third) == []
