@@ -18,11 +18,12 @@ running more workers (one per GPU) - see `worker_load`.
 
 Scale-out: LiveKit's dispatcher is the balancer
 ------------------------------------------------
-Each worker reports its load (`load_fnc`) every 0.5 s: the larger of rooms / max sessions
-(LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory in use. At 1.0 the worker
-reports itself full and LiveKit sends new rooms to other workers registered under the same
-agent name. Adding capacity = starting another worker (container) against the same LiveKit
-server; nothing else to configure.
+Each worker computes its load (`load_fnc`) every 0.5 s and reports it every 2.5 s: the
+larger of rooms / max sessions (LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory
+in use. At 1.0 the worker reports itself full and LiveKit sends new rooms to other workers
+registered under the same agent name; with none left, a new room gets no agent at all
+(livekit-server dispatches once, at room creation). Adding capacity = starting another
+worker (container) against the same LiveKit server; nothing else to configure.
 
 Environment
 -----------
@@ -33,7 +34,8 @@ LOCALTTS_LLM_MODEL, LOCALTTS_LLM_BASE_URL           LLM model and server (base U
 LOCALTTS_STT_MODEL, LOCALTTS_STT_BASE_URL,          OPENAI_BASE_URL for that one service)
 LOCALTTS_STT_LANGUAGE
 LOCALTTS_AGENT_INSTRUCTIONS, LOCALTTS_AGENT_GREETING
-LOCALTTS_AGENT_MAX_SESSIONS, LOCALTTS_VAD_AGGRESSIVENESS
+LOCALTTS_AGENT_MAX_SESSIONS, LOCALTTS_VAD_AGGRESSIVENESS, LOCALTTS_AGENT_MIN_INTERRUPTION_S
+LOCALTTS_AGENT_HTTP_HOST, LOCALTTS_AGENT_HTTP_PORT   the health endpoint (livekit: *:8081)
 LOCALTTS_ENGINE, LOCALTTS_DEVICE, LOCALTTS_VOICE, ...  the speech engine (settings.py)
 """
 
