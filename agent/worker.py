@@ -18,11 +18,12 @@ running more workers (one per GPU) - see `worker_load`.
 
 Scale-out: LiveKit's dispatcher is the balancer
 ------------------------------------------------
-Each worker reports its load (`load_fnc`) every 0.5 s: the larger of rooms / max sessions
-(LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory in use. At 1.0 the worker
-reports itself full and LiveKit sends new rooms to other workers registered under the same
-agent name. Adding capacity = starting another worker (container) against the same LiveKit
-server; nothing else to configure.
+Each worker computes its load (`load_fnc`) every 0.5 s and reports it every 2.5 s: the
+larger of rooms / max sessions (LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory
+in use. At 1.0 the worker reports itself full and LiveKit sends new rooms to other workers
+registered under the same agent name; with none left, a new room gets no agent at all
+(livekit-server dispatches once, at room creation). Adding capacity = starting another
+worker (container) against the same LiveKit server; nothing else to configure.
 
 Environment
 -----------
@@ -33,8 +34,9 @@ LOCALTTS_LLM_MODEL, LOCALTTS_LLM_BASE_URL           LLM model and server (base U
 LOCALTTS_STT_MODEL, LOCALTTS_STT_BASE_URL,          OPENAI_BASE_URL for that one service)
 LOCALTTS_STT_LANGUAGE
 LOCALTTS_AGENT_INSTRUCTIONS, LOCALTTS_AGENT_GREETING
-LOCALTTS_AGENT_MAX_SESSIONS
+LOCALTTS_AGENT_MAX_SESSIONS, LOCALTTS_AGENT_MIN_INTERRUPTION_S
 LOCALTTS_VAD, LOCALTTS_VAD_AGGRESSIVENESS          turn-taking: webrtc (default) or silero
+LOCALTTS_AGENT_HTTP_HOST, LOCALTTS_AGENT_HTTP_PORT   the health endpoint (livekit: *:8081)
 LOCALTTS_ENGINE, LOCALTTS_DEVICE, LOCALTTS_VOICE, ...  the speech engine (settings.py)
 """
 
@@ -48,7 +50,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from livekit import rtc
@@ -56,19 +58,25 @@ from livekit.agents import (
     Agent,
     AgentServer,
     AgentSession,
+    CloseEvent,
     JobContext,
     JobExecutorType,
     JobProcess,
     cli,
+    inference,
     llm,
     stt,
     utils,
+    vad,
 )
-from livekit.agents import vad as agents_vad
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
-from livekit.agents.voice import SpeechHandle
+from livekit.agents.voice import SpeechHandle, room_io
+from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.agents.worker import ServerEnvOption
-from livekit.plugins import localtts
+
+# openai is imported here, on the main thread: a plugin registers itself when first imported,
+# livekit refuses that on any other thread, and rooms run in job threads (thread executor)
+from livekit.plugins import localtts, openai
 from livekit.plugins.localtts.engines import Engine
 from livekit.plugins.localtts.log import logger
 from livekit.plugins.localtts.vad import VAD
@@ -81,6 +89,9 @@ if TYPE_CHECKING:
 PREWARM_TIMEOUT_S = 900.0
 # livekit's own default load monitor averages 5 samples taken every 0.5 s
 _GPU_UTILISATION_WINDOW = 5
+# the participant's audio reaches the VAD in frames this long (livekit: 50 ms): one WebRTC
+# packet each, so an interruption is seen up to 30 ms sooner (see `turn_handling`)
+INPUT_FRAME_MS = 20
 
 
 # --- load -------------------------------------------------------------------------------
@@ -288,7 +299,8 @@ class WorkerRuntime:
             stt=build_stt(settings) if not utils.is_given(stt) else stt,
             llm=build_llm(settings) if not utils.is_given(llm) else llm,
             tts=tts,
-            vad=build_vad(settings),
+            vad=VoicedSpeechVAD(build_vad(settings)),
+            turn_handling=turn_handling(settings),
         )
         return session
 
@@ -372,6 +384,103 @@ class WorkerRuntime:
             self._loop.close()
 
 
+# --- turn taking ----------------------------------------------------------------------------
+
+
+def turn_handling(settings: localtts.Settings) -> TurnHandlingOptions:
+    """Turn taking that runs on this machine in every mode, interrupting on speech only.
+
+    livekit's defaults depend on the mode: under `dev` the end-of-turn detector and the
+    "adaptive" interruption detector are LiveKit Cloud services (called with this server's
+    key), under `start` the local end-of-turn model (weights in livekit-local-inference) and
+    VAD interruptions. Both modes get the local choices here.
+
+    An interruption takes `agent_min_interruption_s` (0.2 s) of voiced speech, counted by
+    `VoicedSpeechVAD`. The agent's audio then stops at the listener 0.1-0.2 s later (uplink,
+    20 ms input frames, 30 ms VAD windows, RoomIO's output queue, downlink): it falls silent
+    0.3-0.4 s after the user starts to speak, inside the 0.5 s target (measured by
+    tests/test_agent_rooms.py). The threshold ignores sounds with less voice than that: a
+    click, a knock, a short "uh". A cough (about 0.25 s of noise, which reads about 0.27 s
+    voiced after Opus) pauses the reply; it resumes when the STT finds no words in it
+    (livekit's false-interruption handling, `false_interruption_timeout` 2 s after the
+    noise). Ignoring coughs outright would take a threshold near 0.3 s, and the stop would
+    come at 0.45-0.5 s: too close to the limit.
+    """
+    return {
+        "turn_detection": inference.TurnDetector(version="v1-mini"),
+        "interruption": {"mode": "vad", "min_duration": settings.agent_min_interruption_s},
+    }
+
+
+class VoicedSpeechVAD(vad.VAD):
+    """`wrapped`, with the running speech duration of its events counting voiced audio only.
+
+    AgentSession interrupts the agent once an INFERENCE_DONE event's `speech_duration`
+    reaches the interruption `min_duration`. Silero and localtts.VAD count that duration
+    from the start of speech to its end including the silence before END_OF_SPEECH
+    (`min_silence_duration`, 0.55 s), so a 0.1 s cough reads 0.5 s half a second later and
+    interrupts at any `min_duration` under about 0.65 s - and a `min_duration` that large
+    cannot stop the agent within half a second of real speech. Counted over voiced windows
+    only, `min_duration` means "this much speech". START_OF_SPEECH and END_OF_SPEECH (turn
+    taking, transcription) pass through unchanged.
+    """
+
+    def __init__(self, wrapped: vad.VAD) -> None:
+        super().__init__(capabilities=wrapped.capabilities)
+        self.wrapped = wrapped
+
+    @property
+    def model(self) -> str:
+        return self.wrapped.model
+
+    @property
+    def provider(self) -> str:
+        return self.wrapped.provider
+
+    @property
+    def min_silence_duration(self) -> float | None:
+        # read by AgentSession to check the turn detector's needs
+        return getattr(self.wrapped, "min_silence_duration", None)
+
+    def stream(self) -> vad.VADStream:
+        return _VoicedSpeechStream(self, self.wrapped.stream())
+
+
+class _VoicedSpeechStream(vad.VADStream):
+    def __init__(self, vad_: VoicedSpeechVAD, wrapped: vad.VADStream) -> None:
+        self._wrapped = wrapped
+        super().__init__(vad_)
+
+    async def _forward_input(self) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, self._FlushSentinel):
+                self._wrapped.flush()
+            else:
+                self._wrapped.push_frame(item)
+        self._wrapped.end_input()
+
+    async def _main_task(self) -> None:
+        forward = asyncio.create_task(self._forward_input())
+        voiced = 0.0
+        try:
+            async for ev in self._wrapped:
+                if ev.type == vad.VADEventType.START_OF_SPEECH:
+                    voiced = ev.speech_duration  # the voiced run that started it
+                elif ev.type == vad.VADEventType.END_OF_SPEECH:
+                    voiced = 0.0
+                elif ev.speaking:
+                    if ev.probability >= 0.5:
+                        voiced += sum(f.duration for f in ev.frames)
+                    ev = replace(ev, speech_duration=voiced)
+                self._event_ch.send_nowait(ev)
+        finally:
+            await utils.aio.cancel_and_wait(forward)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._wrapped.aclose()
+
+
 # --- STT / LLM from the environment ---------------------------------------------------------
 
 
@@ -387,14 +496,10 @@ def _openai_kwargs(base_url: str | None) -> dict[str, Any]:
 
 
 def build_llm(settings: localtts.Settings) -> llm.LLM:
-    from livekit.plugins import openai
-
     return openai.LLM(model=settings.llm_model, **_openai_kwargs(settings.llm_base_url))
 
 
 def build_stt(settings: localtts.Settings) -> stt.STT:
-    from livekit.plugins import openai
-
     return openai.STT(
         model=settings.stt_model,
         language=settings.stt_language,
@@ -412,7 +517,7 @@ def vad_problem(settings: localtts.Settings) -> str | None:
     return None
 
 
-def build_vad(settings: localtts.Settings) -> agents_vad.VAD:
+def build_vad(settings: localtts.Settings) -> vad.VAD:
     """localtts.VAD (webrtcvad, robust to noise), or Silero with LOCALTTS_VAD=silero
     (docs/agent.md says when each is the better choice)."""
     if (problem := vad_problem(settings)) is not None:
@@ -445,7 +550,13 @@ async def start_session(
     settings = runtime.settings
     runtime.track(session)
     try:
-        await session.start(agent=VoiceAgent(instructions=settings.agent_instructions), room=room)
+        await session.start(
+            agent=VoiceAgent(instructions=settings.agent_instructions),
+            room=room,
+            room_options=room_io.RoomOptions(
+                audio_input=room_io.AudioInputOptions(frame_size_ms=INPUT_FRAME_MS)
+            ),
+        )
     except BaseException:
         runtime.forget(session)
         raise
@@ -471,8 +582,24 @@ async def entrypoint(ctx: JobContext) -> None:
         logger.info("room %s closing (%s)", ctx.room.name, reason)
         await session.aclose()
 
+    @session.on("close")
+    def _closed(ev: CloseEvent) -> None:
+        # the participant left (or the session failed): end the job. livekit would keep it,
+        # the agent alone in the room, until the server closes the room (20 s later by
+        # default), and the room would count against LOCALTTS_AGENT_MAX_SESSIONS all along
+        ctx.shutdown(reason=f"agent session closed ({ev.reason})")
+
     ctx.add_shutdown_callback(_shutdown)
     await start_session(session, runtime, room=ctx.room)
+
+
+def http_port(settings: localtts.Settings) -> int | ServerEnvOption[int]:
+    """The health endpoint's port: livekit's defaults (8081 for `start`, any free port for
+    `dev`) unless LOCALTTS_AGENT_HTTP_PORT says otherwise - a second worker on the host
+    (one per GPU) would otherwise fail to bind 8081."""
+    if settings.agent_http_port is not None:
+        return settings.agent_http_port
+    return ServerEnvOption(dev_default=0, prod_default=8081)
 
 
 def build_server() -> AgentServer:
@@ -486,6 +613,8 @@ def build_server() -> AgentServer:
         load_threshold=ServerEnvOption(dev_default=float("inf"), prod_default=1.0),
         num_idle_processes=ServerEnvOption(dev_default=1, prod_default=settings.agent_max_sessions),
         initialize_process_timeout=PREWARM_TIMEOUT_S,
+        host=settings.agent_http_host,
+        port=http_port(settings),
     )
     server.rtc_session(entrypoint)
 
@@ -530,6 +659,11 @@ def main() -> None:
             "and LIVEKIT_API_SECRET (the LiveKit server to register with) in the environment, "
             "or pass --url/--api-key/--api-secret; `python -m agent console` needs none"
         )
-    if (problem := vad_problem(localtts.get_settings())) is not None:
+    settings = localtts.get_settings()
+    if (problem := vad_problem(settings)) is not None:
         sys.exit(f"python -m agent: {problem}")  # now, not in the first room
+    if settings.vad == "silero":
+        # on the main thread: a plugin registers itself when first imported, livekit refuses
+        # that on any other thread, and build_vad runs in job threads
+        from livekit.plugins import silero  # noqa: F401
     cli.run_app(build_server())

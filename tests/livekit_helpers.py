@@ -1,10 +1,14 @@
 """LiveKit test helpers: a capturing audio output for a real AgentSession without a server,
-and a listener participant that records what it hears in a real room."""
+a listener participant that records what it hears in a real room, a microphone it can speak
+into, and speech to say (the bundled Piper voice)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit import rtc
 from livekit.agents.voice import io
+from livekit.plugins.localtts.engines import SynthesisParams
+from livekit.plugins.localtts.engines.piper import PiperEngine
 
 
 class CapturingAudioOutput(io.AudioOutput):
@@ -47,6 +53,23 @@ class CapturingAudioOutput(io.AudioOutput):
     def samples(self) -> np.ndarray:
         """All captured audio as float32 mono in [-1, 1]."""
         return frames_to_float(self.frames)
+
+
+@functools.cache
+def _piper() -> PiperEngine:
+    engine = PiperEngine()
+    engine.load()
+    return engine
+
+
+def piper_speech(text: str, sample_rate: int = 24_000) -> np.ndarray:
+    """`text` spoken by the bundled Piper voice: float32 mono at `sample_rate`."""
+    import soxr
+
+    engine = _piper()
+    chunks = list(engine.stream(text, None, SynthesisParams(), threading.Event()))
+    audio = soxr.resample(np.concatenate(chunks), engine.sample_rate, sample_rate)
+    return audio.astype(np.float32)
 
 
 def frames_to_float(frames: list[rtc.AudioFrame]) -> np.ndarray:
@@ -95,6 +118,21 @@ class HeardTrack:
                 return arrival
         return None
 
+    def speech_spans(
+        self, *, gap: float, after: float = 0.0, threshold: float = SPEECH_RMS
+    ) -> list[tuple[float, float]]:
+        """(first, last) arrival times of the loud stretches after `after` that are separated
+        by at least `gap` seconds of quiet (pauses shorter than `gap` stay inside a span)."""
+        spans: list[tuple[float, float]] = []
+        for arrival, frame in zip(self.arrivals, self.frames, strict=True):
+            if arrival < after or rms(frame.astype(np.float32) / 32768.0) <= threshold:
+                continue
+            if spans and arrival - spans[-1][1] < gap:
+                spans[-1] = (spans[-1][0], arrival)
+            else:
+                spans.append((arrival, arrival))
+        return spans
+
 
 class RoomListener:
     """A participant of the test's own: joins a room on a real LiveKit server, subscribes to
@@ -127,7 +165,9 @@ class RoomListener:
         await self.room.connect(self._url, self._token)
 
     async def leave(self) -> None:
-        await self.room.disconnect()
+        """Disconnect (again: a no-op) and stop recording."""
+        if self.room.isconnected():
+            await self.room.disconnect()
         for reader in list(self._readers):
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -188,3 +228,80 @@ class RoomListener:
 
         await self.wait_for(heard, timeout=timeout, what="speech")
         return found[0]
+
+
+@dataclass
+class Utterance:
+    """When a `Microphone` sent an utterance: monotonic times at which frames left the audio
+    source for the WebRTC encoder (the moment a real microphone would have captured them)."""
+
+    first_sent: float
+    speech_onset: float | None  # its first 10 ms frame louder than SPEECH_RMS
+    last_sent: float
+
+
+class Microphone:
+    """A test participant's microphone: an audio track published as SOURCE_MICROPHONE that
+    sends silence until it is given something to say, in real time, like a live microphone
+    (a receiver's VAD needs the silence after speech to end the turn).
+
+    Frames are 10 ms and the source queue holds at most 50 ms, so the time a frame leaves the
+    source is known to within a frame: the capture time plus the audio queued ahead of it.
+    """
+
+    FRAME_S = 0.01
+
+    def __init__(self, room: rtc.Room, *, sample_rate: int = 24_000, name: str = "mic") -> None:
+        self.room = room
+        self.sample_rate = sample_rate
+        self.name = name
+        self._frame = int(sample_rate * self.FRAME_S)
+        self._source = rtc.AudioSource(sample_rate, 1, queue_size_ms=50)
+        self._pending: collections.deque[tuple[np.ndarray, asyncio.Future[Utterance] | None]]
+        self._pending = collections.deque()
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        track = rtc.LocalAudioTrack.create_audio_track(self.name, self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.room.local_participant.publish_track(track, options)
+        self._feeder = asyncio.ensure_future(self._feed())
+
+    async def aclose(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        await self._source.aclose()
+
+    async def say(self, audio: np.ndarray) -> Utterance:
+        """Send `audio` (float32 mono at `sample_rate`) after what is queued; returns once
+        its last frame has left the source."""
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+        pcm = np.pad(pcm, (0, -pcm.size % self._frame))
+        done: asyncio.Future[Utterance] = asyncio.get_running_loop().create_future()
+        frames = pcm.reshape(-1, self._frame)
+        for i, frame in enumerate(frames):
+            self._pending.append((frame, done if i == len(frames) - 1 else None))
+        return await done
+
+    async def _feed(self) -> None:
+        silence = np.zeros(self._frame, np.int16)
+        first_sent: float | None = None
+        onset: float | None = None
+        while True:
+            frame, done = self._pending.popleft() if self._pending else (silence, None)
+            await self._source.capture_frame(
+                rtc.AudioFrame(frame.tobytes(), self.sample_rate, 1, frame.size)
+            )
+            if frame is silence:
+                continue
+            # this frame leaves the source once the audio queued ahead of it has
+            sent = time.monotonic() + self._source.queued_duration - self.FRAME_S
+            first_sent = sent if first_sent is None else first_sent
+            if onset is None and rms(frame.astype(np.float32) / 32768.0) > SPEECH_RMS:
+                onset = sent
+            if done is not None:
+                if not done.done():
+                    done.set_result(Utterance(first_sent, onset, sent))
+                first_sent = onset = None

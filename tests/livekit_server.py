@@ -47,20 +47,28 @@ class LiveKitServer:
         can_publish: bool = True,
         can_subscribe: bool = True,
         ttl: timedelta = timedelta(minutes=30),
+        agent_name: str | None = None,
     ) -> str:
-        """A join token for `room` (what a browser or a phone app would be given)."""
+        """A join token for `room` (what a browser or a phone app would be given).
+
+        With `agent_name`, a room this join creates gets that agent (explicit dispatch)
+        instead of every automatically dispatched one.
+        """
         from livekit import api
 
         grants = api.VideoGrants(
             room_join=True, room=room, can_publish=can_publish, can_subscribe=can_subscribe
         )
-        return (
+        token = (
             api.AccessToken(self.api_key, self.api_secret)
             .with_identity(identity)
             .with_grants(grants)
             .with_ttl(ttl)
-            .to_jwt()
         )
+        if agent_name is not None:
+            dispatch = api.RoomAgentDispatch(agent_name=agent_name)
+            token = token.with_room_config(api.RoomConfiguration(agents=[dispatch]))
+        return token.to_jwt()
 
     def env(self) -> dict[str, str]:
         """The LIVEKIT_* variables a worker or the service reads."""

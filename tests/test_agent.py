@@ -1,7 +1,6 @@
 """The worker (agent/worker.py) run in-process: real AgentSessions speaking through the real
 bundled Piper voice into a capturing audio output, with a scripted LLM in place of the
-OpenAI-compatible one. A room test runs against a real LiveKit server when LIVEKIT_URL is
-set."""
+OpenAI-compatible one. The worker in real rooms: tests/test_agent_rooms.py."""
 
 from __future__ import annotations
 
@@ -23,28 +22,36 @@ from livekit.agents import (
     APIConnectOptions,
     JobExecutorType,
     JobProcess,
+    inference,
     llm,
     utils,
 )
+from livekit.agents import vad as agents_vad
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.worker import ServerEnvOption
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines.piper import PiperEngine
 from livekit.plugins.localtts.vad import VAD
 
 from agent.worker import (
     GpuLoad,
+    VoicedSpeechVAD,
     WorkerRuntime,
     build_llm,
     build_server,
     build_stt,
     build_vad,
+    http_port,
     missing_server_settings,
     prewarm,
     start_session,
+    turn_handling,
     worker_load,
 )
 
-from .livekit_helpers import CapturingAudioOutput, rms
+from .livekit_helpers import CapturingAudioOutput, piper_speech, rms
+
+E = agents_vad.VADEventType
 
 GREETING = "Hello, this is the local voice agent."
 
@@ -221,7 +228,8 @@ async def test_each_session_has_its_own_tts_and_vad_over_the_shared_engine(
         # errors and metrics of one room's TTS must not reach another room's session
         assert a.tts is not b.tts and a.vad is not b.vad
         assert isinstance(a.tts, localtts.TTS) and a.tts.engine is b.tts.engine is runtime.engine
-        assert isinstance(a.vad, VAD)
+        assert isinstance(a.vad, VoicedSpeechVAD) and isinstance(a.vad.wrapped, VAD)
+        assert isinstance(b.vad, VoicedSpeechVAD) and a.vad.wrapped is not b.vad.wrapped
         await start_session(a, runtime)
         await start_session(b, runtime)
         assert runtime.active_sessions == 2
@@ -460,59 +468,6 @@ def test_python_m_agent_without_a_server_fails_clearly(command: str) -> None:
     assert "Traceback" not in out.stderr + out.stdout
 
 
-@pytest.mark.livekit
-@pytest.mark.skipif(
-    not os.environ.get("LIVEKIT_URL"), reason="needs a LiveKit server (LIVEKIT_URL)"
-)
-async def test_agent_speaks_into_a_real_room(runtime: WorkerRuntime) -> None:
-    from livekit import api
-    from livekit.agents.testing import fake_job_context
-
-    url = os.environ["LIVEKIT_URL"]
-    room_name = f"localtts-test-{utils.shortuuid()}"
-
-    def token(identity: str) -> str:
-        grants = api.VideoGrants(room_join=True, room=room_name)
-        return (
-            api.AccessToken()  # LIVEKIT_API_KEY / LIVEKIT_API_SECRET
-            .with_identity(identity)
-            .with_grants(grants)
-            .to_jwt()
-        )
-
-    listener, agent_room = rtc.Room(), rtc.Room()
-    heard: list[rtc.AudioFrame] = []
-    got_audio = asyncio.Event()
-    readers: set[asyncio.Task[None]] = set()
-
-    @listener.on("track_subscribed")
-    def _subscribed(track: rtc.Track, *_: Any) -> None:
-        async def read() -> None:
-            async for ev in rtc.AudioStream(track, sample_rate=24000, num_channels=1):
-                heard.append(ev.frame)
-                if np.abs(np.frombuffer(ev.frame.data, np.int16)).max() > 1000:
-                    got_audio.set()
-
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
-            readers.add(asyncio.ensure_future(read()))
-
-    await listener.connect(url, token("listener"))
-    await agent_room.connect(url, token("agent"))
-    session = runtime.new_session(llm=ScriptedLLM([]), stt=None)
-    try:
-        with fake_job_context(room=agent_room):
-            greeting = await start_session(session, runtime, room=agent_room)
-            assert greeting is not None
-            await asyncio.wait_for(got_audio.wait(), timeout=30)
-            await greeting
-        assert sum(f.duration for f in heard) > 1.0
-    finally:
-        await session.aclose()
-        await agent_room.disconnect()
-        await listener.disconnect()
-        await utils.aio.cancel_and_wait(*readers)
-
-
 async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
     tmp_path: Any, database_url: str
 ) -> None:
@@ -574,3 +529,94 @@ async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
         assert calls == 0, "the preloaded voice was conditioned again for a room"
     finally:
         rt.close()
+
+
+def test_turn_taking_runs_locally_in_every_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `dev` livekit would send end-of-turn and interruption detection to LiveKit
+    Cloud (with this server's key); the worker pins the local choices."""
+    monkeypatch.setenv("LIVEKIT_DEV_MODE", "1")  # what `python -m agent dev` sets
+    settings = localtts.Settings(_env_file=None, agent_min_interruption_s=0.3)  # type: ignore[call-arg]
+    options = turn_handling(settings)
+    detector = options["turn_detection"]
+    assert isinstance(detector, inference.TurnDetector)
+    assert detector.model == "turn-detector-v1-mini"  # local weights, not the cloud v1
+    assert options["interruption"] == {"mode": "vad", "min_duration": 0.3}
+
+
+async def test_sessions_interrupt_on_voiced_speech(runtime: WorkerRuntime) -> None:
+    session = runtime.new_session(llm=ScriptedLLM([]), stt=None)
+    try:
+        assert isinstance(session.vad, VoicedSpeechVAD) and isinstance(session.vad.wrapped, VAD)
+        assert session.options.interruption["mode"] == "vad"
+        assert session.options.interruption["min_duration"] == 0.2  # the default
+    finally:
+        await session.aclose()
+
+
+async def _vad_events(
+    vad_: agents_vad.VAD, audio: np.ndarray, rate: int
+) -> list[agents_vad.VADEvent]:
+    pcm = (audio * 32767).astype(np.int16)
+    stream = vad_.stream()
+    hop = rate // 100
+    for i in range(0, pcm.size, hop):
+        piece = pcm[i : i + hop]
+        stream.push_frame(rtc.AudioFrame(piece.tobytes(), rate, 1, piece.size))
+    stream.end_input()
+    events = [ev async for ev in stream]
+    await stream.aclose()
+    return events
+
+
+async def test_voiced_speech_vad_counts_voice_not_the_silence_after_it() -> None:
+    """What the interruption threshold (0.2 s) is compared with. A 0.12 s "uh" reads 0.5 s
+    on the plain VAD (speech is "on" until 0.55 s of silence ends it), under 0.2 s counted
+    voiced; real speech passes 0.2 s within a third of a second of its onset either way;
+    START/END_OF_SPEECH are the plain VAD's."""
+    rate = 24_000
+    ah = piper_speech("Ah.", rate)
+    start = int(np.argmax(np.abs(ah) > 0.05))
+    uh = ah[start : start + int(0.12 * rate)]
+    sentence = piper_speech("Sorry, I have another question.", rate)
+    pad = np.zeros(int(0.3 * rate), np.float32)
+    tail = np.zeros(int(1.0 * rate), np.float32)
+
+    def peak(events: list[agents_vad.VADEvent]) -> float:
+        return max(ev.speech_duration for ev in events if ev.type == E.INFERENCE_DONE)
+
+    with_uh = np.concatenate([pad, uh, tail])
+    plain_uh = await _vad_events(VAD(), with_uh, rate)
+    voiced_uh = await _vad_events(VoicedSpeechVAD(VAD()), with_uh, rate)
+    assert peak(plain_uh) >= 0.5
+    assert 0.09 <= peak(voiced_uh) < 0.2  # heard as speech (START), too short to interrupt
+
+    audio = np.concatenate([pad, sentence, tail])
+    onset = pad.size / rate + int(np.argmax(np.abs(sentence) > 0.01)) / rate
+    events = await _vad_events(VoicedSpeechVAD(VAD()), audio, rate)
+    crossed = next(
+        ev.timestamp for ev in events if ev.type == E.INFERENCE_DONE and ev.speech_duration >= 0.2
+    )
+    assert crossed - onset < 0.33
+    plain = await _vad_events(VAD(), audio, rate)
+    turns = [(ev.type, ev.timestamp) for ev in plain if ev.type != E.INFERENCE_DONE]
+    assert turns == [(ev.type, ev.timestamp) for ev in events if ev.type != E.INFERENCE_DONE]
+    assert [t for t, _ in turns] == [E.START_OF_SPEECH, E.END_OF_SPEECH]
+
+
+def test_health_port_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second worker on the host (one per GPU) must not fight over livekit's port 8081."""
+    default = http_port(localtts.Settings(_env_file=None))  # type: ignore[call-arg]
+    assert isinstance(default, ServerEnvOption)
+    assert (default.dev_default, default.prod_default) == (0, 8081)  # livekit's own
+    assert http_port(localtts.Settings(_env_file=None, agent_http_port=0)) == 0  # type: ignore[call-arg]
+    monkeypatch.setenv("LOCALTTS_AGENT_HTTP_PORT", "9123")
+    monkeypatch.setenv("LOCALTTS_AGENT_HTTP_HOST", "127.0.0.1")
+    localtts.get_settings.cache_clear()
+    monkeypatch.setattr(WorkerRuntime, "_shared", None)
+    try:
+        server = build_server()
+        assert (server._host, server._port) == ("127.0.0.1", 9123)
+    finally:
+        if WorkerRuntime._shared is not None:
+            WorkerRuntime._shared.close()
+        localtts.get_settings.cache_clear()

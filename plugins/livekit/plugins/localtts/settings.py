@@ -126,6 +126,22 @@ class Settings(BaseSettings):
     vad_aggressiveness: int = Field(
         2, ge=0, le=3, description="webrtcvad aggressiveness, 0 (least) to 3 (most)"
     )
+    agent_min_interruption_s: float = Field(
+        0.2,
+        ge=0.0,
+        description="voiced speech (s) over the agent's voice that interrupts it; sounds "
+        "with less voice (a click, a short 'uh') do not",
+    )
+    agent_http_host: str = Field(
+        "", description="address of the worker's health endpoint; empty: every interface"
+    )
+    agent_http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the worker's health endpoint; None: 8081 for `start`, any free "
+        "port for `dev`; 0: any free port",
+    )
 
 
 @lru_cache(maxsize=1)
