@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: creates .venv at the repository root and installs localtts
-# with every extra (piper, xtts, chatterbox, agent, dev), every package at the exact version
+# with every extra (piper, xtts, chatterbox, agent, dev, silero), every package at the exact version
 # agent/requirements.lock gives (regenerate it with `bash agent/lock.sh`). Re-running it when
 # nothing changed takes a second (a stamp of this script, the lock, pyproject.toml, python).
 #
@@ -56,7 +56,7 @@ if [ "$need_torch" = 1 ]; then
 fi
 
 # 2. the project itself (editable; built with the lock's setuptools, not a fresh download)
-extras="agent,dev"
+extras="agent,dev,silero"
 case " $engines " in *" piper "*) extras="piper,$extras" ;; esac
 "${pip[@]}" --no-build-isolation -e ".[$extras]"
 

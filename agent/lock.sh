@@ -4,7 +4,7 @@
 #
 # The lock is universal (uv's resolver, --universal): one file with environment markers for
 # every Python >= 3.10 and every OS, so a Mac, a CUDA host and CI read the same pins.
-# Inputs: pyproject.toml (extras piper, agent, dev) and agent/requirements.in (torch, the
+# Inputs: pyproject.toml (extras piper, agent, dev, silero) and agent/requirements.in (torch, the
 # holds, and what coqui-tts and chatterbox-tts import). The packages install.sh installs
 # with --no-deps are resolved on their own and appended. Needs PyPI; nothing else.
 set -euo pipefail
@@ -20,7 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 uv=("$tmp/venv/bin/uv" pip compile --quiet --universal --python-version 3.10 --no-header)
 
 "${uv[@]}" --annotation-style line pyproject.toml agent/requirements.in \
-    --extra piper --extra agent --extra dev -o "$tmp/resolved.txt"
+    --extra piper --extra agent --extra dev --extra silero -o "$tmp/resolved.txt"
 printf 'coqui-tts>=0.28,<0.29\nchatterbox-tts==0.1.7\ntorchcodec\n' >"$tmp/no-deps.in"
 "${uv[@]}" --no-deps --no-annotate "$tmp/no-deps.in" -o "$tmp/no-deps.txt"
 
