@@ -407,12 +407,12 @@ class ServiceState:
             "problems": ([self.engine_error] if self.engine_error else [])
             + self.problems
             + self.degradations(),
-            "engine": info.get("engine", self.engine.name),
-            "device": info.get("device"),
-            "dtype": info.get("dtype"),
-            "optimizations": list(info.get("optimizations", [])),
+            "engine": info.engine,
+            "device": info.device,
+            "dtype": info.dtype,
+            "optimizations": list(info.optimizations),
             "sample_rate": self.engine.sample_rate,
-            "model_revision": info.get("model_revision"),
+            "model_revision": info.model_revision,
             "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
             "voices": {
                 "known": known,
@@ -424,7 +424,7 @@ class ServiceState:
                 "status": library.status if library else "absent",
                 "detail": library.status_detail if library else "no voice library",
             },
-            "gpu_memory": _gpu_memory(str(info.get("device") or "")),
+            "gpu_memory": _gpu_memory(info.device),
             "rooms": self.rooms.rooms if self.rooms is not None else [],
             "livekit_configured": self.rooms is not None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
@@ -721,7 +721,7 @@ def create_app(
             real_time_factor=(
                 round(report.real_time_factor, 4) if report.real_time_factor else None
             ),
-            optimizations=list(info.get("optimizations", [])),
+            optimizations=list(info.optimizations),
         )
 
     # ------------------------------------------------------------ OpenAI-compatible audio

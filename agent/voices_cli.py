@@ -114,7 +114,7 @@ def import_dir(
 
     A bad clip is reported and the others are still added."""
     from livekit.plugins.localtts.engines.base import VoiceError
-    from livekit.plugins.localtts.voices.library import AUDIO_SUFFIXES, read_sidecar
+    from livekit.plugins.localtts.voices.directory import AUDIO_SUFFIXES, read_sidecar
 
     if not directory.is_dir():
         typer.echo(f"error: {directory} is not a directory", err=True)

@@ -292,7 +292,7 @@ class WorkerRuntime:
         tts = localtts.TTS(
             engine=self.engine,
             voice=settings.voice,
-            voice_library=self._library_proxy,  # type: ignore[arg-type]
+            voice_library=self._library_proxy,
             settings=settings,
         )
         session: AgentSession = AgentSession(

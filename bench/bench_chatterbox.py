@@ -44,6 +44,7 @@ from livekit.plugins.localtts.engines.chatterbox import (  # noqa: E402
     ChatterboxEngine,
     ChatterboxOptions,
 )
+from livekit.plugins.localtts.host import set_torch_threads  # noqa: E402
 
 from bench.texts import SENTENCE  # noqa: E402
 from tests.tiny_chatterbox import synthetic_voice, tiny_parts, tokenizer_json  # noqa: E402
@@ -157,7 +158,7 @@ def bench_engine(parts: dict[str, Any], conds: Any, args: argparse.Namespace) ->
             assert stats is not None and first is not None
             runs.append(Run(first, total, samples / SAMPLE_RATE, stats.tokens,
                             stats.t3_tokens_per_s))
-    return results, engine.info()
+    return results, engine.info().as_dict()
 
 
 def main() -> None:
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--flow-dtype", default="float32",
                         choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
 
     t0 = time.perf_counter()
     parts = dict(tiny_parts()) if args.tiny else real_size_parts()

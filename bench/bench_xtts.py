@@ -29,12 +29,10 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from livekit.plugins.localtts.engines.base import SynthesisParams  # noqa: E402
-from livekit.plugins.localtts.engines.xtts import (  # noqa: E402
-    XTTSEngine,
-    cpu_has_fast_bf16,
-    performance_cores,
-    quantize_gpt_int8,
-)
+from livekit.plugins.localtts.engines.xtts import XTTSEngine  # noqa: E402
+from livekit.plugins.localtts.engines.xtts_decode import quantize_gpt_int8  # noqa: E402
+from livekit.plugins.localtts.engines.xtts_vocoder import cpu_has_fast_bf16  # noqa: E402
+from livekit.plugins.localtts.host import performance_cores, set_torch_threads  # noqa: E402
 
 from tests.tiny_xtts import build_xtts, make_test_clip  # noqa: E402
 
@@ -153,13 +151,13 @@ def main() -> None:
     args = parser.parse_args()
     tokens = args.tokens or (40 if args.tiny else 100)
     threads = args.threads or performance_cores()
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
 
     t0 = time.perf_counter()
     model = build_xtts("tiny" if args.tiny else "real")
     build_s = time.perf_counter() - t0
     reference = build_xtts("tiny" if args.tiny else "real") if args.int8 else None
-    engine = XTTSEngine.from_model(model, threads=threads, max_tokens=tokens)
+    engine = XTTSEngine.from_model(model, max_tokens=tokens)
 
     # stock paths first: the engine folds HiFiGAN's weight_norm when it loads
     rows: list[Row] = []

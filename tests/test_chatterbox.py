@@ -32,6 +32,7 @@ from livekit.plugins.localtts.engines.chatterbox_s3gen import (  # noqa: E402
     SAMPLES_PER_TOKEN,
 )
 from livekit.plugins.localtts.engines.chatterbox_t3 import (  # noqa: E402
+    SamplingParams,
     T3DynamicDecoder,
     T3StaticDecoder,
     filter_logits,
@@ -142,9 +143,8 @@ def test_decoders_match_stock_t3_inference(engine: ChatterboxEngine) -> None:
     import torch.nn.functional as F
     from chatterbox.models.t3.modules.cond_enc import T3Cond
     from chatterbox.tts import punc_norm
-    from livekit.plugins.localtts.engines.chatterbox_t3 import SamplingParams
 
-    t3, conds = engine._t3, engine.default_conditionals
+    t3, conds = engine._t3, engine.default_voice.data
     n = 24
     text = engine._tokenizer.text_to_tokens(punc_norm(TEXT))
     text = torch.cat([text, text])
@@ -176,8 +176,8 @@ def test_decoders_match_stock_t3_inference(engine: ChatterboxEngine) -> None:
 
 def test_token2mel_matches_stock_flow(engine: ChatterboxEngine) -> None:
     streamer = engine._streamer
-    voice = streamer.prepare(engine.default_conditionals.gen)
-    gen = {k: v for k, v in engine.default_conditionals.gen.items()}
+    voice = streamer.prepare(engine.default_voice.data.gen)
+    gen = {k: v for k, v in engine.default_voice.data.gen.items()}
     gen["prompt_feat"] = voice.prompt_feat
     tokens = torch.randint(0, 6561, (1, 10), generator=torch.Generator().manual_seed(1))
     token_noise = torch.randn(1, 80, 20, generator=torch.Generator().manual_seed(2))
@@ -239,7 +239,7 @@ def test_streamed_close_to_one_pass_and_last_chunk_kept(engine, streamed) -> Non
     # the whole utterance is there: every speech token, the last chunk included
     assert sum(stats.chunk_tokens) == len(tokens) > 0
     streamer = engine._streamer
-    one = streamer.open(streamer.prepare(engine.default_conditionals.gen), seed=11)
+    one = streamer.open(streamer.prepare(engine.default_voice.data.gen), seed=11)
     one.add(tokens)
     reference = one.finish()
     audio = np.concatenate(chunks)
@@ -298,7 +298,7 @@ def pipelined(engine: ChatterboxEngine) -> ChatterboxEngine:
         with_default_voice=False, pipeline=True, first_chunk_tokens=FIRST,
         lookahead_tokens=LOOKAHEAD, max_new_tokens=30, context_tokens=50,
     )
-    gpu_like.set_default_voice(engine.default_conditionals)
+    gpu_like.set_default_voice(engine.default_voice)
     return gpu_like
 
 
@@ -309,7 +309,7 @@ def _decoder_threads() -> list[threading.Thread]:
 def test_pipelined_decoding_gives_the_same_utterance(pipelined, streamed) -> None:
     """T3 in its own thread while S3Gen renders: the chunks are those of the one-thread loop
     (the audio depends on the tokens alone, not on when they were handed over)."""
-    assert pipelined.info()["pipeline"] is True
+    assert pipelined.info().details["pipeline"] is True
     chunks = list(pipelined.stream(TEXT, None, SynthesisParams(seed=11), threading.Event()))
     reference, stats = streamed
     assert pipelined.last_stats.speech_tokens == stats.speech_tokens
@@ -323,8 +323,10 @@ def test_pipelined_cancel_close_and_errors_leave_the_engine_usable(pipelined, mo
     decoder = pipelined._decoder
     step = decoder.step
 
-    def slow_step(n: int = 1) -> None:  # a real-size T3's pace, so the cap is not reached
-        time.sleep(0.05)
+    def slow_step(n: int = 1) -> None:
+        # slow enough that the cap (30) is not reached while S3Gen renders the first chunk,
+        # even on a loaded 2-core machine (at 50 ms a step it was: ~1 s of rendering)
+        time.sleep(0.25)
         step(n)
 
     monkeypatch.setattr(decoder, "step", slow_step)
@@ -392,12 +394,12 @@ def test_no_default_voice_is_a_clear_error() -> None:
 
 def test_cpu_info_reports_fp32_without_graphs(engine: ChatterboxEngine) -> None:
     info = engine.info()
-    assert info["device"] == "cpu"
-    assert info["dtype"] == "float32"
-    assert info["static_kv_cache"] is True
-    assert info["compiled"] is False and info["cuda_graph"] is False
-    assert "cuda-graph" not in info["optimizations"]
-    assert info["default_voice"] is True
+    assert info.device == "cpu"
+    assert info.dtype == "float32"
+    assert info.details["static_kv_cache"] is True
+    assert info.details["compiled"] is False and info.details["cuda_graph"] is False
+    assert "cuda-graph" not in info.optimizations
+    assert info.default_voice == "default"
 
 
 # -- what CUDA hosts run by default, exercised on the CPU ----------------------------------------
@@ -413,11 +415,11 @@ def test_compiled_decode_step_gives_the_eager_tokens(engine, tmp_path, monkeypat
         first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
         context_tokens=50,
     )
-    compiled.set_default_voice(engine.default_conditionals)
+    compiled.set_default_voice(engine.default_voice)
     info = compiled.info()
-    assert info["compiled"] is True and "torch-compile" in info["optimizations"]
-    assert info["cuda_graph"] is False
-    assert info["compile_cache_dir"] == str(cache.resolve())
+    assert info.details["compiled"] is True and "torch-compile" in info.optimizations
+    assert info.details["cuda_graph"] is False
+    assert info.details["compile_cache_dir"] == str(cache.resolve())
     assert any(p.is_file() for p in cache.rglob("*"))  # compiled at load, not by a request
 
     params = SynthesisParams(seed=5, temperature=0.9)
@@ -436,14 +438,14 @@ def test_reduced_precision_t3_and_flow(engine) -> None:
         with_default_voice=False, private=True, t3_dtype="bfloat16", flow_dtype="float16",
         first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
     )
-    low.set_default_voice(engine.default_conditionals)
+    low.set_default_voice(engine.default_voice)
     info = low.info()
-    assert (info["dtype"], info["flow_dtype"], info["vocoder_dtype"]) == (
+    assert (info.dtype, info.details["flow_dtype"], info.details["vocoder_dtype"]) == (
         "bfloat16", "float16", "float32"
     )
-    assert "t3-bfloat16" in info["optimizations"]
+    assert "t3-bfloat16" in info.optimizations
 
-    embeds = low._prompt_embeds(TEXT, low.default_conditionals, 0.5)
+    embeds = low._prompt_embeds(TEXT, low.default_voice.data, 0.5)
     assert embeds.dtype == torch.bfloat16
     static = _teacher_forced_logits(T3StaticDecoder(low._t3, max_cache_len=512), embeds)
     _assert_logits_close(static, _teacher_forced_logits(
@@ -457,7 +459,7 @@ def test_reduced_precision_t3_and_flow(engine) -> None:
 
     # same tokens through the fp32 flow and the fp16 one
     def one_pass(streamer) -> np.ndarray:
-        stream = streamer.open(streamer.prepare(engine.default_conditionals.gen), seed=2)
+        stream = streamer.open(streamer.prepare(engine.default_voice.data.gen), seed=2)
         stream.add(low.last_stats.speech_tokens)
         return stream.finish()
 
@@ -478,28 +480,26 @@ def cuda_engine(engine: ChatterboxEngine) -> ChatterboxEngine:
         first_chunk_tokens=FIRST, lookahead_tokens=LOOKAHEAD, max_new_tokens=30,
         context_tokens=50,
     )
-    gpu.set_default_voice(engine.default_conditionals)
+    gpu.set_default_voice(engine.default_voice)
     return gpu
 
 
 @needs_cuda
 def test_cuda_defaults_are_on_and_reported(cuda_engine: ChatterboxEngine) -> None:
     info = cuda_engine.info()
-    assert info["device"].startswith("cuda")
-    assert info["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    assert info["compiled"] is True and info["cuda_graph"] is True
-    assert info["static_kv_cache"] is True and info["warmup_s"] is not None
-    assert {"static-kv-cache", "torch-compile", "cuda-graph"} <= set(info["optimizations"])
+    assert info.device.startswith("cuda")
+    assert info.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert info.details["compiled"] is True and info.details["cuda_graph"] is True
+    assert info.details["static_kv_cache"] is True and info.details["warmup_s"] is not None
+    assert {"static-kv-cache", "torch-compile", "cuda-graph"} <= set(info.optimizations)
 
 
 @needs_cuda
 def test_cuda_graph_replays_the_compiled_step(cuda_engine: ChatterboxEngine) -> None:
     """Replaying the captured graph samples what launching the compiled step does, and the
     compiled step's logits are the eager ones and transformers' ones."""
-    from livekit.plugins.localtts.engines.chatterbox_t3 import SamplingParams
-
     t3 = cuda_engine._t3
-    embeds = cuda_engine._prompt_embeds(TEXT, cuda_engine.default_conditionals, 0.5)
+    embeds = cuda_engine._prompt_embeds(TEXT, cuda_engine.default_voice.data, 0.5)
     captured = cuda_engine._decoder
     launched = T3StaticDecoder(t3, max_cache_len=captured.max_cache_len, compile_step=True)
     launched.capture(embeds)  # compiles, captures nothing
@@ -529,7 +529,7 @@ def test_cuda_stream_chunks_close_to_one_pass_and_seeded(cuda_engine: Chatterbox
     assert [len(c) for c in chunks] == [n * SAMPLES_PER_TOKEN for n in stats.chunk_tokens]
     assert sum(stats.chunk_tokens) == len(stats.speech_tokens) > FIRST
     streamer = cuda_engine._streamer
-    one = streamer.open(streamer.prepare(cuda_engine.default_conditionals.gen), seed=11)
+    one = streamer.open(streamer.prepare(cuda_engine.default_voice.data.gen), seed=11)
     one.add(stats.speech_tokens)
     audio = np.concatenate(chunks)
     assert _snr_db(one.finish(), audio) >= 20
@@ -579,8 +579,8 @@ def test_loads_a_checkpoint_directory(tmp_path_factory) -> None:
     )
     engine.load()
     info = engine.info()
-    assert info["default_voice"] is True  # conds.pt
-    assert info["model_revision"].startswith("dir-")
+    assert info.default_voice == "conds.pt"
+    assert info.model_revision is not None and info.model_revision.startswith("local-")
     # same weights as the in-memory tiny model
     src = tiny_parts()["t3"].state_dict()
     for key, value in engine._t3.state_dict().items():
@@ -613,3 +613,33 @@ def test_missing_weights_are_reported_offline(tmp_path: Path, monkeypatch) -> No
     message = ChatterboxEngine.availability(Settings(chatterbox_model=str(tmp_path / "nope")))
     assert message is not None and "does not exist" in message
     assert time.monotonic() - started < 30
+
+
+def test_chatterbox_fulfils_the_engine_contract(engine: ChatterboxEngine) -> None:
+    import json
+
+    from livekit.plugins.localtts.engines.base import (
+        Engine,
+        EngineInfo,
+        KVCacheOverflowError,
+        VoiceConditioning,
+    )
+
+    assert isinstance(engine, Engine)
+    assert engine.min_reference_seconds == 1.0
+    # S3Gen reads 10 s and T3's prompt 6 s, but the voice encoder reads the whole clip
+    assert engine.max_reference_seconds is None
+    assert engine.max_piece_chars("en") == engine.options.max_text_tokens - 1
+    info = engine.info()
+    assert isinstance(info, EngineInfo) and info.loaded
+    assert json.loads(json.dumps(info.as_dict()))["static_kv_cache"] is True
+    with pytest.raises(VoiceError, match="conditioned for"):
+        engine.set_default_voice(VoiceConditioning("x", "xtts", "r", object()))
+    with pytest.raises(ValueError, match="host selection"):
+        ChatterboxOptions(device="auto")
+    # a prompt the cache cannot hold is the engine's fault, not a ValueError (a 400)
+    embeds = engine._prompt_embeds(TEXT, engine.default_voice.data, 0.5)
+    small = T3StaticDecoder(engine._t3, max_cache_len=embeds.shape[1])
+    with pytest.raises(KVCacheOverflowError) as overflow:
+        small.start(embeds, SamplingParams(), seed=0)
+    assert not isinstance(overflow.value, ValueError)

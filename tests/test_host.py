@@ -12,6 +12,8 @@ from livekit.plugins.localtts.host import (
     HostInfo,
     HostPolicyError,
     cgroup_cpu_limit,
+    concrete_settings,
+    configure_engine,
     performance_cores,
     select_engine,
 )
@@ -181,6 +183,29 @@ def test_apply_hands_the_engine_concrete_settings() -> None:
     assert (applied.engine, applied.device, applied.dtype, applied.compile, applied.threads) == (
         "chatterbox", "cuda", "bfloat16", True, 16,
     )  # fmt: skip
+
+
+def test_a_named_engine_gets_the_same_decisions_as_the_table() -> None:
+    """What an engine built straight from settings leaves on "auto" is decided by the same
+    rules as the host table, here in host.py, never in the engine."""
+    for host in (H100, T4, M2, LINUX_CPU):
+        for name in ("chatterbox", "xtts"):
+            named = configure_engine(name, host, settings())
+            table = select_engine(host, settings(engine=name), ALL_USABLE)
+            assert (named.device, named.dtype, named.compile, named.threads) == (
+                table.device, table.dtype, table.compile, table.threads,
+            ), (host, name)  # fmt: skip
+    with pytest.raises(HostPolicyError, match="no CUDA"):
+        configure_engine("xtts", LINUX_CPU, settings(device="cuda"))
+
+
+def test_concrete_settings_fill_in_only_what_is_auto() -> None:
+    given = settings(device="cpu", dtype="float32", compile=False, threads=1)
+    assert concrete_settings("xtts", given) is given
+    filled = concrete_settings("xtts", settings(device="cpu"))
+    assert (filled.device, filled.dtype, filled.compile) == ("cpu", "float32", False)
+    assert filled.threads == performance_cores()
+    assert filled.xtts_model == settings().xtts_model  # nothing else changes
 
 
 def test_selection_is_pure() -> None:

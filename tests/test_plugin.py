@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import tracemalloc
@@ -339,3 +340,109 @@ async def test_synthesis_waits_for_a_slow_listener(recording: RecordingEngine) -
             break
     assert len(recording.calls) > pieces_while_stalled
     await stream.aclose()
+
+
+@dataclass
+class FailingEngine:
+    """The real Piper engine, except that speaking raises `error`."""
+
+    inner: PiperEngine
+    error: Exception
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, *_: Any) -> Iterator[np.ndarray]:
+        raise self.error
+        yield  # a generator, like every engine's stream
+
+
+async def test_only_the_callers_faults_are_4xx(piper_engine: PiperEngine) -> None:
+    """An internal fault that happens to be a ValueError (a KV cache too small, a bug deep in
+    a model) is the engine's failure, not a bad request; a request the engine cannot serve
+    or a bad voice is the caller's (400)."""
+    from livekit.plugins.localtts import InvalidRequestError, KVCacheOverflowError, VoiceError
+
+    internal = [KVCacheOverflowError("prompt of 900 positions exceeds the KV cache"),
+                ValueError("math domain error")]  # fmt: skip
+    for error in internal:
+        tts = localtts.TTS(engine=FailingEngine(piper_engine, error))  # type: ignore[arg-type]
+        with pytest.raises(APIError) as info:
+            await collect(tts.synthesize("Hello there."))
+        assert not isinstance(info.value, APIStatusError), error
+        assert "piper engine failed" in str(info.value) and not info.value.retryable
+    for error in (InvalidRequestError("XTTS does not speak 'xx'"), VoiceError("bad clip")):
+        tts = localtts.TTS(engine=FailingEngine(piper_engine, error))  # type: ignore[arg-type]
+        with pytest.raises(APIStatusError) as status:
+            await collect(tts.synthesize("Hello there."))
+        assert status.value.status_code == 400 and not status.value.retryable, error
+    frames, _ = await collect(localtts.TTS(engine=piper_engine).synthesize("Still fine."))
+    assert frames
+
+
+@dataclass
+class LockingEngine:
+    """The real Piper engine behind a generation lock held while a piece is spoken, as the
+    model engines hold theirs; its generator is in a reference cycle (as any generator whose
+    frame reaches an object holding it is), so only closing it releases the lock at once."""
+
+    inner: PiperEngine
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    paused: bool = False  # the first piece pauses mid-way until its listener leaves
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, text: str, *args: Any) -> Iterator[np.ndarray]:
+        cancel: threading.Event = args[-1]  # (text, voice, params, cancel)
+        holder: list[Any] = []
+        gen = self._speak(text, cancel, holder)
+        holder.append(gen)
+        return gen
+
+    def _speak(self, text: str, cancel: threading.Event, holder: list[Any]) -> Iterator[np.ndarray]:
+        with self.lock:
+            for chunk in self.inner.stream(text, None, SynthesisParams(), threading.Event()):
+                half = len(chunk) // 2
+                yield chunk[:half]
+                if not self.paused:
+                    self.paused = True
+                    cancel.wait(5)  # the listener leaves while this piece is being spoken
+                yield chunk[half:]
+
+
+async def test_closing_a_stream_closes_the_engine_generator(piper_engine: PiperEngine) -> None:
+    engine = LockingEngine(piper_engine)
+    tts = localtts.TTS(engine=engine)  # type: ignore[arg-type]
+    gc.disable()  # the cycle collector must not be what releases the engine
+    try:
+        stream = tts.synthesize("The first sentence is being spoken right now. A second one.")
+        await stream.__anext__()
+        await stream.aclose()
+        # the worker notices at its next chunk (at once here) and closes the generator
+        released = await asyncio.to_thread(engine.lock.acquire, timeout=5)
+        assert released, "the engine's generator was left open, its lock held"
+        engine.lock.release()
+    finally:
+        gc.enable()
+    frames, _ = await collect(tts.synthesize("And the next request."))
+    assert rms(frames_to_float(frames)) > 0.02
+
+
+def test_piper_fulfils_the_engine_contract(piper_engine: PiperEngine) -> None:
+    import json
+
+    from livekit.plugins.localtts import Engine, EngineInfo, Settings, UnsupportedVoiceError
+
+    assert isinstance(piper_engine, Engine)
+    settings = Settings(_env_file=None, engine="piper")  # type: ignore[call-arg]
+    assert PiperEngine.availability(settings) is None
+    assert isinstance(PiperEngine.from_settings(settings), PiperEngine)
+    info = piper_engine.info()
+    assert isinstance(info, EngineInfo) and info.loaded and info.device == "cpu"
+    assert json.loads(json.dumps(info.as_dict()))["sample_rate"] == 22050
+    assert piper_engine.min_reference_seconds is None is piper_engine.max_reference_seconds
+    assert piper_engine.max_piece_chars("en") is None  # Piper splits into sentences itself
+    piper_engine.set_default_voice(None)
+    with pytest.raises(UnsupportedVoiceError):
+        piper_engine.set_default_voice(VoiceConditioning("v", "xtts", "r", None))

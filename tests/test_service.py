@@ -339,7 +339,7 @@ async def test_health_warming_then_ready(
         assert body["database"]["status"] == "ok"
         assert body["gpu_memory"] is None  # CPU: nothing to report
         assert body["livekit_configured"] is False
-        assert engine.info()["loaded"] is True
+        assert engine.info().loaded is True
 
 
 async def test_health_degraded_without_database_yet_still_speaks(

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from livekit.plugins.localtts.engines.base import (
+    Engine,
+    EngineInfo,
     SynthesisParams,
     UnknownVoiceError,
     UnsupportedVoiceError,
@@ -85,17 +87,34 @@ class SpectralEngine:
     sample_rate = 24_000
     supports_cloning = True
 
+    min_reference_seconds = 0.5
+    max_reference_seconds: float | None = None
+
     def __init__(self, revision: str = "r1") -> None:
         self._revision = revision
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SpectralEngine:
+        return cls()
+
+    @staticmethod
+    def availability(settings: Any) -> str | None:
+        return None
 
     @property
     def model_revision(self) -> str:
         return self._revision
 
+    def max_piece_chars(self, language: str | None) -> int | None:
+        return None
+
     def load(self) -> None:
         pass
 
     def warmup(self) -> None:
+        pass
+
+    def set_default_voice(self, voice: VoiceConditioning | None) -> None:
         pass
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
@@ -125,8 +144,11 @@ class SpectralEngine:
         noise = np.fft.rfft(np.random.default_rng(0).standard_normal(512))
         yield (np.fft.irfft(noise * shape)[:512] / (shape.max() * 40)).astype(np.float32)
 
-    def info(self) -> dict[str, Any]:
-        return {"engine": self.name, "model_revision": self._revision}
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine=self.name, sample_rate=self.sample_rate, device="cpu", dtype="float64",
+            model="spectral", model_revision=self._revision, loaded=True,
+        )  # fmt: skip
 
 
 class Counting:
@@ -534,7 +556,7 @@ async def test_a_changed_voice_never_gets_its_old_clips_conditioning(
     assert np.array_equal(got, expected(new_clip))
     assert not np.array_equal(got, expected(old_clip))
     # once the old clip's work lands, the new clip's conditioning is what stays cached
-    await eventually(lambda: not library._inflight)
+    await eventually(lambda: not library._cache.inflight)
     calls = engine.condition_calls
     assert np.array_equal((await library.conditioning("v", engine)).data, got)
     assert engine.condition_calls == calls == 2
@@ -595,6 +617,32 @@ async def test_engine_that_cannot_clone(open_library: Any, speech: Speech) -> No
         await library.conditioning("narrator", piper)
     with pytest.raises(UnknownVoiceError):
         await library.conditioning("nobody", piper)
+
+
+class ShortReference(SpectralEngine):
+    """An engine that reads only the first 3 s of a reference clip."""
+
+    max_reference_seconds = 3.0
+
+    def __init__(self) -> None:
+        super().__init__("short")
+        self.durations: list[float] = []
+
+    def condition(self, clip: VoiceClip) -> VoiceConditioning:
+        self.durations.append(clip.duration)
+        return super().condition(clip)
+
+
+async def test_an_engine_is_handed_no_more_reference_than_it_reads(
+    open_library: Any, speech: Speech
+) -> None:
+    engine = ShortReference()
+    assert isinstance(engine, Engine)  # the contract the library is written against
+    library = await open_library()
+    info = await library.add("long", speech.clip())
+    assert info.duration > 5
+    await library.conditioning("long", engine)
+    assert engine.durations == [3.0]
 
 
 # ---------------------------------------------------------------------------- live updates
@@ -763,7 +811,7 @@ async def test_database_restart_mid_run(stoppable_postgres: Any, speech: Speech)
         # the change listener came back too: a change by another client arrives
         conn = await asyncpg.connect(url)
         try:
-            await eventually(lambda: library._listener is not None)
+            await eventually(lambda: library._feed and library._feed.listener is not None)
             await conn.execute("DELETE FROM tts_voices WHERE voice_id = $1", "before")
         finally:
             await conn.close()

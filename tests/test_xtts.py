@@ -18,14 +18,11 @@ from livekit.plugins.localtts.engines.base import (  # noqa: E402
     SynthesisParams,
     VoiceError,
 )
-from livekit.plugins.localtts.engines.xtts import (  # noqa: E402
-    XTTSEngine,
-    XTTSLatents,
-    _WindowVocoder,
-    choose_device,
+from livekit.plugins.localtts.engines.xtts import XTTSEngine, XTTSLatents, fit_text  # noqa: E402
+from livekit.plugins.localtts.engines.xtts_decode import quantize_gpt_int8  # noqa: E402
+from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
+    WindowVocoder,
     frames_for_tokens,
-    quantize_gpt_int8,
-    split_for_xtts,
 )
 from livekit.plugins.localtts.settings import Settings  # noqa: E402
 
@@ -112,7 +109,7 @@ def test_window_vocoder_on_random_latents_any_schedule(engine: XTTSEngine) -> No
     g = engine.default_voice.data.speaker_embedding
     with torch.inference_mode():
         one_pass = model.hifigan_decoder(lat, g=g).reshape(-1).numpy()
-        vocoder = _WindowVocoder(model, g, length_scale=1.0, context=16, lookahead=6, crossfade=3)
+        vocoder = WindowVocoder(model, g, length_scale=1.0, context=16, lookahead=6, crossfade=3)
         parts, n = [], 0
         for step in (1, 2, 5, 7, 11):
             n = min(30, n + step)
@@ -232,18 +229,23 @@ def test_bad_conditioning_and_clips_are_clear_errors(engine: XTTSEngine) -> None
     assert _collect(engine)  # still works
 
 
-def test_long_text_is_split_under_the_limits(engine: XTTSEngine) -> None:
+def test_long_text_is_cut_under_the_limits(engine: XTTSEngine) -> None:
+    """The plugin hands pieces within `max_piece_chars`; a direct caller's longer text is
+    cut to the model's limits here (no first-clause rule: that is the plugin's)."""
     sentence = "This sentence keeps going, with clauses and numbers like 42 and 1999; "
     text = sentence * 30 + "and " + "word " * 300 + "end."
     tokenizer = engine._model.tokenizer
+    assert engine.max_piece_chars("en") == tokenizer.char_limits["en"] == 250
+    assert engine.max_piece_chars("ja") == tokenizer.char_limits["ja"]
     pieces = engine._pieces(text, "en")
     assert len(pieces) > 5
     assert all(len(p) <= tokenizer.char_limits["en"] for p in pieces)
     assert all(len(tokenizer.encode(p.lower(), lang="en")) < 402 for p in pieces)
-    assert len(pieces[0]) < 80  # a short first clause
+    # a piece within the limits is one run, however many clauses it has
+    within = "Tomorrow brings clouds, and perhaps some rain. Then sun."
+    assert engine._pieces(within, "en") == [within]
     # a tokenizer far more verbose than characters: pieces are halved until they fit
-    halved = split_for_xtts(text, "en", char_limit=250, token_count=lambda p: 10 * len(p),
-                            max_tokens=402)
+    halved = fit_text(text, max_chars=250, token_count=lambda p: 10 * len(p), max_tokens=402)
     assert all(10 * len(p) < 402 for p in halved)
     engine.max_tokens = 1  # one token per piece: every piece is encoded and spoken
     try:
@@ -266,15 +268,6 @@ def test_language_and_voice_errors(engine: XTTSEngine) -> None:
         engine.set_default_voice(saved)
 
 
-def test_device_is_cpu_never_mps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert choose_device("auto") == "cpu"
-    assert choose_device("cpu") == "cpu"
-    with pytest.raises(EngineUnavailableError, match="no CUDA"):
-        choose_device("cuda")
-
-
 def test_int8_gpt_stays_close_to_fp32() -> None:
     fp32 = build_xtts("tiny", seed=1)
     int8 = build_xtts("tiny", seed=1)
@@ -290,9 +283,10 @@ def test_int8_gpt_stays_close_to_fp32() -> None:
     rel = float((a - b).norm() / a.norm())
     top1 = float((la.argmax(-1) == lb.argmax(-1)).float().mean())
     assert rel < 0.05 and top1 > 0.9, (rel, top1)
-    engine = XTTSEngine.from_model(int8, int8=True, max_tokens=8, threads=1)
+    engine = XTTSEngine.from_model(int8, int8=True, max_tokens=8)
     engine.load()
-    assert engine.info()["int8"] and "int8 dynamic GPT" in engine.info()["optimizations"]
+    info = engine.info()
+    assert info.details["int8"] and "int8 dynamic GPT" in info.optimizations
     voice = engine.condition(make_test_clip())
     assert list(engine.stream("Hi.", voice, SynthesisParams(seed=0), threading.Event()))
 
@@ -348,10 +342,10 @@ def test_loads_a_checkpoint_directory_with_its_speakers(offline: Path) -> None:
     assert XTTSEngine.availability(settings) is None
     engine = XTTSEngine.from_settings(settings)
     engine.max_tokens = 8
-    engine.threads = 1
     engine.load()
     assert engine.default_voice is not None and engine.default_voice.voice_id == "Ana Florence"
-    assert engine.model_revision.startswith("xtts-local-")
+    assert engine.model_revision.startswith("local-")
+    assert engine.device == "cpu"  # "auto" in the settings: decided by the host table
     chunks = list(engine.stream("Hi there.", None, SynthesisParams(seed=0), threading.Event()))
     assert sum(len(c) for c in chunks) > 0
     assert os.environ["HF_HUB_OFFLINE"] == "1"
@@ -368,3 +362,72 @@ async def test_unsupported_language_is_a_400_through_the_plugin(engine: XTTSEngi
     assert info.value.status_code == 400 and not info.value.retryable
     tts.update_options(language="en")
     assert [ev async for ev in tts.synthesize("Hello there.")]
+
+
+def test_a_failed_warmup_is_run_again() -> None:
+    engine = XTTSEngine.from_model(build_xtts("tiny"), max_tokens=8)
+    warm = engine._warm
+    calls: list[int] = []
+
+    def warm_failing_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory while warming up")
+        warm()
+
+    engine._warm = warm_failing_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="warming up"):
+        engine.warmup()
+    counter = _ForwardCounter(engine)
+    try:
+        engine.warmup()  # the retry really runs the model
+        assert len(calls) == 2 and counter.calls > 0
+        steps = counter.calls
+        engine.warmup()  # and once warm, never again
+        engine.load()
+        assert len(calls) == 2 and counter.calls == steps
+    finally:
+        counter.remove()
+
+
+async def test_a_mid_reply_sentence_is_one_model_run(engine: XTTSEngine) -> None:
+    """The plugin splits text once (the first clause of a reply early, then sentences); the
+    engine speaks each piece it is handed as one run, however many clauses it has."""
+    from livekit.plugins import localtts
+
+    prefills: list[int] = []
+
+    def count_prefill(_module, args, kwargs) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:  # a prompt, not one decoded token
+            prefills.append(embeds.shape[1])
+
+    handle = engine._model.gpt.gpt.register_forward_pre_hook(count_prefill, with_kwargs=True)
+    try:
+        tts = localtts.TTS(engine=engine, seed=0)
+        text = "Hello there, my friend. Tomorrow brings clouds, and perhaps some rain later."
+        frames = [ev.frame async for ev in tts.synthesize(text)]
+    finally:
+        handle.remove()
+    assert frames
+    # "Hello there, my friend." then the whole second sentence: two runs, not three
+    assert len(prefills) == 2, prefills
+
+
+def test_xtts_fulfils_the_engine_contract(engine: XTTSEngine) -> None:
+    import json
+
+    from livekit.plugins.localtts.engines.base import Engine, EngineInfo, VoiceConditioning
+
+    assert isinstance(engine, Engine)
+    assert engine.min_reference_seconds == 0.5
+    # coqui's max_ref_len: `condition` crops the clip to it, so nobody needs to hand more
+    assert engine.max_reference_seconds == float(engine._model.config.max_ref_len)
+    info = engine.info()
+    assert isinstance(info, EngineInfo) and info.loaded and info.device == "cpu"
+    assert info.default_voice == "default" and info.model_revision == engine.model_revision
+    assert json.loads(json.dumps(info.as_dict()))["int8"] is False
+    with pytest.raises(VoiceError, match="conditioned for"):
+        engine.set_default_voice(VoiceConditioning("c", "chatterbox", "r", object()))
+    with pytest.raises(ValueError, match="host selection"):
+        XTTSEngine.from_model(engine._model, device="auto")

@@ -141,7 +141,7 @@ def make_tiny_chatterbox_engine(
     if with_default_voice:
         audio = synthetic_voice(voice_seconds)
         clip = VoiceClip(voice_id="default", audio=audio, sample_rate=24_000)
-        engine.set_default_voice(engine.condition(clip).data)
+        engine.set_default_voice(engine.condition(clip))
     return engine
 
 
@@ -186,7 +186,7 @@ def write_tiny_checkpoint(directory: Path, *, with_conds: bool = True) -> Path:
     )
     if with_conds:
         engine = make_tiny_chatterbox_engine(with_default_voice=True)
-        conds = engine.default_conditionals
-        assert conds is not None
+        assert engine.default_voice is not None
+        conds = engine.default_voice.data
         Conditionals(conds.t3, conds.gen).save(directory / "conds.pt")
     return directory

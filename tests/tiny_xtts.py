@@ -4,7 +4,8 @@ Stable API (other test modules import it):
 
 - ``make_tiny_xtts_engine(**engine_kwargs) -> XTTSEngine``: an engine over a tiny model,
   already loaded and warmed up (a few seconds at most on 2 cores). Extra keyword arguments
-  go to ``XTTSEngine`` (e.g. ``first_chunk_tokens=6``).
+  go to ``XTTSEngine`` (e.g. ``first_chunk_tokens=6``); ``threads`` (default 1) sets
+  torch's thread count for the process.
 - ``build_xtts(size="tiny", seed=0, never_stop=True) -> Xtts``: the model itself (``"tiny"``:
   2 GPT layers of width 256; ``"real"``: the v2 shapes, 30 layers of width 1024).
 - ``write_xtts_checkpoint(directory, size="tiny") -> Path``: a checkpoint directory
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from livekit.plugins.localtts.engines.base import VoiceClip
 from livekit.plugins.localtts.engines.xtts import XTTSEngine
+from livekit.plugins.localtts.host import set_torch_threads
 
 ModelSize = Literal["tiny", "real"]
 
@@ -146,9 +148,11 @@ def make_test_clip(
 
 def make_tiny_xtts_engine(**engine_kwargs: Any) -> XTTSEngine:
     """A loaded, warmed-up engine over a tiny random-weight model (default voice: a
-    synthetic clip; generation capped at 60 tokens unless `max_tokens` is given)."""
+    synthetic clip; generation capped at 60 tokens unless `max_tokens` is given; torch
+    threads: `threads`, default 1)."""
     engine_kwargs.setdefault("max_tokens", 60)
-    engine_kwargs.setdefault("threads", 1)
+    # one torch thread, as the tests have always run the tiny model (host.py sets threads)
+    set_torch_threads(engine_kwargs.pop("threads", 1))
     engine = XTTSEngine.from_model(build_xtts("tiny"), **engine_kwargs)
     engine.load()  # loading warms the engine up
     if engine.default_voice is None:

@@ -9,18 +9,21 @@ from livekit.agents import Plugin
 from .engines import (
     Engine,
     EngineError,
+    EngineInfo,
     EngineUnavailableError,
     InvalidRequestError,
+    KVCacheOverflowError,
     SynthesisParams,
     UnknownVoiceError,
     UnsupportedVoiceError,
     VoiceClip,
     VoiceConditioning,
     VoiceError,
+    VoiceSource,
 )
 from .host import EngineSelection, HostInfo, select_engine
 from .log import logger
-from .settings import Settings, get_settings
+from .settings import EngineSettings, Settings, get_settings
 from .tts import TTS, ChunkedStream, SynthesizeStream
 from .vad import VAD
 from .version import __version__
@@ -31,10 +34,13 @@ __all__ = [
     "ChunkedStream",
     "Engine",
     "EngineError",
+    "EngineInfo",
     "EngineSelection",
+    "EngineSettings",
     "EngineUnavailableError",
     "HostInfo",
     "InvalidRequestError",
+    "KVCacheOverflowError",
     "Settings",
     "SynthesisParams",
     "SynthesizeStream",
@@ -43,6 +49,7 @@ __all__ = [
     "VoiceClip",
     "VoiceConditioning",
     "VoiceError",
+    "VoiceSource",
     "__version__",
     "get_settings",
     "select_engine",

@@ -12,6 +12,10 @@ function of its inputs (unit-tested row by row) implementing the host table:
 
 Every choice can be overridden: LOCALTTS_ENGINE, LOCALTTS_DEVICE, LOCALTTS_DTYPE,
 LOCALTTS_COMPILE, LOCALTTS_THREADS; LOCALTTS_STRICT forbids the Piper fallback.
+
+This module is the one owner of those decisions: engines take the device, dtype and compile
+choice they are given (`concrete_settings` fills in what an engine built from raw settings
+left on "auto"), and `set_torch_threads` is the one place torch's thread count is set.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import platform
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from .models import EngineName
-from .settings import Settings
+from .settings import EngineSettings, Settings
+
+S = TypeVar("S", bound=EngineSettings)
 
 # The engine the host table prefers, in order, when LOCALTTS_ENGINE=auto.
 _CUDA_PREFERENCE: tuple[EngineName, ...] = ("chatterbox", "xtts")
@@ -197,18 +204,18 @@ class EngineSelection:
     compile: bool = False  # compiled / CUDA-graphed decode step
     threads: int = 1  # torch CPU threads
 
-    def apply(self, settings: Settings) -> Settings:
+    def apply(self, settings: S) -> S:
         """`settings` with this selection's concrete choices filled in, for the engine's
         `from_settings`: the engine then runs exactly as selected, "auto" left nowhere."""
-        return settings.model_copy(
-            update={
-                "engine": self.engine,
-                "device": self.device,
-                "dtype": self.dtype,
-                "compile": self.compile,
-                "threads": self.threads,
-            }
-        )
+        update: dict[str, object] = {
+            "device": self.device,
+            "dtype": self.dtype,
+            "compile": self.compile,
+            "threads": self.threads,
+        }
+        if "engine" in type(settings).model_fields:  # a whole `Settings`: the choice too
+            update["engine"] = self.engine
+        return settings.model_copy(update=update)
 
 
 class HostPolicyError(RuntimeError):
@@ -224,9 +231,7 @@ def select_engine(
     else why not (see `engines.availability`); a name missing from the dict counts as
     unavailable. Raises `HostPolicyError` (a RuntimeError) when the settings cannot be met.
     """
-    if settings.device == "cuda" and not host.cuda:
-        raise HostPolicyError("LOCALTTS_DEVICE=cuda but no CUDA device is visible")
-    use_cuda = host.cuda and settings.device != "cpu"
+    use_cuda = _use_cuda(host, settings)
     threads = settings.threads or max(1, host.performance_cores)
 
     if settings.engine != "auto":
@@ -277,10 +282,66 @@ def select_engine(
     return replace(selection, warnings=[*selection.warnings, warning])
 
 
+def _use_cuda(host: HostInfo, settings: EngineSettings) -> bool:
+    if settings.device == "cuda" and not host.cuda:
+        raise HostPolicyError("LOCALTTS_DEVICE=cuda but no CUDA device is visible")
+    return host.cuda and settings.device != "cpu"
+
+
+def configure_engine(
+    name: EngineName, host: HostInfo, settings: EngineSettings
+) -> EngineSelection:
+    """Device, dtype, compile and threads for the named engine on this host, as the host
+    table gives them and the settings override them (pure: no I/O)."""
+    threads = settings.threads or max(1, host.performance_cores)
+    return _configure(name, host, settings, _use_cuda(host, settings), threads, "named engine")
+
+
+def default_precision(name: EngineName, *, use_cuda: bool, bf16: bool) -> tuple[str, bool]:
+    """(dtype, compiled decode step) the host table gives `name` where nothing overrides them:
+    half precision and the compiled step are the Chatterbox CUDA path; everything else runs
+    float32, eagerly."""
+    if use_cuda and name == "chatterbox":
+        return ("bfloat16" if bf16 else "float16"), True
+    return "float32", False
+
+
+def detect_host(*, probe_cuda: bool = True) -> HostInfo:
+    """This machine's facts; without `probe_cuda` (nothing could use CUDA) torch is not even
+    imported: a Piper-only host has none."""
+    if not probe_cuda:
+        return HostInfo(
+            os=platform.system(), arch=platform.machine(),
+            performance_cores=performance_cores(), memory_gb=_memory_gb(),
+        )  # fmt: skip
+    return HostInfo.detect()
+
+
+def concrete_settings(name: EngineName, settings: S) -> S:
+    """`settings` with "auto" device/dtype, compile and threads decided by the host table, for
+    an engine built from settings that no `select_engine` went through. HostPolicyError
+    (a RuntimeError) when the settings cannot be met here."""
+    if settings.device != "auto" and settings.dtype != "auto" and None not in (
+        settings.compile, settings.threads
+    ):
+        return settings
+    host = detect_host(probe_cuda=settings.device != "cpu" and name != "piper")
+    return configure_engine(name, host, settings).apply(settings)
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's CPU thread count for this process: the one place it is set (engines never
+    set it; see `engines.create_engine`)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _configure(
     name: EngineName,
     host: HostInfo,
-    settings: Settings,
+    settings: EngineSettings,
     use_cuda: bool,
     threads: int,
     reason: str,
@@ -297,6 +358,7 @@ def _configure(
         )  # fmt: skip
 
     device = "cuda" if use_cuda else "cpu"
+    default_dtype, default_compile = default_precision(name, use_cuda=use_cuda, bf16=host.bf16)
     if settings.dtype != "auto":
         dtype = settings.dtype
         if dtype == "bfloat16" and use_cuda and not host.bf16:
@@ -306,14 +368,9 @@ def _configure(
             )
         if dtype != "float32" and not use_cuda:
             warnings.append(f"LOCALTTS_DTYPE={dtype} on the CPU is usually slower than float32")
-    elif use_cuda and name == "chatterbox":
-        dtype = "bfloat16" if host.bf16 else "float16"
     else:
-        # half precision is the Chatterbox CUDA path; XTTS and every CPU path run float32
-        dtype = "float32"
+        dtype = default_dtype
 
-    # the compiled / graphed decode step is the Chatterbox CUDA optimisation
-    default_compile = use_cuda and name == "chatterbox"
     compile_ = settings.compile if settings.compile is not None else default_compile
     if compile_ and not use_cuda:
         warnings.append("LOCALTTS_COMPILE on the CPU: compilation costs more than it saves")

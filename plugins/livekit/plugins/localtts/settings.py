@@ -1,5 +1,11 @@
 """Every setting of localtts, read from the environment (`LOCALTTS_*`, `DATABASE_URL`,
-`LIVEKIT_*`) or a `.env` file. The plugin, the agent and the service share this one class."""
+`LIVEKIT_*`) or a `.env` file.
+
+Each part owns the settings it reads: `EngineSettings` (what a loaded engine depends on: two
+engines built from equal `EngineSettings` are interchangeable, see `engines.shared_engine`)
+and `VoiceLibrarySettings`. `Settings` is all of them plus the plugin's, the service's and
+the agent's own, flat, so every variable keeps its one `LOCALTTS_*` name.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +19,28 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .models import DeviceChoice, EngineChoice
 
+_CONFIG = SettingsConfigDict(
+    env_prefix="LOCALTTS_", env_file=".env", extra="ignore", populate_by_name=True
+)
+
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("localtts", appauthor=False))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LOCALTTS_", env_file=".env", extra="ignore", populate_by_name=True
+class _DataDirSettings(BaseSettings):
+    model_config = _CONFIG
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="embedded PostgreSQL (voice library) and the compile cache (engines)",
     )
 
-    # engine choice (host policy in host.py decides "auto")
-    engine: EngineChoice = "auto"
+
+class EngineSettings(_DataDirSettings):
+    """Exactly what an engine reads: a new field here is part of `engine_key` by itself."""
+
     device: DeviceChoice = "auto"
-    strict: bool = Field(
-        False, description="fail instead of falling back to Piper when weights are missing"
-    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on CUDA (float16 without bf16), float32 on CPU"
     )
@@ -47,6 +59,9 @@ class Settings(BaseSettings):
     piper_model: Path | None = Field(
         None, description="Piper .onnx voice; default: the bundled en_US-joe-medium"
     )
+    allow_download: bool = Field(
+        False, description="let engines download weights from the Hugging Face hub"
+    )
     first_chunk_tokens: int | None = Field(
         None, ge=1, description="speech tokens in the first audio chunk; None: engine default"
     )
@@ -63,17 +78,42 @@ class Settings(BaseSettings):
     chatterbox_pipeline: bool = Field(
         False, description="decode T3 in a thread (own CUDA stream) while S3Gen renders"
     )
-    allow_download: bool = Field(
-        False, description="let engines download weights from the Hugging Face hub"
-    )
 
-    # voices
-    voice: str | None = Field(None, description="default voice id")
+    def engine_settings(self) -> EngineSettings:
+        """Only the engine's part of these settings (of a `Settings`, say)."""
+        return EngineSettings.model_validate(
+            self.model_dump(include=set(EngineSettings.model_fields))
+        )
+
+    @property
+    def engine_key(self) -> str:
+        """Identifies what an engine built from these settings loads and how it runs: every
+        `EngineSettings` field, whole; nothing else (a greeting must not load a second model)."""
+        return self.engine_settings().model_dump_json()
+
+
+class VoiceLibrarySettings(_DataDirSettings):
+    """What `voices.VoiceLibrary.from_settings` reads."""
+
     voices_dir: Path | None = Field(None, description="directory of reference clips")
-    data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL", "LOCALTTS_DATABASE_URL")
     )
+
+
+class Settings(EngineSettings, VoiceLibrarySettings):
+    """Every setting: the parts' above, and those of the plugin, the service and the agent."""
+
+    model_config = _CONFIG
+
+    # engine choice (host policy in host.py decides "auto")
+    engine: EngineChoice = "auto"
+    strict: bool = Field(
+        False, description="fail instead of falling back to Piper when weights are missing"
+    )
+
+    # the plugin's default voice
+    voice: str | None = Field(None, description="default voice id")
 
     # LiveKit (worker and room publisher)
     livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL"))

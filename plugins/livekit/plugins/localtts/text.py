@@ -12,10 +12,11 @@ import unicodedata
 
 from livekit.agents.tokenize import blingfire
 
+from .textcut import CLAUSE_END, cut_long
+
 # SSML/XML/HTML tags are not spoken; "x < 5 and y > 3" is not a tag
 _TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]{0,200})?/?>")
 _MARKDOWN = re.compile(r"(\*{1,3}|_{2,3}|`{1,3}|^#{1,6}\s|^\s*[-*+]\s)", re.MULTILINE)
-_CLAUSE_END = re.compile(r"[,;:\u2014.!?\u2026](?=\s)")
 _SPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
@@ -41,23 +42,6 @@ def normalize(text: str) -> str:
 
 def is_speakable(text: str) -> bool:
     return _SPEAKABLE.search(text) is not None
-
-
-def _split_long(piece: str, max_chars: int) -> list[str]:
-    """Cut a piece longer than max_chars at clause ends, else at spaces, else hard."""
-    out: list[str] = []
-    while len(piece) > max_chars:
-        window = piece[:max_chars]
-        cut = max((m.end() for m in _CLAUSE_END.finditer(window)), default=0)
-        if cut < max_chars // 3:
-            cut = window.rfind(" ")
-        if cut <= 0:
-            cut = max_chars
-        out.append(piece[:cut].strip())
-        piece = piece[cut:].strip()
-    if piece:
-        out.append(piece)
-    return out
 
 
 class TextSplitter:
@@ -95,14 +79,14 @@ class TextSplitter:
         for piece in pieces:
             piece = normalize(piece).strip()
             if piece and is_speakable(piece):
-                out.extend(_split_long(piece, self._max))
+                out.extend(cut_long(piece, self._max))
         if out:
             self._emitted_any = True
         return out
 
     def _take_first_clause(self) -> list[str]:
         start = len(self._buf) - len(self._buf.lstrip())
-        for m in _CLAUSE_END.finditer(self._buf):
+        for m in CLAUSE_END.finditer(self._buf):
             if m.end() - start >= self._first_min and is_speakable(self._buf[: m.end()]):
                 piece, self._buf = self._buf[: m.end()], self._buf[m.end() :]
                 return [piece]

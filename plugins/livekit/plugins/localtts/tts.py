@@ -12,9 +12,9 @@ import threading
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, closing
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from livekit.agents import (
@@ -31,21 +31,20 @@ from livekit.agents.utils import is_given
 from .engines import (
     Engine,
     EngineUnavailableError,
+    InvalidRequestError,
     SynthesisParams,
     UnknownVoiceError,
     VoiceConditioning,
     VoiceError,
+    VoiceSource,
     availability,
     shared_engine,
 )
-from .host import EngineSelection, HostInfo, select_engine
+from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
 from .text import TextSplitter
-
-if TYPE_CHECKING:
-    from .voices import VoiceLibrary
 
 # Engine work runs here; engines serialize model access themselves, so this only bounds
 # how many streams can wait on an engine at once.
@@ -90,17 +89,11 @@ def resolve_engine(engine: EngineChoice, settings: Settings) -> EngineSelection:
     settings = settings.model_copy(update={"engine": engine})
     candidates = ENGINE_NAMES if engine == "auto" else (engine,)
     unavailable = {name: availability(name, settings) for name in candidates}
-    host = HostInfo.detect() if engine in ("auto", "chatterbox", "xtts") else _cpu_host()
+    host = detect_host(probe_cuda=engine != "piper")
     try:
         return select_engine(host, settings, unavailable)
     except RuntimeError as e:
         raise EngineUnavailableError(str(e)) from e
-
-
-def _cpu_host() -> HostInfo:
-    import platform
-
-    return HostInfo(os=platform.system(), arch=platform.machine())
 
 
 class TTS(tts.TTS):
@@ -109,7 +102,7 @@ class TTS(tts.TTS):
         *,
         engine: EngineChoice | Engine = "auto",
         voice: str | None = None,
-        voice_library: VoiceLibrary | None = None,
+        voice_library: VoiceSource | None = None,
         language: str | None = None,
         speed: float = 1.0,
         temperature: float | None = None,
@@ -125,7 +118,8 @@ class TTS(tts.TTS):
                 weights exist), an engine name, or an `Engine` instance.
             voice: default voice id (a cloned voice from `voice_library`); None speaks with
                 the engine's built-in voice.
-            voice_library: where cloned voices and their conditioning come from.
+            voice_library: where cloned voices and their conditioning come from (a
+                `voices.VoiceLibrary`, or anything with its `conditioning` method).
             language, speed, temperature, exaggeration, cfg_weight, seed: synthesis knobs;
                 engines ignore the ones they do not have.
             settings: defaults to the environment (`LOCALTTS_*`).
@@ -181,7 +175,7 @@ class TTS(tts.TTS):
         return self._selection
 
     @property
-    def voice_library(self) -> VoiceLibrary | None:
+    def voice_library(self) -> VoiceSource | None:
         return self._voice_library
 
     def update_options(
@@ -282,10 +276,13 @@ async def engine_chunks(
 
     def work() -> None:
         try:
-            for chunk in engine.stream(text, voice, params, cancel):
-                if cancel.is_set():
-                    break
-                deliver(chunk)
+            # closed here, not left to the garbage collector: the engine's generator holds
+            # its lock (and buffers) until it is closed
+            with closing(engine.stream(text, voice, params, cancel)) as chunks:
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
+                    deliver(chunk)
         except BaseException as e:  # handed to the loop, re-raised there
             deliver(_Failed(e))
         finally:
@@ -305,13 +302,25 @@ async def engine_chunks(
 
 
 def _api_error(e: Exception, engine: Engine) -> APIError:
+    """The caller's fault (a voice, a request the engine cannot serve) is a 4xx; anything
+    else, a ValueError from deep inside a model included, is the engine's."""
     if isinstance(e, UnknownVoiceError):
         return APIStatusError(str(e), status_code=404, retryable=False)
-    if isinstance(e, (VoiceError, ValueError)):
+    if isinstance(e, (VoiceError, InvalidRequestError)):
         return APIStatusError(str(e), status_code=400, retryable=False)
     if isinstance(e, EngineUnavailableError):
         return APIError(str(e), retryable=False)
     return APIError(f"{engine.name} engine failed: {type(e).__name__}: {e}", retryable=False)
+
+
+def _text_splitter(engine: Engine, opts: _TTSOptions) -> TextSplitter:
+    """The one place text is split: pieces within the plugin's `max_piece_chars` and within
+    what the engine speaks as one run in this language, so the engine never splits again."""
+    engine_limit = engine.max_piece_chars(opts.params.language)
+    return TextSplitter(
+        first_clause_min_chars=opts.first_clause_min_chars,
+        max_piece_chars=min(opts.max_piece_chars, engine_limit or opts.max_piece_chars),
+    )
 
 
 class _ReadAhead:
@@ -405,10 +414,7 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
             mime_type="audio/pcm",
         )
         speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
-        splitter = TextSplitter(
-            first_clause_min_chars=self._opts.first_clause_min_chars,
-            max_piece_chars=self._opts.max_piece_chars,
-        )
+        splitter = _text_splitter(self._tts.engine, self._opts)
         try:
             # one piece at a time: a 50,000-character text is never held as audio
             for piece in splitter.push(self._input_text) + splitter.flush():
@@ -445,10 +451,7 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
         pieces = utils.aio.Chan[str]()
 
         async def read_input() -> None:
-            splitter = TextSplitter(
-                first_clause_min_chars=self._opts.first_clause_min_chars,
-                max_piece_chars=self._opts.max_piece_chars,
-            )
+            splitter = _text_splitter(self._tts.engine, self._opts)
             try:
                 async for data in self._input_ch:
                     if isinstance(data, self._FlushSentinel):

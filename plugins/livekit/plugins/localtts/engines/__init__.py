@@ -1,7 +1,7 @@
 """Speech engines, each knowing nothing of LiveKit, and the one place they are built.
 
-`shared_engine` keeps one instance per (engine, settings) in the process, so every TTS
-object, room and stream of a worker uses the same loaded model.
+`shared_engine` keeps one instance per (engine, engine settings) in the process, so every
+TTS object, room and stream of a worker uses the same loaded model.
 """
 
 from __future__ import annotations
@@ -9,32 +9,39 @@ from __future__ import annotations
 import importlib
 import threading
 
+from ..host import HostPolicyError, concrete_settings, set_torch_threads
 from ..models import ENGINE_NAMES, EngineName
-from ..settings import Settings
+from ..settings import EngineSettings
 from .base import (
     Engine,
     EngineError,
+    EngineInfo,
     EngineUnavailableError,
     InvalidRequestError,
+    KVCacheOverflowError,
     SynthesisParams,
     UnknownVoiceError,
     UnsupportedVoiceError,
     VoiceClip,
     VoiceConditioning,
     VoiceError,
+    VoiceSource,
 )
 
 __all__ = [
     "Engine",
     "EngineError",
+    "EngineInfo",
     "EngineUnavailableError",
     "InvalidRequestError",
+    "KVCacheOverflowError",
     "SynthesisParams",
     "UnknownVoiceError",
     "UnsupportedVoiceError",
     "VoiceClip",
     "VoiceConditioning",
     "VoiceError",
+    "VoiceSource",
     "availability",
     "create_engine",
     "shared_engine",
@@ -47,26 +54,6 @@ _ENGINE_CLASSES: dict[str, tuple[str, str]] = {
     "piper": (".piper", "PiperEngine"),
 }
 
-# the settings that change what an engine loads or how it runs; anything else (agent
-# greeting, database URL...) must not create a second model
-ENGINE_SETTINGS = (
-    "device",
-    "dtype",
-    "compile",
-    "threads",
-    "chatterbox_model",
-    "xtts_model",
-    "piper_model",
-    "allow_download",
-    "data_dir",  # the compile cache lives there
-    "first_chunk_tokens",
-    "chatterbox_cfm_steps",
-    "chatterbox_watermark",
-    "chatterbox_pipeline",
-    "xtts_int8",
-    "xtts_vocoder_bf16",
-)
-
 _shared: dict[tuple[str, str], Engine] = {}
 _shared_lock = threading.Lock()
 
@@ -77,7 +64,7 @@ def _check_name(name: str) -> EngineName:
     return name  # type: ignore[return-value]
 
 
-def engine_class(name: str) -> type:
+def engine_class(name: str) -> type[Engine]:
     module_name, class_name = _ENGINE_CLASSES[_check_name(name)]
     try:
         module = importlib.import_module(module_name, __name__)
@@ -88,7 +75,7 @@ def engine_class(name: str) -> type:
     return getattr(module, class_name)
 
 
-def availability(name: str, settings: Settings) -> str | None:
+def availability(name: str, settings: EngineSettings) -> str | None:
     """None when `name` can run here with these settings, else why not (cheap: no load)."""
     try:
         cls = engine_class(name)
@@ -97,14 +84,25 @@ def availability(name: str, settings: Settings) -> str | None:
     return cls.availability(settings)
 
 
-def create_engine(name: str, settings: Settings) -> Engine:
-    """A new, not yet loaded engine."""
-    return engine_class(name).from_settings(settings)
+def create_engine(name: str, settings: EngineSettings) -> Engine:
+    """A new, not yet loaded engine; what the settings leave on "auto" is decided by the host
+    table, and a torch engine on the CPU gets its thread count here."""
+    cls = engine_class(name)
+    if name != "piper":  # Piper (ONNX on the CPU) has no device, dtype or torch threads
+        try:
+            settings = concrete_settings(_check_name(name), settings)
+        except HostPolicyError as e:
+            raise EngineUnavailableError(str(e)) from e
+        if settings.device == "cpu" and settings.threads:
+            set_torch_threads(settings.threads)
+    return cls.from_settings(settings)
 
 
-def shared_engine(name: str, settings: Settings) -> Engine:
-    """The process-wide engine for `name` and these settings (created once, not loaded)."""
-    key = (_check_name(name), settings.model_dump_json(include=set(ENGINE_SETTINGS)))
+def shared_engine(name: str, settings: EngineSettings) -> Engine:
+    """The process-wide engine for `name` and these settings (created once, not loaded).
+
+    Keyed by every engine setting (`EngineSettings.engine_key`), and by nothing else."""
+    key = (_check_name(name), settings.engine_key)
     with _shared_lock:
         engine = _shared.get(key)
         if engine is None:

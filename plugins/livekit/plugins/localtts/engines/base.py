@@ -1,4 +1,4 @@
-"""The contract every speech engine fulfils.
+"""The contract every speech engine fulfils, and that of whatever supplies its voices.
 
 An engine knows nothing of LiveKit: it turns text into float32 mono audio chunks at its
 native sample rate, in a worker thread, and stops when asked. The plugin (`tts.py`)
@@ -8,11 +8,14 @@ bridges those chunks onto the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..settings import EngineSettings
 
 
 class EngineError(Exception):
@@ -29,6 +32,11 @@ class EngineUnavailableError(EngineError):
 class InvalidRequestError(EngineError, ValueError):
     """The request cannot be served as asked (an unsupported language, a text piece too
     long for the model): the caller's input is wrong, not the engine."""
+
+
+class KVCacheOverflowError(EngineError):
+    """A decoding cache was too small for a request the engine accepted: the engine's fault
+    (its limits are declared so this never happens), not the caller's."""
 
 
 class VoiceError(EngineError):
@@ -109,22 +117,84 @@ class SynthesisParams:
             raise ValueError(f"speed must be within [0.25, 4.0], got {self.speed}")
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine reports about itself (for /health, `localtts doctor`, benches).
+
+    The fields every engine has are typed; `details` holds what only one engine knows
+    (Chatterbox's compiled step, XTTS's int8 trunk...)."""
+
+    engine: str
+    sample_rate: int
+    device: str
+    dtype: str | None  # None: decided at load, not loaded yet
+    model: str  # a directory, a repo id, a file name, or "injected"
+    model_revision: str | None  # None: not known before load
+    loaded: bool
+    default_voice: str | None = None  # the voice spoken when a request names none
+    optimizations: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat JSON-ready dict: the common fields, then the engine's details."""
+        common = {
+            "engine": self.engine,
+            "sample_rate": self.sample_rate,
+            "device": self.device,
+            "dtype": self.dtype,
+            "model": self.model,
+            "model_revision": self.model_revision,
+            "loaded": self.loaded,
+            "default_voice": self.default_voice,
+            "optimizations": list(self.optimizations),
+        }
+        return {**common, **self.details}
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded (or loadable) TTS model. One instance per process serves every stream.
 
     Implementations must be safe to call `stream` from several threads at once (they may
     serialize internally) and must return from `stream` promptly after `cancel` is set:
-    at the latest one decoding step / one sentence later.
+    at the latest one decoding step / one sentence later. Closing the generator `stream`
+    returned releases whatever it holds at once.
     """
 
     name: str
     sample_rate: int
     supports_cloning: bool
 
+    @classmethod
+    def from_settings(cls, settings: EngineSettings) -> Engine:
+        """A new, not yet loaded engine as the settings say (device, dtype and threads as the
+        host selection decided them, see `host.py`)."""
+        ...
+
+    @staticmethod
+    def availability(settings: EngineSettings) -> str | None:
+        """None when the engine can run with these settings, else why not (cheap: no load)."""
+        ...
+
     @property
     def model_revision(self) -> str:
         """Identifies the weights; conditioning cached for another revision is stale."""
+        ...
+
+    @property
+    def min_reference_seconds(self) -> float | None:
+        """The shortest reference clip `condition` accepts (None: the engine cannot clone)."""
+        ...
+
+    @property
+    def max_reference_seconds(self) -> float | None:
+        """How much of a reference clip `condition` reads; the voice library hands it no
+        more (None: all of it, or the engine cannot clone)."""
+        ...
+
+    def max_piece_chars(self, language: str | None) -> int | None:
+        """The longest text the engine speaks as one run in `language` (None: no limit). The
+        plugin's splitter cuts pieces to it, so the engine never has to split text itself."""
         ...
 
     def load(self) -> None:
@@ -132,7 +202,12 @@ class Engine(Protocol):
         ...
 
     def warmup(self) -> None:
-        """Run a short synthesis so no request pays compilation or cache setup."""
+        """Run a short synthesis so no request pays compilation or cache setup. A warmup that
+        failed is tried again by the next call."""
+        ...
+
+    def set_default_voice(self, voice: VoiceConditioning | None) -> None:
+        """The voice spoken when `stream` gets voice=None (None: no default voice)."""
         ...
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
@@ -152,10 +227,20 @@ class Engine(Protocol):
     ) -> Iterator[np.ndarray]:
         """Yield float32 mono chunks at `sample_rate` as soon as each exists.
 
-        `voice=None` speaks with the engine's built-in default voice.
+        `voice=None` speaks with the engine's default voice.
         """
         ...
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> EngineInfo:
         """Device, dtype, optimizations active, model revision: for /health and doctor."""
+        ...
+
+
+class VoiceSource(Protocol):
+    """Whatever hands the plugin a voice's conditioning: `voices.VoiceLibrary`, or a proxy
+    of one running on another event loop (the agent worker's)."""
+
+    async def conditioning(self, voice_id: str, engine: Engine) -> VoiceConditioning:
+        """The conditioning of `voice_id` for `engine`; UnknownVoiceError when there is none,
+        UnsupportedVoiceError when the engine cannot speak it."""
         ...

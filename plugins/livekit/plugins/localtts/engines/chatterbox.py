@@ -11,26 +11,24 @@ hub is only contacted when `allow_download` is set.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import importlib.util
 import io
-import json
 import logging
 import os
-import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ..host import performance_cores
-from ..settings import Settings
+from ..host import HostInfo, concrete_settings, default_precision
+from ..settings import EngineSettings
 from .base import (
+    EngineInfo,
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
@@ -39,179 +37,26 @@ from .base import (
     VoiceError,
     reference_audio,
 )
-from .weights import hub_snapshot, snapshot_revision
+from .chatterbox_checkpoint import DEFAULT_VOICE_FILE, WEIGHTS, load_parts
+from .chatterbox_options import ChatterboxOptions, StreamStats
+from .weights import DIGEST_CACHE_FILE, resolve_weights, weights_problem, weights_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
 
 SAMPLE_RATE = 24_000  # chatterbox S3GEN_SR; known without importing torch
-REQUIRED_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json")
-DEFAULT_VOICE_FILE = "conds.pt"
-# optional: a non-standard T3 size ({"llama": LlamaConfig kwargs, "use_perceiver_resampler": b})
-T3_CONFIG_FILE = "t3_config.json"
 _ENC_COND_SECONDS = 6  # T3 speech prompt (upstream ChatterboxTTS.ENC_COND_LEN)
 _DEC_COND_SECONDS = 10  # S3Gen reference (upstream DEC_COND_LEN)
 _MIN_CLIP_SECONDS = 1.0
 _CONDITIONING_FORMAT = 1
+_INJECTED_VOICE = "default"  # the id of a default voice handed in as `conds`
 
-DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-@dataclass(frozen=True)
-class ChatterboxOptions:
-    """Engine options; `None` means "the right choice for the device" (see `info()`)."""
-
-    device: str = "auto"  # "auto" | "cuda" | "cuda:N" | "cpu"
-    t3_dtype: DTypeName = "auto"  # auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU
-    flow_dtype: DTypeName = "float32"  # S3Gen flow; HiFT always fp32 (reduced precision drifts)
-    static_cache: bool = True
-    compile: bool | None = None  # torch.compile the decode step; default: on CUDA
-    cuda_graph: bool | None = None  # capture the decode step; default: on CUDA
-    warmup: bool = True  # compile/capture and run one utterance at load
-    compile_cache_dir: Path | None = None  # default: <data_dir>/torch-compile-cache
-    threads: int | None = None  # torch CPU threads; None: the host's performance cores
-    stop_check_interval: int = 8  # steps between host reads (stop token, streaming)
-    # T3 decodes in a thread of its own (own CUDA stream) while S3Gen renders: overlaps the
-    # two on a GPU; off until measured there (GIL and stream contention), pointless on 2 cores
-    pipeline: bool = False
-    max_new_tokens: int = 1000  # upstream's cap (40 s of speech)
-    max_text_tokens: int = 400
-    watermark: bool = True  # Perth watermark on every chunk but the first
-    first_chunk_tokens: int = 12
-    lookahead_tokens: int = 3
-    chunk_growth: float = 2.0
-    max_chunk_tokens: int = 100
-    context_tokens: int = 25
-    n_cfm_timesteps: int = 10
-
-    def streaming_config(self) -> Any:
-        from .chatterbox_s3gen import StreamingConfig
-
-        names = {f.name for f in fields(StreamingConfig)}
-        return StreamingConfig(**{k: v for k, v in asdict(self).items() if k in names})
-
-
-@dataclass
-class StreamStats:
-    """What the last utterance did (for benches and tests)."""
-
-    tokens: int = 0  # tokens sampled (incl. a stop token and non-speech ids)
-    tokens_at_first_chunk: int | None = None  # speech tokens known when chunk 1 was vocoded
-    sampled_at_first_chunk: int | None = None
-    first_chunk_s: float | None = None  # from stream() call to the first chunk ready
-    total_s: float = 0.0
-    t3_s: float = 0.0
-    prefill_s: float = 0.0
-    vocoder_s: float = 0.0
-    audio_s: float = 0.0
-    chunk_tokens: list[int] = field(default_factory=list)
-    speech_tokens: list[int] = field(default_factory=list)  # what S3Gen was given
-    stopped: bool = False  # the model emitted its stop token
-    cancelled: bool = False
-
-    @property
-    def t3_tokens_per_s(self) -> float:
-        decode = self.t3_s - self.prefill_s
-        return (self.tokens - 1) / decode if decode > 0 and self.tokens > 1 else 0.0
+__all__ = ["SAMPLE_RATE", "ChatterboxEngine", "ChatterboxOptions", "StreamStats"]
 
 
 def _dtype(name: str) -> Any:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1
-
-
-def _missing_message(where: str, missing: list[str]) -> str:
-    return (
-        f"Chatterbox weights not found: {', '.join(missing)} missing from {where}. "
-        "Set LOCALTTS_CHATTERBOX_MODEL to a directory holding "
-        f"{', '.join(REQUIRED_FILES)} (and optionally {DEFAULT_VOICE_FILE}), or put "
-        "ResembleAI/chatterbox in the Hugging Face cache "
-        "(`huggingface-cli download ResembleAI/chatterbox`), or set "
-        "LOCALTTS_ALLOW_DOWNLOAD=1 to let the engine download it"
-    )
-
-
-def resolve_checkpoint(model: str, *, allow_download: bool) -> Path:
-    """The directory holding the checkpoint files; EngineUnavailableError naming what is
-    missing. Without `allow_download` only the local Hugging Face cache is read (no network)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-        if missing:
-            raise EngineUnavailableError(_missing_message(f"directory {path}", missing))
-        return path
-    if _looks_like_path(model):
-        raise EngineUnavailableError(
-            f"Chatterbox model directory {path} does not exist; "
-            + _missing_message(f"{path}", list(REQUIRED_FILES))
-        )
-    directory, missing = hub_snapshot(
-        model, REQUIRED_FILES, (DEFAULT_VOICE_FILE,), allow_download=allow_download
-    )
-    if directory is None:
-        raise EngineUnavailableError(
-            _missing_message(f"the Hugging Face cache for {model}", missing)
-        )
-    return directory
-
-
-def checkpoint_revision(directory: Path) -> str:
-    """The HF snapshot hash when the directory is one, else a digest of the files' sizes."""
-    if (snapshot := snapshot_revision(directory)) is not None:
-        return snapshot
-    digest = hashlib.sha1()
-    for name in (*REQUIRED_FILES, T3_CONFIG_FILE):
-        f = directory / name
-        if f.is_file():
-            digest.update(f"{name}:{f.stat().st_size}".encode())
-    return f"dir-{digest.hexdigest()[:10]}"
-
-
-def _load_parts(directory: Path) -> dict[str, Any]:
-    """(t3, s3gen, ve, tokenizer, conds) on CPU, like ChatterboxTTS.from_local, plus the
-    optional T3 size file."""
-    import torch
-    from chatterbox.models.s3gen import S3Gen
-    from chatterbox.models.t3 import T3
-    from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
-    from chatterbox.models.t3.modules.t3_config import T3Config
-    from chatterbox.models.tokenizers import EnTokenizer
-    from chatterbox.models.voice_encoder import VoiceEncoder
-    from chatterbox.tts import Conditionals
-    from safetensors.torch import load_file
-
-    hp = T3Config.english_only()
-    config_file = directory / T3_CONFIG_FILE
-    if config_file.is_file():
-        custom = json.loads(config_file.read_text(encoding="utf-8"))
-        name = "localtts_" + hashlib.sha1(config_file.read_bytes()).hexdigest()[:8]
-        LLAMA_CONFIGS.setdefault(name, custom["llama"])
-        hp.llama_config_name = name
-        hp.use_perceiver_resampler = bool(custom.get("use_perceiver_resampler", True))
-    t3_state = load_file(str(directory / "t3_cfg.safetensors"))
-    if "model" in t3_state:
-        t3_state = t3_state["model"][0]
-    text_vocab = t3_state["text_emb.weight"].shape[0]
-    if text_vocab != hp.text_tokens_dict_size:
-        raise EngineUnavailableError(
-            f"{directory} holds a T3 with {text_vocab} text tokens (the multilingual model?); "
-            "this engine runs the English Chatterbox (704 text tokens)"
-        )
-    t3 = T3(hp)
-    t3.load_state_dict(t3_state)
-    ve = VoiceEncoder()
-    ve.load_state_dict(load_file(str(directory / "ve.safetensors")))
-    s3gen = S3Gen()
-    s3gen.load_state_dict(load_file(str(directory / "s3gen.safetensors")), strict=False)
-    tokenizer = EnTokenizer(str(directory / "tokenizer.json"))
-    conds = None
-    if (directory / DEFAULT_VOICE_FILE).is_file():
-        conds = Conditionals.load(directory / DEFAULT_VOICE_FILE, map_location=torch.device("cpu"))
-    return {"t3": t3, "s3gen": s3gen, "ve": ve, "tokenizer": tokenizer, "conds": conds}
 
 
 class ChatterboxEngine:
@@ -232,10 +77,12 @@ class ChatterboxEngine:
         tokenizer: Any = None,
         conds: Any = None,
         revision: str | None = None,
+        digest_cache: Path | None = None,
     ) -> None:
         """Either `model` (a checkpoint directory or Hugging Face repo id), or a built
         `ChatterboxTTS` (`tts`), or its parts (`t3`, `s3gen`, `ve`, `tokenizer`, optional
-        default-voice `conds`): tests and benches inject random-weight models this way."""
+        default-voice `conds`): tests and benches inject random-weight models this way.
+        `digest_cache`: where the weights' content digests are remembered (weights.py)."""
         if tts is not None:
             t3, s3gen, ve, tokenizer = tts.t3, tts.s3gen, tts.ve, tts.tokenizer
             conds = conds if conds is not None else tts.conds
@@ -252,6 +99,7 @@ class ChatterboxEngine:
             if all(given) else None
         )
         self._revision = revision
+        self._digest_cache = digest_cache
         self._load_lock = threading.Lock()
         # The static KV cache, the captured CUDA graph and the decode buffers are ONE stream's
         # state: an utterance holds this lock from prefill to its last chunk, so concurrent
@@ -266,7 +114,7 @@ class ChatterboxEngine:
         self._decoder: Any = None
         self._streamer: Any = None
         self._watermarker: Any = None
-        self._default: Any = None
+        self.default_voice: VoiceConditioning | None = None
         self._compile_cache_dir: Path | None = self.options.compile_cache_dir
         self._load_s: float | None = None
         self._warmup_s: float | None = None
@@ -275,12 +123,12 @@ class ChatterboxEngine:
     # -- construction from settings --------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ChatterboxEngine:
+    def from_settings(cls, settings: EngineSettings) -> ChatterboxEngine:
+        settings = concrete_settings("chatterbox", settings)
         options = ChatterboxOptions(
             device=settings.device,
             t3_dtype=settings.dtype,
             compile=settings.compile,
-            threads=settings.threads,
             n_cfm_timesteps=settings.chatterbox_cfm_steps,
             watermark=settings.chatterbox_watermark,
             pipeline=settings.chatterbox_pipeline,
@@ -295,58 +143,53 @@ class ChatterboxEngine:
             model=settings.chatterbox_model,
             allow_download=settings.allow_download,
             options=options,
+            digest_cache=settings.data_dir / DIGEST_CACHE_FILE,
         )
 
     @staticmethod
-    def availability(settings: Settings) -> str | None:
+    def availability(settings: EngineSettings) -> str | None:
         """Cheap: packages importable (without importing torch) and weights reachable."""
-        import importlib.util
-
         for module, package in (("torch", "torch"), ("chatterbox", "chatterbox-tts")):
             if importlib.util.find_spec(module) is None:
                 return f"{package} is not installed: pip install 'localtts[chatterbox]'"
-        model = settings.chatterbox_model
-        if settings.allow_download and not Path(model).expanduser().exists():
-            return None  # fetched at load; failures then raise EngineUnavailableError
-        try:
-            resolve_checkpoint(model, allow_download=False)
-        except EngineUnavailableError as e:
-            return str(e)
-        return None
-
-    # -- loading ---------------------------------------------------------------------------------
+        return weights_problem(
+            WEIGHTS, settings.chatterbox_model, allow_download=settings.allow_download
+        )
 
     @property
     def model_revision(self) -> str:
         if self._revision is None:
             if self.model is None:
                 return "custom"
-            directory = resolve_checkpoint(self.model, allow_download=self.allow_download)
-            self._revision = checkpoint_revision(directory)
+            self._revision = weights_revision(
+                WEIGHTS, self._checkpoint(), digest_cache=self._digest_cache
+            )
         return self._revision
 
-    def _resolve_device(self) -> Any:
-        import torch
+    def _checkpoint(self) -> Path:
+        assert self.model is not None
+        return resolve_weights(WEIGHTS, self.model, allow_download=self.allow_download)
 
-        want = self.options.device
-        if want == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(want)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise EngineUnavailableError(
-                f"device {want!r} requested but torch sees no CUDA GPU "
-                f"(torch {torch.__version__}); use LOCALTTS_DEVICE=cpu or auto"
-            )
-        return device
+    # -- limits ----------------------------------------------------------------------------------
+
+    min_reference_seconds = _MIN_CLIP_SECONDS
+    # S3Gen reads the first 10 s and T3's speech prompt the first 6 s, but the voice encoder's
+    # speaker embedding averages the whole clip (as upstream's prepare_conditionals does)
+    max_reference_seconds = None
+
+    def max_piece_chars(self, language: str | None) -> int | None:
+        """T3 takes `max_text_tokens`; its tokenizer gives at most one token per character,
+        and `punc_norm` may add one (a final period)."""
+        return self.options.max_text_tokens - 1
+
+    # -- loading ---------------------------------------------------------------------------------
 
     def _t3_dtype(self) -> Any:
-        import torch
-
         if self.options.t3_dtype != "auto":  # honoured on CPU too (slower; tests use it)
             return _dtype(self.options.t3_dtype)
-        if self._device.type != "cuda":
-            return torch.float32  # reduced precision on CPU is slower, not faster
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        on_cuda = self._device.type == "cuda"
+        bf16 = on_cuda and HostInfo.detect().bf16
+        return _dtype(default_precision(self.name, use_cuda=on_cuda, bf16=bf16)[0])
 
     def load(self) -> None:
         with self._load_lock:
@@ -354,87 +197,104 @@ class ChatterboxEngine:
                 return
             started = time.perf_counter()
             try:
-                import torch  # a clear error when torch is missing
+                import torch
 
                 from .chatterbox_s3gen import S3GenStreamer
-                from .chatterbox_t3 import T3DynamicDecoder, T3StaticDecoder, enable_compile_cache
             except ImportError as e:
                 raise EngineUnavailableError(
                     f"the chatterbox engine needs torch and chatterbox-tts: "
                     f"pip install 'localtts[chatterbox]' ({e})"
                 ) from e
-            self._device = self._resolve_device()
-            if self._device.type == "cpu":
-                torch.set_num_threads(self.options.threads or performance_cores())
+            self._device = torch.device(self.options.device)
+            if self._device.type == "cuda" and not torch.cuda.is_available():
+                raise EngineUnavailableError(
+                    f"device {self.options.device!r} given but torch sees no CUDA GPU "
+                    f"(torch {torch.__version__}); use LOCALTTS_DEVICE=cpu or auto"
+                )
             parts = self._parts
             if parts is None:
-                assert self.model is not None
-                directory = resolve_checkpoint(self.model, allow_download=self.allow_download)
+                directory = self._checkpoint()
                 if self._revision is None:
-                    self._revision = checkpoint_revision(directory)
-                parts = _load_parts(directory)
-            dev, opts = self._device, self.options
-            on_cuda = dev.type == "cuda"
-            self._t3 = parts["t3"].to(device=dev, dtype=self._t3_dtype()).eval()
-            self._s3gen = parts["s3gen"].to(dev).eval()
-            if opts.flow_dtype not in ("auto", "float32"):  # HiFT stays fp32 (see options)
-                self._s3gen.flow.to(_dtype(opts.flow_dtype))
-            self._ve = parts["ve"].to(dev).eval()
-            self._tokenizer = parts["tokenizer"]
-            if parts.get("conds") is not None:
-                self._default = self._to_device(parts["conds"])
-
-            use_compile = on_cuda if opts.compile is None else bool(opts.compile)
-            use_graph = on_cuda if opts.cuda_graph is None else bool(opts.cuda_graph) and on_cuda
-            if not opts.static_cache:
-                use_compile = use_graph = False
-            if use_compile:
-                if self._compile_cache_dir is not None:
-                    effective = enable_compile_cache(self._compile_cache_dir)
-                    if effective.resolve() != self._compile_cache_dir.resolve():
-                        logger.info("torch compile cache: %s (TORCHINDUCTOR_CACHE_DIR)", effective)
-            cache_len = self._cache_len()
-            if opts.static_cache:
-                self._decoder = T3StaticDecoder(
-                    self._t3, max_cache_len=cache_len, compile_step=use_compile,
-                    cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
-                )
-            else:
-                self._decoder = T3DynamicDecoder(
-                    self._t3, max_cache_len=cache_len,
-                    stop_check_interval=opts.stop_check_interval,
-                )
-            self._streamer = S3GenStreamer(self._s3gen, config=opts.streaming_config())
-            if opts.watermark:
+                    self._revision = weights_revision(
+                        WEIGHTS, directory, digest_cache=self._digest_cache
+                    )
+                parts = load_parts(directory)
+            self._place(parts)
+            self._streamer = S3GenStreamer(self._s3gen, config=self.options.streaming_config())
+            if self.options.watermark:
                 try:
                     import perth
 
-                    self._watermarker = perth.PerthImplicitWatermarker(device=str(dev))
+                    self._watermarker = perth.PerthImplicitWatermarker(device=str(self._device))
                 except Exception as e:
                     raise EngineUnavailableError(
                         f"the Perth watermarker (resemble-perth) failed to load: {e}; "
                         "install it or turn the watermark off"
                     ) from e
-            warm_embeds = self._prompt_embeds(
-                "Warming up the decoder.", self._warmup_conditionals(), 0.5
-            )
-            try:
-                self._decoder.capture(warm_embeds)
-            except Exception:
-                if not use_compile:
-                    raise
-                # an inductor/dynamo failure must not take the engine down: keep the graph
-                logger.exception("compiling the T3 decode step failed; continuing without it")
-                self._decoder = T3StaticDecoder(
-                    self._t3, max_cache_len=cache_len, compile_step=False,
-                    cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
-                )
-                self._decoder.capture(warm_embeds)
+            self._build_decoder()
             self._parts = None  # the engine owns the (moved) modules now
             self._loaded = True
             self._load_s = time.perf_counter() - started
-        if opts.warmup:
+        if self.options.warmup:
             self.warmup()
+
+    def _place(self, parts: dict[str, Any]) -> None:
+        """The models on the engine's device, T3 in its dtype."""
+        dev, opts = self._device, self.options
+        self._t3 = parts["t3"].to(device=dev, dtype=self._t3_dtype()).eval()
+        self._s3gen = parts["s3gen"].to(dev).eval()
+        if opts.flow_dtype not in ("auto", "float32"):  # HiFT stays fp32 (see options)
+            self._s3gen.flow.to(_dtype(opts.flow_dtype))
+        self._ve = parts["ve"].to(dev).eval()
+        self._tokenizer = parts["tokenizer"]
+        if self.default_voice is not None:  # set before loading: now on the device
+            self.default_voice = self._on_device(self.default_voice)
+        elif parts.get("conds") is not None:
+            voice_id = DEFAULT_VOICE_FILE if self.model is not None else _INJECTED_VOICE
+            self.default_voice = VoiceConditioning(
+                voice_id, self.name, self.model_revision, self._to_device(parts["conds"])
+            )
+
+    def _build_decoder(self) -> None:
+        """The T3 decoder: static KV cache, compiled and/or graph-captured step as the options
+        (or the host table, for "auto") say; compiled and captured now, not at a request."""
+        from .chatterbox_t3 import T3DynamicDecoder, T3StaticDecoder, enable_compile_cache
+
+        opts = self.options
+        on_cuda = self._device.type == "cuda"
+        default_compile = default_precision(self.name, use_cuda=on_cuda, bf16=False)[1]
+        use_compile = default_compile if opts.compile is None else bool(opts.compile)
+        use_graph = on_cuda if opts.cuda_graph is None else bool(opts.cuda_graph) and on_cuda
+        if not opts.static_cache:
+            use_compile = use_graph = False
+        if use_compile and self._compile_cache_dir is not None:
+            effective = enable_compile_cache(self._compile_cache_dir)
+            if effective.resolve() != self._compile_cache_dir.resolve():
+                logger.info("torch compile cache: %s (TORCHINDUCTOR_CACHE_DIR)", effective)
+        cache_len = self._cache_len()
+        if not opts.static_cache:
+            self._decoder = T3DynamicDecoder(
+                self._t3, max_cache_len=cache_len, stop_check_interval=opts.stop_check_interval
+            )
+        else:
+            self._decoder = T3StaticDecoder(
+                self._t3, max_cache_len=cache_len, compile_step=use_compile,
+                cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
+            )  # fmt: skip
+        warm_conds = self._warmup_conditionals()
+        warm_embeds = self._prompt_embeds("Warming up the decoder.", warm_conds, 0.5)
+        try:
+            self._decoder.capture(warm_embeds)
+        except Exception:
+            if not use_compile:
+                raise
+            # an inductor/dynamo failure must not take the engine down: keep the graph
+            logger.exception("compiling the T3 decode step failed; continuing without it")
+            self._decoder = T3StaticDecoder(
+                self._t3, max_cache_len=cache_len, compile_step=False,
+                cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
+            )  # fmt: skip
+            self._decoder.capture(warm_embeds)
 
     def _cache_len(self) -> int:
         hp = self._t3.hp
@@ -460,8 +320,8 @@ class ChatterboxEngine:
         logger.info("chatterbox warmup: %d chunks in %.2fs", chunks, self._warmup_s)
 
     def _warmup_conditionals(self) -> Any:
-        if self._default is not None:
-            return self._default
+        if self.default_voice is not None:
+            return self.default_voice.data
         import torch
         from chatterbox.models.t3.modules.cond_enc import T3Cond
         from chatterbox.tts import Conditionals
@@ -495,14 +355,27 @@ class ChatterboxEngine:
         t3 = T3Cond(**{k: move(v) for k, v in conds.t3.__dict__.items()})
         return Conditionals(t3, {k: move(v) for k, v in conds.gen.items()})
 
-    def set_default_voice(self, conds: Any) -> None:
-        """Use these Conditionals when `stream` gets voice=None."""
-        self.load()
-        self._default = self._to_device(conds)
+    def _on_device(self, voice: VoiceConditioning) -> VoiceConditioning:
+        if voice.data.t3.speaker_emb.device == self._device:
+            return voice
+        return VoiceConditioning(
+            voice.voice_id, voice.engine, voice.model_revision, self._to_device(voice.data)
+        )
 
-    @property
-    def default_conditionals(self) -> Any:
-        return self._default
+    def set_default_voice(self, voice: VoiceConditioning | None) -> None:
+        """The voice spoken when `stream` gets voice=None (replaces the checkpoint's conds.pt;
+        None: no default voice)."""
+        if voice is not None:
+            self._check_voice(voice)
+            if self._loaded:
+                voice = self._on_device(voice)
+        self.default_voice = voice
+
+    def _check_voice(self, voice: VoiceConditioning) -> None:
+        if voice.engine != self.name:
+            raise VoiceError(
+                f"voice {voice.voice_id!r} was conditioned for {voice.engine}, not chatterbox"
+            )
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
         self.load()
@@ -512,7 +385,7 @@ class ChatterboxEngine:
         from chatterbox.models.t3.modules.cond_enc import T3Cond
         from chatterbox.tts import Conditionals
 
-        audio = reference_audio(clip, min_seconds=_MIN_CLIP_SECONDS, engine="Chatterbox")
+        audio = reference_audio(clip, min_seconds=self.min_reference_seconds, engine="Chatterbox")
         # same steps as ChatterboxTTS.prepare_conditionals, from memory instead of a file
         wav24 = audio
         if clip.sample_rate != SAMPLE_RATE:
@@ -618,19 +491,14 @@ class ChatterboxEngine:
 
     def _resolve_voice(self, voice: VoiceConditioning | None) -> Any:
         if voice is None:
-            if self._default is None:
+            if self.default_voice is None:
                 raise VoiceError(
                     "Chatterbox has no default voice: the checkpoint has no conds.pt; "
                     "pass a cloned voice (reference clip) or set a default voice"
                 )
-            return self._default
-        if voice.engine != self.name:
-            raise VoiceError(
-                f"voice {voice.voice_id!r} was conditioned for {voice.engine}, not chatterbox"
-            )
-        if voice.data.t3.speaker_emb.device != self._device:  # loaded before the engine
-            return self._to_device(voice.data)
-        return voice.data
+            voice = self.default_voice
+        self._check_voice(voice)
+        return self._on_device(voice).data  # a voice loaded before the engine moves here
 
     def stream(
         self,
@@ -655,7 +523,7 @@ class ChatterboxEngine:
     ) -> Iterator[np.ndarray]:
         import torch
 
-        from .chatterbox_t3 import SamplingParams
+        from .chatterbox_t3 import SamplingParams, speech_batches
 
         # the request's knobs where given, SamplingParams' own (upstream's) defaults elsewhere
         knobs = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
@@ -679,8 +547,9 @@ class ChatterboxEngine:
                 limit = min(cap, max_new_tokens or self.options.max_new_tokens)
                 stream = self._streamer.open(voice, seed=seed)
                 stats.prefill_s = time.perf_counter() - t0
-                batches = self._speech_batches(
-                    limit, stream.tokens_needed_for_next_chunk, cancel, stats
+                batches = speech_batches(
+                    decoder, limit, stream.tokens_needed_for_next_chunk, cancel, stats,
+                    pipeline=self.options.pipeline,
                 )
                 try:
                     for new, finished in batches:
@@ -712,144 +581,60 @@ class ChatterboxEngine:
             self.last_stats = stats
             self._generate_lock.release()
 
-    def _decode_speech(
-        self, limit: int, tokens_wanted: Callable[[], int], stop: Callable[[], bool],
-        stats: StreamStats,
-    ) -> Iterator[tuple[list[int], bool]]:
-        """(new speech tokens, finished) at every host read of the started decoder.
-
-        A read comes every `stop_check_interval` steps, or exactly when the streamer has the
-        tokens for its next chunk (`tokens_wanted()`, a running total of speech tokens).
-        """
-        decoder = self._decoder
-        hp = self._t3.hp
-        interval = decoder.stop_check_interval
-        read = produced = 0
-        while True:
-            want = tokens_wanted() - produced
-            # a pipelined streamer may lag behind: then read at the interval
-            steps = interval if want <= 0 else min(interval, want)
-            target = min(limit, decoder.length + steps)
-            t1 = time.perf_counter()
-            while decoder.length < target:
-                if stop():
-                    stats.t3_s += time.perf_counter() - t1
-                    return
-                decoder.step()
-            new = decoder.tokens(read, decoder.length)  # the only host sync
-            stats.t3_s += time.perf_counter() - t1
-            read = decoder.length
-            if hp.stop_speech_token in new:
-                new = new[: new.index(hp.stop_speech_token)]
-                stats.stopped = True
-            speech = [t for t in new if t < hp.start_speech_token]  # ids >= 6561 aren't speech
-            produced += len(speech)
-            finished = stats.stopped or decoder.length >= limit
-            yield speech, finished
-            if finished:
-                return
-
-    def _speech_batches(
-        self, limit: int, tokens_wanted: Callable[[], int], cancel: threading.Event,
-        stats: StreamStats,
-    ) -> Iterator[tuple[list[int], bool]]:
-        """`_decode_speech` in this thread, or (`options.pipeline`) in a thread of its own, on
-        a CUDA stream of its own, so T3 decodes while S3Gen renders the previous chunk."""
-        if not self.options.pipeline:
-            yield from self._decode_speech(limit, tokens_wanted, cancel.is_set, stats)
-            return
-        import torch
-
-        on_cuda = self._device.type == "cuda"
-        t3_stream = torch.cuda.Stream(self._device) if on_cuda else None
-        if t3_stream is not None:
-            t3_stream.wait_stream(torch.cuda.current_stream(self._device))  # after the prefill
-        handoff: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        halt = threading.Event()
-
-        def stop() -> bool:
-            return halt.is_set() or cancel.is_set()
-
-        def decode() -> None:
-            try:
-                with contextlib.ExitStack() as scope:
-                    scope.enter_context(torch.inference_mode())
-                    if t3_stream is not None:
-                        scope.enter_context(torch.cuda.stream(t3_stream))
-                    for batch in self._decode_speech(limit, tokens_wanted, stop, stats):
-                        handoff.put(("batch", batch))
-            except BaseException as e:  # handed to the consumer, raised there
-                handoff.put(("error", e))
-            finally:
-                handoff.put(("end", None))
-
-        worker = threading.Thread(target=decode, name="localtts-chatterbox-t3", daemon=True)
-        worker.start()
-        try:
-            while True:
-                kind, item = handoff.get()
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise item
-                yield item
-        finally:
-            halt.set()
-            worker.join()  # the decoder is this utterance's until its thread is gone
-            if t3_stream is not None:
-                torch.cuda.current_stream(self._device).wait_stream(t3_stream)
-
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         marked = self._watermarker.apply_watermark(chunk, sample_rate=SAMPLE_RATE)
         return np.asarray(marked, dtype=np.float32).reshape(-1)[: len(chunk)]
 
     # -- health ----------------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> EngineInfo:
         opts = self.options
-        info: dict[str, Any] = {
-            "engine": self.name,
-            "sample_rate": self.sample_rate,
-            "model": self.model or "custom",
-            "loaded": self._loaded,
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        }
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+        default_voice = self.default_voice.voice_id if self.default_voice else None
         if not self._loaded:
-            return info
+            return EngineInfo(
+                engine=self.name, sample_rate=self.sample_rate, device=opts.device,
+                dtype=None if opts.t3_dtype == "auto" else opts.t3_dtype,
+                model=self.model or "custom", model_revision=None, loaded=False,
+                default_voice=default_voice, details={"options": options},
+            )  # fmt: skip
         decoder = self._decoder
-        info.update(
-            device=str(self._device),
-            model_revision=self.model_revision,
-            dtype=str(self._t3.speech_head.weight.dtype).replace("torch.", ""),
-            flow_dtype=str(next(self._s3gen.flow.parameters()).dtype).replace("torch.", ""),
-            vocoder_dtype=str(next(self._s3gen.mel2wav.parameters()).dtype).replace("torch.", ""),
-            static_kv_cache=decoder.static_cache,
-            kv_cache_len=decoder.max_cache_len,
-            compiled=decoder.compiled,
-            cuda_graph=decoder.graph_captured,
-            # where inductor really caches: a directory set before ours (by the user, or by
-            # an earlier compile in this process) wins over the option
-            compile_cache_dir=(
-                os.environ.get("TORCHINDUCTOR_CACHE_DIR") if decoder.compiled else None
-            ),
-            stop_check_interval=decoder.stop_check_interval,
-            pipeline=opts.pipeline,
-            watermark=self._watermarker is not None,
-            default_voice=self._default is not None,
-            load_s=self._load_s,
-            warmup_s=self._warmup_s,
-        )
+        dtype = str(self._t3.speech_head.weight.dtype).replace("torch.", "")
         optimizations = ["streaming-chunks"]
         if decoder.static_cache:
             optimizations.append("static-kv-cache")
-        if info["dtype"] != "float32":
-            optimizations.append(f"t3-{info['dtype']}")
+        if dtype != "float32":
+            optimizations.append(f"t3-{dtype}")
         if decoder.compiled:
             optimizations.append("torch-compile")
         if decoder.graph_captured:
             optimizations.append("cuda-graph")
         if opts.pipeline:
             optimizations.append("t3-s3gen-pipeline")
-        info["optimizations"] = optimizations
-        return info
-
+        details = {
+            "options": options,
+            "flow_dtype": str(next(self._s3gen.flow.parameters()).dtype).replace("torch.", ""),
+            "vocoder_dtype": str(next(self._s3gen.mel2wav.parameters()).dtype).replace(
+                "torch.", ""
+            ),
+            "static_kv_cache": decoder.static_cache,
+            "kv_cache_len": decoder.max_cache_len,
+            "compiled": decoder.compiled,
+            "cuda_graph": decoder.graph_captured,
+            # where inductor really caches: a directory set before ours (by the user, or by
+            # an earlier compile in this process) wins over the option
+            "compile_cache_dir": (
+                os.environ.get("TORCHINDUCTOR_CACHE_DIR") if decoder.compiled else None
+            ),
+            "stop_check_interval": decoder.stop_check_interval,
+            "pipeline": opts.pipeline,
+            "watermark": self._watermarker is not None,
+            "load_s": self._load_s,
+            "warmup_s": self._warmup_s,
+        }
+        return EngineInfo(
+            engine=self.name, sample_rate=self.sample_rate, device=str(self._device),
+            dtype=dtype, model=self.model or "custom", model_revision=self.model_revision,
+            loaded=True, default_voice=default_voice, optimizations=tuple(optimizations),
+            details=details,
+        )  # fmt: skip

@@ -15,20 +15,31 @@ penalty / temperature / min-p / top-p semantics); tests check the tokens match i
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from .base import InvalidRequestError, KVCacheOverflowError
+
+if TYPE_CHECKING:
+    from .chatterbox_options import StreamStats
 
 CFG_BATCH = 2  # row 0: conditional, row 1: unconditional (zeroed text embedding)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """T3's sampling knobs; out of range is the request's fault (InvalidRequestError)."""
+
     temperature: float = 0.8
     min_p: float = 0.05
     top_p: float = 1.0
@@ -37,15 +48,17 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InvalidRequestError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be within [0, 1], got {self.min_p}")
+            raise InvalidRequestError(f"min_p must be within [0, 1], got {self.min_p}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be within (0, 1], got {self.top_p}")
+            raise InvalidRequestError(f"top_p must be within (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise InvalidRequestError(
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}"
+            )
         if self.cfg_weight < 0:
-            raise ValueError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
+            raise InvalidRequestError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
 
 
 def filter_logits(
@@ -172,7 +185,7 @@ class T3Decoder:
             raise ValueError("embeds must hold the conditional and unconditional rows")
         length = embeds.shape[1]
         if self.capacity_for(length) < 1:
-            raise ValueError(f"prompt of {length} positions exceeds the KV cache")
+            raise KVCacheOverflowError(f"prompt of {length} positions exceeds the KV cache")
         self._seed(seed)
         knobs = {
             "cfg_weight": sampling.cfg_weight,
@@ -368,6 +381,94 @@ class T3StaticDecoder(T3Decoder):
     @property
     def compiled(self) -> bool:
         return self.compile_step
+
+
+# -- the decode loop: host reads of the tokens, in this thread or a thread of its own ----
+
+
+def decode_speech(
+    decoder: T3Decoder, limit: int, tokens_wanted: Callable[[], int], stop: Callable[[], bool],
+    stats: StreamStats,
+) -> Iterator[tuple[list[int], bool]]:
+    """(new speech tokens, finished) at every host read of the started decoder.
+
+    A read comes every `stop_check_interval` steps, or exactly when the streamer has the
+    tokens for its next chunk (`tokens_wanted()`, a running total of speech tokens).
+    """
+    hp = decoder.hp
+    interval = decoder.stop_check_interval
+    read = produced = 0
+    while True:
+        want = tokens_wanted() - produced
+        # a pipelined streamer may lag behind: then read at the interval
+        steps = interval if want <= 0 else min(interval, want)
+        target = min(limit, decoder.length + steps)
+        t1 = time.perf_counter()
+        while decoder.length < target:
+            if stop():
+                stats.t3_s += time.perf_counter() - t1
+                return
+            decoder.step()
+        new = decoder.tokens(read, decoder.length)  # the only host sync
+        stats.t3_s += time.perf_counter() - t1
+        read = decoder.length
+        if hp.stop_speech_token in new:
+            new = new[: new.index(hp.stop_speech_token)]
+            stats.stopped = True
+        speech = [t for t in new if t < hp.start_speech_token]  # ids >= 6561 aren't speech
+        produced += len(speech)
+        finished = stats.stopped or decoder.length >= limit
+        yield speech, finished
+        if finished:
+            return
+
+def speech_batches(
+    decoder: T3Decoder, limit: int, tokens_wanted: Callable[[], int], cancel: threading.Event,
+    stats: StreamStats, *, pipeline: bool,
+) -> Iterator[tuple[list[int], bool]]:
+    """`decode_speech` in this thread, or (`pipeline`) in a thread of its own, on a CUDA
+    stream of its own, so T3 decodes while S3Gen renders the previous chunk."""
+    if not pipeline:
+        yield from decode_speech(decoder, limit, tokens_wanted, cancel.is_set, stats)
+        return
+    device = decoder.device
+    t3_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    if t3_stream is not None:
+        t3_stream.wait_stream(torch.cuda.current_stream(device))  # after the prefill
+    handoff: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    halt = threading.Event()
+
+    def stop() -> bool:
+        return halt.is_set() or cancel.is_set()
+
+    def decode() -> None:
+        try:
+            with contextlib.ExitStack() as scope:
+                scope.enter_context(torch.inference_mode())
+                if t3_stream is not None:
+                    scope.enter_context(torch.cuda.stream(t3_stream))
+                for batch in decode_speech(decoder, limit, tokens_wanted, stop, stats):
+                    handoff.put(("batch", batch))
+        except BaseException as e:  # handed to the consumer, raised there
+            handoff.put(("error", e))
+        finally:
+            handoff.put(("end", None))
+
+    worker = threading.Thread(target=decode, name="localtts-chatterbox-t3", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        halt.set()
+        worker.join()  # the decoder is this utterance's until its thread is gone
+        if t3_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(t3_stream)
 
 
 def enable_compile_cache(cache_dir: Path) -> Path:

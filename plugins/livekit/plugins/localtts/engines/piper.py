@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..settings import Settings
+from ..settings import EngineSettings
 from .base import (
+    EngineInfo,
     EngineUnavailableError,
     SynthesisParams,
     UnsupportedVoiceError,
@@ -59,11 +60,11 @@ class PiperEngine:
         self._phonemize_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PiperEngine:
+    def from_settings(cls, settings: EngineSettings) -> PiperEngine:
         return cls(model_path=settings.piper_model)
 
     @staticmethod
-    def availability(settings: Settings) -> str | None:
+    def availability(settings: EngineSettings) -> str | None:
         try:
             PiperEngine.from_settings(settings)
         except EngineUnavailableError as e:
@@ -80,6 +81,20 @@ class PiperEngine:
 
     def _config_digest(self) -> str:
         return hashlib.sha1(self.config_path.read_bytes()).hexdigest()[:8]
+
+    # Piper speaks with its own model only: no reference clips, no default voice to set, and it
+    # splits its input into sentences itself (one ONNX call each), so no length limit
+    min_reference_seconds = None
+    max_reference_seconds = None
+
+    def max_piece_chars(self, language: str | None) -> int | None:
+        return None
+
+    def set_default_voice(self, voice: VoiceConditioning | None) -> None:
+        if voice is not None:
+            raise UnsupportedVoiceError(
+                f"Piper cannot speak with cloned voice {voice.voice_id!r}: it has its own only"
+            )
 
     def load(self) -> None:
         with self._load_lock:
@@ -141,14 +156,15 @@ class PiperEngine:
                 audio = audio / peak  # Piper normalizes each sentence to full scale
             yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "engine": self.name,
-            "device": "cpu",
-            "dtype": "float32",
-            "sample_rate": self.sample_rate,
-            "model": self.model_path.name,
-            "model_revision": self.model_revision,
-            "loaded": self._voice is not None,
-            "optimizations": ["onnxruntime"],
-        }
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine=self.name,
+            sample_rate=self.sample_rate,
+            device="cpu",
+            dtype="float32",
+            model=self.model_path.name,
+            model_revision=self.model_revision,
+            loaded=self._voice is not None,
+            default_voice=self.model_path.stem,
+            optimizations=("onnxruntime",),
+        )

@@ -2,37 +2,37 @@
 
 Why not coqui's `inference_stream`: it waits for 20 tokens before any audio and re-decodes
 every latent so far through HiFiGAN for each chunk (quadratic). This engine runs its own
-decoding loop over the GPT-2 trunk (KV cache, cancellation between tokens), emits a first
-chunk after `first_chunk_tokens`, and vocodes each chunk over a sliding window: the new
-frames plus `context_frames` of left context, holding back `lookahead_frames` (whose input
-still changes when the next token arrives) and crossfading them into the next chunk.
+decoding loop over the GPT-2 trunk (KV cache, cancellation between tokens; `xtts_decode`),
+emits a first chunk after `first_chunk_tokens`, and vocodes each chunk over a sliding window
+(`xtts_vocoder`).
 
-On every non-CUDA host the device is the CPU, never MPS (slower than the CPU for XTTS and
-known to hang). Default voice: the first speaker of coqui's `speakers_xtts.pth` when the
-checkpoint ships one (or `default_speaker`), else whatever `set_default_voice` was given;
-without either, `voice=None` is a `VoiceError` (XTTS always needs a reference voice).
+The device is the one the host selection gave (host.py: the CPU on every non-CUDA host,
+never MPS). Text arrives split by the plugin to `max_piece_chars`; a piece is cut here only
+when a direct caller hands more than the model takes. Default voice: the first speaker of
+coqui's `speakers_xtts.pth` when the checkpoint ships one (or `default_speaker`), else
+whatever `set_default_voice` was given; without either, `voice=None` is a `VoiceError` (XTTS
+always needs a reference voice).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import importlib.util
 import io
 import logging
 import math
 import threading
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..host import performance_cores
-from ..settings import Settings
-from ..text import split_text
+from ..host import concrete_settings
+from ..settings import EngineSettings
+from ..textcut import cut_long
 from .base import (
+    EngineInfo,
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
@@ -41,19 +41,32 @@ from .base import (
     VoiceError,
     reference_audio,
 )
-from .weights import hub_snapshot, snapshot_revision
+from .weights import (
+    DIGEST_CACHE_FILE,
+    WeightsSpec,
+    local_checkpoint,
+    missing_files,
+    resolve_weights,
+    weights_problem,
+    weights_revision,
+)
+from .xtts_decode import Sampling, logits_processors, preallocated_kv_cache, quantize_gpt_int8
+from .xtts_vocoder import WindowVocoder, cpu_has_fast_bf16, fold_weight_norm
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
 
-REQUIRED_FILES = ("config.json", "model.pth", "vocab.json")
 SPEAKERS_FILE = "speakers_xtts.pth"
+WEIGHTS = WeightsSpec(
+    label="XTTS",
+    env_var="LOCALTTS_XTTS_MODEL",
+    required=("config.json", "model.pth", "vocab.json"),
+    optional=(SPEAKERS_FILE,),
+)
 COQUI_MODEL_NAME = "tts_models--multilingual--multi-dataset--xtts_v2"
 _COQUI_ALIASES = {"coqui/xtts-v2", "tts_models/multilingual/multi-dataset/xtts_v2", "xtts_v2"}
 _CONDITIONING_FORMAT = 1
 _MIN_REFERENCE_SECONDS = 0.5
-# HiFiGAN works on 22,050 Hz mel frames (hop 256) upsampled to 24 kHz: one GPT token is
-# 1024 input samples = 4 mel frames, stretched by 24000/22050 before vocoding
-_HOP = 256
+_DEFAULT_CHAR_LIMIT = 250  # coqui's VoiceBpeTokenizer, for a language it has no limit for
 
 
 @dataclass(frozen=True)
@@ -64,169 +77,40 @@ class XTTSLatents:
     speaker_embedding: Any
 
 
-@dataclass(frozen=True)
-class _Sampling:
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float | None
-    repetition_penalty: float
-    seed: int | None
-
-
-# ---------------------------------------------------------------------------------------
-# host: device and threads
-
-
-def choose_device(requested: str = "auto") -> str:
-    """"cuda" only when asked for (or "auto") and present; otherwise the CPU, never MPS."""
-    import torch
-
-    if requested not in ("auto", "cpu", "cuda"):
-        raise EngineUnavailableError(f"unknown device {requested!r}: use auto, cpu or cuda")
-    if requested == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise EngineUnavailableError("LOCALTTS_DEVICE=cuda but no CUDA device is available")
-    return "cpu"
-
-
-# ---------------------------------------------------------------------------------------
-# weights
-
-
-def _coqui_cache_dir() -> Path:
-    """Where coqui's `TTS` downloader puts XTTS-v2 (TTS_HOME / XDG_DATA_HOME aware)."""
+def _coqui_download(model: str) -> Path | None:
+    """Where coqui's `TTS` downloader put XTTS-v2 (TTS_HOME / XDG_DATA_HOME aware), when
+    `model` names it and the files are there."""
+    if model.lower() not in _COQUI_ALIASES:
+        return None
     from trainer.io import get_user_data_dir
 
-    return Path(get_user_data_dir("tts")) / COQUI_MODEL_NAME
-
-
-def _missing(directory: Path) -> list[str]:
-    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    directory = Path(get_user_data_dir("tts")) / COQUI_MODEL_NAME
+    complete = directory.is_dir() and not missing_files(directory, WEIGHTS.required)
+    return directory if complete else None
 
 
 def resolve_checkpoint_dir(model: str, *, allow_download: bool = False) -> Path:
     """A directory holding config.json, model.pth and vocab.json for `model` (a local
-    directory or a Hugging Face repo id); looks only in local caches unless allowed to
-    download. Raises EngineUnavailableError naming what is missing."""
-    path = Path(model).expanduser()
-    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or path.exists()
-    if looks_like_path:
-        if not path.is_dir():
-            raise EngineUnavailableError(
-                f"XTTS checkpoint directory not found: {path} (set LOCALTTS_XTTS_MODEL to a "
-                f"directory holding {', '.join(REQUIRED_FILES)})"
-            )
-        if missing := _missing(path):
-            raise EngineUnavailableError(
-                f"XTTS checkpoint directory {path} lacks {', '.join(missing)}"
-            )
-        return path
-    if model.lower() in _COQUI_ALIASES:
-        coqui = _coqui_cache_dir()
-        if coqui.is_dir() and not _missing(coqui):
-            return coqui
-    return _hub_checkpoint_dir(model, allow_download=allow_download)
-
-
-def _hub_checkpoint_dir(repo_id: str, *, allow_download: bool) -> Path:
-    directory, missing = hub_snapshot(
-        repo_id, REQUIRED_FILES, (SPEAKERS_FILE,), allow_download=allow_download
+    directory or a Hugging Face repo id; coqui's own download for its XTTS-v2 names); looks
+    only in local caches unless allowed to download. EngineUnavailableError names what is
+    missing."""
+    return _coqui_download(model) or resolve_weights(
+        WEIGHTS, model, allow_download=allow_download
     )
-    if directory is None:
-        raise EngineUnavailableError(
-            f"XTTS weights {repo_id!r} are not in the local Hugging Face cache (missing "
-            f"{', '.join(missing)}); download them once (huggingface-cli download {repo_id}), "
-            "point LOCALTTS_XTTS_MODEL at a local directory, or set LOCALTTS_ALLOW_DOWNLOAD=1"
-        )
-    return directory
 
 
-def _directory_revision(directory: Path) -> str:
-    """Hub snapshots carry their commit in the path; local weights: size and mtime."""
-    if (snapshot := snapshot_revision(directory)) is not None:
-        return f"xtts-{snapshot}"
-    stat = (directory / "model.pth").stat()
-    digest = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return f"xtts-local-{digest}"
+def _base_language(language: str | None) -> str:
+    """"pt-BR" -> "pt": XTTS's languages and limits are per base language."""
+    return (language or "en").strip().lower().replace("_", "-").split("-")[0]
 
 
-# ---------------------------------------------------------------------------------------
-# int8
-
-
-def cpu_has_fast_bf16() -> bool:
-    """oneDNN runs bf16 natively here (AMX or AVX512-BF16): HiFiGAN's convolutions then
-    take about half the time of fp32 at ~40 dB SNR. Elsewhere bf16 is emulated (slower)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def quantize_gpt_int8(model: Any) -> int:
-    """Dynamic int8 quantization of the GPT-2 trunk; returns how many layers it converted.
-
-    HF GPT-2 uses `transformers.pytorch_utils.Conv1D` (weight [in, out]), which
-    `quantize_dynamic({nn.Linear})` does not touch: each Conv1D becomes an `nn.Linear`
-    (weight transposed) first. Per-channel weight scales keep the logits close to fp32.
-    """
-    import torch
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    trunk = model.gpt.gpt
-    converted = 0
-    for parent in list(trunk.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
-                linear.weight.data = child.weight.data.t().contiguous()
-                linear.bias.data = child.bias.data
-                setattr(parent, name, linear)
-                converted += 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices; the API works
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        quantize_dynamic(
-            trunk, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-        )
-    return converted
-
-
-def _fold_weight_norm(module: Any) -> int:
-    """Bake weight_norm parametrizations into plain weights (coqui leaves them on at
-    inference, recomputing every weight on every call); returns how many it folded."""
-    from torch.nn.utils import parametrize
-
-    folded = 0
-    for sub in module.modules():
-        if parametrize.is_parametrized(sub, "weight"):
-            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
-            folded += 1
-    return folded
-
-
-# ---------------------------------------------------------------------------------------
-# text
-
-
-def split_for_xtts(text: str, language: str, *, char_limit: int, first_clause_chars: int = 16,
-                   token_count: Any = None, max_tokens: int = 0) -> list[str]:
-    """Pieces under XTTS's per-language character limit (the first one a short clause);
-    with `token_count`, pieces whose token count reaches `max_tokens` are halved again."""
-    pieces = split_text(text, first_clause_min_chars=first_clause_chars,
-                        max_piece_chars=max(20, char_limit))
-    if token_count is None:
-        return pieces
+def fit_text(
+    text: str, *, max_chars: int, token_count: Callable[[str], int], max_tokens: int
+) -> list[str]:
+    """`text` cut to at most `max_chars` (clause ends, else spaces), then any piece of
+    `max_tokens` tokens or more halved until it fits; text within both limits stays whole."""
     out: list[str] = []
-    stack = list(reversed(pieces))
+    stack = list(reversed(cut_long(text.strip(), max(20, max_chars))))
     while stack:
         piece = stack.pop()
         if len(piece) < 2 or token_count(piece) < max_tokens:
@@ -239,130 +123,6 @@ def split_for_xtts(text: str, language: str, *, char_limit: int, first_clause_ch
     return [p for p in out if p]
 
 
-# ---------------------------------------------------------------------------------------
-# vocoding over a sliding window
-
-
-def frames_for_tokens(tokens: int, speed: float = 1.0) -> int:
-    """HiFiGAN input frames (256 output samples each) for `tokens` GPT latents, exactly as
-    coqui's decoder interpolates them (speed scaling, x4 to mel frames, 22.05 -> 24 kHz)."""
-    n = tokens
-    if speed != 1.0:
-        n = math.floor(n * (1.0 / max(speed, 0.05)))
-    return math.floor(math.floor(n * 4.0) * (24000 / 22050))
-
-
-@functools.lru_cache(maxsize=1)
-def _preallocated_layer_class() -> type:
-    """A transformers cache layer writing keys/values into buffers that double when full and
-    handing attention views of them: DynamicCache re-concatenates every layer's whole cache
-    on every token (30 layers x 2 copies, growing with the utterance)."""
-    import torch
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
-            super().lazy_initialization(key_states, value_states)
-            self._k_buffer: Any = None
-            self._v_buffer: Any = None
-            self._length = 0
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self._length + key_states.shape[-2]
-            if self._k_buffer is None or end > self._k_buffer.shape[-2]:
-                shape = (*key_states.shape[:-2], max(256, 2 * end), key_states.shape[-1])
-                k = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
-                v = torch.empty(shape, dtype=value_states.dtype, device=value_states.device)
-                if self._length:
-                    k[..., : self._length, :] = self.keys
-                    v[..., : self._length, :] = self.values
-                self._k_buffer, self._v_buffer = k, v
-            self._k_buffer[..., self._length : end, :] = key_states
-            self._v_buffer[..., self._length : end, :] = value_states
-            self._length = end
-            self.keys = self._k_buffer[..., :end, :]
-            self.values = self._v_buffer[..., :end, :]
-            return self.keys, self.values
-
-    return PreallocatedLayer
-
-
-def _preallocated_kv_cache() -> Any:
-    from transformers.cache_utils import Cache
-
-    return Cache(layer_class_to_replicate=_preallocated_layer_class())
-
-
-class _WindowVocoder:
-    """Turns a growing list of GPT latents into audio, one chunk at a time.
-
-    All latents so far are interpolated to frames (cheap), but HiFiGAN only runs over the
-    frames not yet emitted plus `context` frames of left context. The last `lookahead`
-    frames are held back (their interpolation and receptive field still depend on tokens
-    to come) and the first `crossfade` of them are kept as a tail to crossfade with the
-    next chunk's better-informed version of the same samples.
-    """
-
-    def __init__(self, model: Any, speaker_embedding: Any, *, length_scale: float,
-                 context: int, lookahead: int, crossfade: int, bf16: bool = False) -> None:
-        self._model = model
-        self._bf16 = bf16
-        self._g = speaker_embedding
-        self._length_scale = length_scale
-        self._context = context
-        self._lookahead = lookahead
-        self._crossfade = min(crossfade, lookahead)
-        self._emitted = 0  # frames already returned
-        self._tail: Any = None  # samples of frames [emitted, emitted + crossfade) to fade out
-
-    def _frames(self, latents: Any) -> Any:
-        import torch.nn.functional as F
-
-        x = latents.transpose(1, 2)  # [1, d, T]
-        if self._length_scale != 1.0:
-            x = F.interpolate(x, scale_factor=self._length_scale, mode="linear")
-        decoder = self._model.hifigan_decoder
-        x = F.interpolate(
-            x, scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length],
-            mode="linear",
-        )
-        if decoder.output_sample_rate != decoder.input_sample_rate:
-            x = F.interpolate(
-                x, scale_factor=[decoder.output_sample_rate / decoder.input_sample_rate],
-                mode="linear",
-            )
-        return x
-
-    def push(self, latents: Any, *, final: bool) -> np.ndarray:
-        """Audio for the frames that became final with `latents` [1, T, d] (all so far)."""
-        import torch
-
-        frames = self._frames(latents)
-        total = frames.shape[-1]
-        end = total if final else total - self._lookahead
-        if end <= self._emitted:
-            return np.zeros(0, dtype=np.float32)
-        start = max(0, self._emitted - self._context)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
-            wav = self._model.hifigan_decoder.waveform_decoder(frames[..., start:total], g=self._g)
-        wav = wav.float().reshape(-1)
-        seg = wav[(self._emitted - start) * _HOP : (end - start) * _HOP].clone()
-        if self._tail is not None:
-            n = min(len(self._tail), len(seg))
-            ramp = torch.linspace(0.0, 1.0, n + 2, dtype=seg.dtype)[1:-1]
-            seg[:n] = self._tail[:n] * (1.0 - ramp) + seg[:n] * ramp
-        if not final and self._crossfade > 0:
-            self._tail = wav[(end - start) * _HOP : (end - start + self._crossfade) * _HOP].clone()
-        self._emitted = end
-        return seg.float().cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------
-# the engine
-
-
 class XTTSEngine:
     name = "xtts"
     sample_rate = 24000
@@ -373,10 +133,9 @@ class XTTSEngine:
         *,
         checkpoint_dir: Path | None = None,
         model: Any = None,
-        device: str = "auto",
+        device: str = "cpu",
         int8: bool | None = False,
         vocoder_bf16: bool | None = False,
-        threads: int | None = None,
         first_chunk_tokens: int = 6,
         chunk_tokens: int = 24,
         chunk_growth: float = 1.5,
@@ -386,26 +145,27 @@ class XTTSEngine:
         max_tokens: int | None = None,
         default_speaker: str | None = None,
         model_revision: str | None = None,
+        digest_cache: Path | None = None,
     ) -> None:
+        """`device` is taken as given ("cpu", "cuda"): choosing it is the host selection's
+        job (host.py). `digest_cache`: where the weights' content digests are remembered
+        (engines/weights.py)."""
         if (checkpoint_dir is None) == (model is None):
             raise ValueError("give exactly one of checkpoint_dir or model")
         if checkpoint_dir is not None:
-            checkpoint_dir = Path(checkpoint_dir)
-            if missing := _missing(checkpoint_dir):
-                raise EngineUnavailableError(
-                    f"XTTS checkpoint directory {checkpoint_dir} lacks {', '.join(missing)}"
-                )
+            checkpoint_dir = local_checkpoint(WEIGHTS, Path(checkpoint_dir))
+        if device == "auto":
+            raise ValueError('device "auto" is decided by the host selection: pass cpu or cuda')
         if first_chunk_tokens < 1 or chunk_tokens < first_chunk_tokens or chunk_growth < 1.0:
             raise ValueError("need 1 <= first_chunk_tokens <= chunk_tokens and chunk_growth >= 1")
         if not 0 <= crossfade_frames <= lookahead_frames:
             raise ValueError("need 0 <= crossfade_frames <= lookahead_frames")
         self.checkpoint_dir = checkpoint_dir
         self._model: Any = model
-        self._requested_device = device
+        self.device = device
         # None = decided at load for the device (see load)
         self.int8 = int8
         self.vocoder_bf16 = vocoder_bf16
-        self.threads = threads
         self.first_chunk_tokens = first_chunk_tokens
         self.chunk_tokens = chunk_tokens
         self.chunk_growth = chunk_growth
@@ -415,11 +175,13 @@ class XTTSEngine:
         self.max_tokens = max_tokens
         self.default_speaker = default_speaker
         self._revision = model_revision
-        self.device: str | None = None
+        self._digest_cache = digest_cache
         self.default_voice: VoiceConditioning | None = None
         self._loaded = False
+        self._warmed = False
         self._optimizations: list[str] = []
         self._load_lock = threading.Lock()
+        self._warm_lock = threading.Lock()
         # One engine serves every stream of the process. Model work is serialized per
         # chunk (the GPT steps of one chunk plus its vocoding): a CPU gains nothing from
         # running two streams' matmuls at once (they would fight over the same cores),
@@ -436,7 +198,8 @@ class XTTSEngine:
         return cls(model=model, **kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> XTTSEngine:
+    def from_settings(cls, settings: EngineSettings) -> XTTSEngine:
+        settings = concrete_settings("xtts", settings)
         directory = resolve_checkpoint_dir(
             settings.xtts_model, allow_download=settings.allow_download
         )
@@ -445,7 +208,7 @@ class XTTSEngine:
             device=settings.device,
             int8=settings.xtts_int8,
             vocoder_bf16=settings.xtts_vocoder_bf16,
-            threads=settings.threads,
+            digest_cache=settings.data_dir / DIGEST_CACHE_FILE,
             **(
                 {"first_chunk_tokens": settings.first_chunk_tokens}
                 if settings.first_chunk_tokens is not None
@@ -454,67 +217,71 @@ class XTTSEngine:
         )
 
     @staticmethod
-    def availability(settings: Settings) -> str | None:
-        import importlib.util
-
+    def availability(settings: EngineSettings) -> str | None:
         for module, package in (("TTS", "coqui-tts"), ("torch", "torch")):
             if importlib.util.find_spec(module) is None:
                 return f"{package} is not installed: pip install 'localtts[xtts]'"
-        try:
-            if settings.device == "cuda":
-                choose_device("cuda")
-            resolve_checkpoint_dir(settings.xtts_model, allow_download=False)
-        except EngineUnavailableError as e:
-            if settings.allow_download and "local Hugging Face cache" in str(e):
-                return None  # load() will fetch it
-            return str(e)
-        return None
+        model = settings.xtts_model
+        if _coqui_download(model) is not None:
+            return None
+        return weights_problem(WEIGHTS, model, allow_download=settings.allow_download)
 
     @property
     def model_revision(self) -> str:
         if self._revision is None:
             if self.checkpoint_dir is not None:
-                self._revision = _directory_revision(self.checkpoint_dir)
+                self._revision = weights_revision(
+                    WEIGHTS, self.checkpoint_dir, digest_cache=self._digest_cache
+                )
             else:
-                self._revision = f"xtts-injected-{id(self._model):x}"
+                self._revision = f"injected-{id(self._model):x}"
         return self._revision
+
+    # -- limits --------------------------------------------------------------------------
+
+    min_reference_seconds = _MIN_REFERENCE_SECONDS
+
+    @property
+    def max_reference_seconds(self) -> float | None:
+        """coqui's `max_ref_len`: `condition` reads no more (unknown before the model is)."""
+        return float(self._model.config.max_ref_len) if self._model is not None else None
+
+    def max_piece_chars(self, language: str | None) -> int | None:
+        """coqui's character limit for the language (unknown before the model is loaded)."""
+        if self._model is None:
+            return None
+        limits = self._model.tokenizer.char_limits
+        return int(limits.get(_base_language(language), _DEFAULT_CHAR_LIMIT))
 
     # -- loading -----------------------------------------------------------------------
 
     def load(self) -> None:
-        with self._load_lock:
-            if self._loaded:
-                return
-            import torch
+        """Load, then warm up: the first request pays neither."""
+        self.warmup()
 
-            self.device = choose_device(self._requested_device)
-            if self.device == "cpu":
-                torch.set_num_threads(self.threads or performance_cores())
-            if self._model is None:
-                self._model = self._load_checkpoint()
-            model = self._model.to(self.device)
-            model.eval()  # Xtts.eval() returns None
-            optimizations = ["own decode loop (KV cache)", "sliding-window HiFiGAN",
-                             "inference_mode"]
-            if _fold_weight_norm(model.hifigan_decoder.waveform_decoder):
-                optimizations.append("HiFiGAN weight_norm folded")
-            if self.int8 is None:  # auto: the trunk is bandwidth-bound at batch 1 on a CPU
-                self.int8 = self.device == "cpu"
-            if self.vocoder_bf16 is None:  # auto: where the CPU has native bf16 (AMX/AVX512)
-                self.vocoder_bf16 = self.device == "cpu" and cpu_has_fast_bf16()
-            if self.vocoder_bf16:
-                if self.device != "cpu":
-                    raise EngineUnavailableError("the bf16 vocoder is a CPU option")
-                optimizations.append("bf16 HiFiGAN (CPU autocast)")
-            if self.int8:
-                if self.device != "cpu":
-                    raise EngineUnavailableError("int8 XTTS is a CPU option; use fp32 on CUDA")
-                quantize_gpt_int8(model)
-                optimizations.append("int8 dynamic GPT")
-            self._optimizations = optimizations
-            self._load_default_speaker()
-            self._loaded = True
-            self._warm()
+    def _load(self) -> None:
+        if self._model is None:
+            self._model = self._load_checkpoint()
+        model = self._model.to(self.device)
+        model.eval()  # Xtts.eval() returns None
+        optimizations = ["own decode loop (KV cache)", "sliding-window HiFiGAN", "inference_mode"]
+        if fold_weight_norm(model.hifigan_decoder.waveform_decoder):
+            optimizations.append("HiFiGAN weight_norm folded")
+        if self.int8 is None:  # auto: the trunk is bandwidth-bound at batch 1 on a CPU
+            self.int8 = self.device == "cpu"
+        if self.vocoder_bf16 is None:  # auto: where the CPU has native bf16 (AMX/AVX512)
+            self.vocoder_bf16 = self.device == "cpu" and cpu_has_fast_bf16()
+        if self.vocoder_bf16:
+            if self.device != "cpu":
+                raise EngineUnavailableError("the bf16 vocoder is a CPU option")
+            optimizations.append("bf16 HiFiGAN (CPU autocast)")
+        if self.int8:
+            if self.device != "cpu":
+                raise EngineUnavailableError("int8 XTTS is a CPU option; use fp32 on CUDA")
+            quantize_gpt_int8(model)
+            optimizations.append("int8 dynamic GPT")
+        self._optimizations = optimizations
+        self._load_default_speaker()
 
     def _load_checkpoint(self) -> Any:
         assert self.checkpoint_dir is not None
@@ -557,29 +324,39 @@ class XTTSEngine:
 
     def set_default_voice(self, voice: VoiceConditioning | None) -> None:
         """The voice spoken when a request names none (overrides a built-in speaker)."""
+        if voice is not None:
+            self._check_voice(voice)
         self.default_voice = voice
 
+    def warmup(self) -> None:
+        """Load if needed, then a few GPT steps and vocoder windows so the first request pays
+        no setup. Once: a warmup that failed is run again by the next call."""
+        with self._load_lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+        with self._warm_lock:
+            if not self._warmed:
+                self._warm()
+                self._warmed = True
+
     def _warm(self) -> None:
-        """A few GPT steps and vocoder windows so the first request pays no setup."""
         import torch
 
-        model = self._model
-        d = model.gpt.model_dim
         voice = self.default_voice
         if voice is None:
             gen = torch.Generator().manual_seed(0)
             g = torch.randn(1, 512, 1, generator=gen)
-            latents = XTTSLatents(torch.zeros(1, 32, d), g / g.norm())
+            latents = XTTSLatents(torch.zeros(1, 32, self._model.gpt.model_dim), g / g.norm())
         else:
             latents = voice.data
-        warm = VoiceConditioning("_warmup", self.name, self.model_revision, latents)
         cap = self.first_chunk_tokens + int(self.first_chunk_tokens * self.chunk_growth) + 1
-        for _ in self._stream_piece("hello there.", "en", warm.data, self._sampling(
-                SynthesisParams(seed=0)), 1.0, threading.Event(), max_tokens=cap):
+        sampling = self._sampling(SynthesisParams(seed=0))
+        warm = self._stream_piece(
+            "hello there.", "en", latents, sampling, 1.0, threading.Event(), max_tokens=cap
+        )
+        for _ in warm:
             pass
-
-    def warmup(self) -> None:
-        self.load()  # load() warms once; a second warmup would only cost start-up time
 
     # -- voices ------------------------------------------------------------------------
 
@@ -588,7 +365,7 @@ class XTTSEngine:
         import torch
         import torchaudio.functional as AF
 
-        audio = reference_audio(clip, min_seconds=_MIN_REFERENCE_SECONDS, engine="XTTS")
+        audio = reference_audio(clip, min_seconds=self.min_reference_seconds, engine="XTTS")
         config = self._model.config
         with self._model_lock, torch.inference_mode():
             wav = torch.from_numpy(np.clip(audio, -1.0, 1.0))[None]
@@ -639,21 +416,24 @@ class XTTSEngine:
                 f"voice {voice_id!r}: XTTS conditioning shapes {gpt.shape}/{speaker.shape} do "
                 f"not fit this model (expected [1, 32, {d}] and [1, 512, 1])"
             )
-        device = self.device or "cpu"
         latents = XTTSLatents(
-            torch.from_numpy(gpt).to(device), torch.from_numpy(speaker).to(device)
+            torch.from_numpy(gpt).to(self.device), torch.from_numpy(speaker).to(self.device)
         )
         return VoiceConditioning(voice_id, self.name, self.model_revision, latents)
 
+    def _check_voice(self, voice: VoiceConditioning) -> None:
+        if voice.engine != self.name or not isinstance(voice.data, XTTSLatents):
+            raise VoiceError(f"voice {voice.voice_id!r} was conditioned for {voice.engine!r}")
+
     # -- synthesis ---------------------------------------------------------------------
 
-    def _sampling(self, params: SynthesisParams) -> _Sampling:
+    def _sampling(self, params: SynthesisParams) -> Sampling:
         config = self._model.config
 
         def pick(value: Any, default: Any) -> Any:
             return default if value is None else value
 
-        return _Sampling(
+        return Sampling(
             temperature=float(pick(params.temperature, config.temperature)),
             top_k=int(pick(params.top_k, config.top_k)),
             top_p=float(pick(params.top_p, config.top_p)),
@@ -663,8 +443,7 @@ class XTTSEngine:
         )
 
     def _language(self, language: str | None) -> str:
-        lang = (language or "en").strip().lower().replace("_", "-")
-        base = lang.split("-")[0]
+        base = _base_language(language)
         supported = {code.split("-")[0] for code in self._model.config.languages}
         if base not in supported:
             raise InvalidRequestError(
@@ -673,14 +452,14 @@ class XTTSEngine:
         return base
 
     def _pieces(self, text: str, lang: str) -> list[str]:
+        """`text` as one run, unless it exceeds what the model takes: the plugin hands pieces
+        within `max_piece_chars`; a direct caller may not."""
         tokenizer = self._model.tokenizer
-        limit = tokenizer.char_limits.get(lang, 250)
         # the text position table holds gpt_max_text_tokens + 2 entries (start/stop added)
-        max_text = int(self._model.args.gpt_max_text_tokens)
-        return split_for_xtts(
-            text, lang, char_limit=limit,
+        return fit_text(
+            text, max_chars=self.max_piece_chars(lang) or _DEFAULT_CHAR_LIMIT,
             token_count=lambda piece: len(tokenizer.encode(piece.strip().lower(), lang=lang)),
-            max_tokens=max_text,
+            max_tokens=int(self._model.args.gpt_max_text_tokens),
         )
 
     def stream(
@@ -697,8 +476,7 @@ class XTTSEngine:
                 "XTTS needs a reference voice: pass a cloned voice, set a default voice "
                 "(LOCALTTS_VOICE) or use a checkpoint with speakers_xtts.pth"
             )
-        if voice.engine != self.name or not isinstance(voice.data, XTTSLatents):
-            raise VoiceError(f"voice {voice.voice_id!r} was conditioned for {voice.engine!r}")
+        self._check_voice(voice)
         lang = self._language(params.language)
         sampling = self._sampling(params)
         length_scale = 1.0 / max(params.speed, 0.05)
@@ -707,36 +485,12 @@ class XTTSEngine:
                 return
             yield from self._stream_piece(piece, lang, voice.data, sampling, length_scale, cancel)
 
-    def _processors(self, sampling: _Sampling) -> Any:
-        from transformers import (
-            LogitsProcessorList,
-            MinPLogitsWarper,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        # same processors, same order as transformers' generate(do_sample=True)
-        processors = LogitsProcessorList()
-        if sampling.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
-        if sampling.temperature > 0 and sampling.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-        if sampling.top_k > 0:
-            processors.append(TopKLogitsWarper(sampling.top_k))
-        if sampling.top_p < 1.0:
-            processors.append(TopPLogitsWarper(sampling.top_p))
-        if sampling.min_p is not None:
-            processors.append(MinPLogitsWarper(sampling.min_p))
-        return processors
-
     def _stream_piece(
         self,
         text: str,
         lang: str,
         latents: XTTSLatents,
-        sampling: _Sampling,
+        sampling: Sampling,
         length_scale: float,
         cancel: threading.Event,
         *,
@@ -763,12 +517,12 @@ class XTTSEngine:
         # coqui's generate() feeds placeholder ids (1 ... 1, start) for the prefix, so its
         # repetition penalty also covers ids 1 and start: keep that for identical sampling
         seen = torch.tensor([[1, gpt.start_audio_token]], dtype=torch.long, device=device)
-        processors = self._processors(sampling)
+        processors = logits_processors(sampling)
         rng = None  # None: torch's global generator, as coqui's generate() uses
         if sampling.seed is not None:
             rng = torch.Generator(device=device).manual_seed(sampling.seed)
-        cache = _preallocated_kv_cache()
-        vocoder = _WindowVocoder(
+        cache = preallocated_kv_cache()
+        vocoder = WindowVocoder(
             model, latents.speaker_embedding.to(device), length_scale=length_scale,
             context=self.context_frames, lookahead=self.lookahead_frames,
             crossfade=self.crossfade_frames, bf16=bool(self.vocoder_bf16),
@@ -806,27 +560,29 @@ class XTTSEngine:
 
     # -- health ------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> EngineInfo:
         import torch
 
-        return {
-            "engine": self.name,
-            "device": self.device or choose_device(self._requested_device),
-            "dtype": ("int8 GPT" if self.int8 else "float32 GPT")
+        return EngineInfo(
+            engine=self.name,
+            sample_rate=self.sample_rate,
+            device=self.device,
+            dtype=("int8 GPT" if self.int8 else "float32 GPT")
             + (" / bf16 HiFiGAN" if self.vocoder_bf16 else " / float32 HiFiGAN"),
-            "int8": self.int8,
-            "vocoder_bf16": self.vocoder_bf16,
-            "threads": torch.get_num_threads(),
-            "sample_rate": self.sample_rate,
-            "model": str(self.checkpoint_dir) if self.checkpoint_dir else "injected",
-            "model_revision": self.model_revision,
-            "loaded": self._loaded,
-            "default_voice": self.default_voice.voice_id if self.default_voice else None,
-            "first_chunk_tokens": self.first_chunk_tokens,
-            "chunk_tokens": self.chunk_tokens,
-            "chunk_growth": self.chunk_growth,
-            "context_frames": self.context_frames,
-            "lookahead_frames": self.lookahead_frames,
-            "crossfade_frames": self.crossfade_frames,
-            "optimizations": list(self._optimizations),
-        }
+            model=str(self.checkpoint_dir) if self.checkpoint_dir else "injected",
+            model_revision=self.model_revision,
+            loaded=self._loaded,
+            default_voice=self.default_voice.voice_id if self.default_voice else None,
+            optimizations=tuple(self._optimizations),
+            details={
+                "int8": self.int8,
+                "vocoder_bf16": self.vocoder_bf16,
+                "threads": torch.get_num_threads(),
+                "first_chunk_tokens": self.first_chunk_tokens,
+                "chunk_tokens": self.chunk_tokens,
+                "chunk_growth": self.chunk_growth,
+                "context_frames": self.context_frames,
+                "lookahead_frames": self.lookahead_frames,
+                "crossfade_frames": self.crossfade_frames,
+            },
+        )

@@ -3,8 +3,11 @@ conditioning. See `VoiceLibrary`."""
 
 from ..engines.base import UnknownVoiceError, UnsupportedVoiceError, VoiceError
 from .audio import LIBRARY_SAMPLE_RATE, MAX_AUDIO_BYTES, MIN_SPEECH_SECONDS, prepare_clip
+from .catalog import VoiceInfo, check_voice_id
+from .directory import default_voices_dir
 from .errors import DatabaseUnavailableError, VoiceExistsError
-from .library import PreloadReport, VoiceInfo, VoiceLibrary, check_voice_id, default_voices_dir
+from .library import VoiceLibrary
+from .preload import PreloadReport
 
 __all__ = [
     "LIBRARY_SAMPLE_RATE",

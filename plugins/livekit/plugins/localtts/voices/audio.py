@@ -10,9 +10,11 @@ webrtcvad, bounded in length, and required to hold enough speech to clone from.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -154,6 +156,22 @@ def prepare_clip(
 
 
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+class ClipPreparer:
+    """`prepare_clip` with one library's limits, in worker threads, a few at a time."""
+
+    def __init__(self, *, concurrency: int, **limits: Any) -> None:
+        self._limits = limits
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def __call__(
+        self, voice_id: str, data: bytes, *, language: str | None = None
+    ) -> PreparedClip:
+        async with self._slots:
+            return await asyncio.to_thread(
+                prepare_clip, voice_id, data, language=language, **self._limits
+            )
 
 
 def _undecodable(voice_id: str, error: Exception) -> VoiceError:

@@ -17,3 +17,11 @@ class DatabaseUnavailableError(RuntimeError):
 
     Not a VoiceError: the request was fine, the service is degraded (HTTP 503, not 4xx).
     """
+
+
+def brief_error(error: BaseException | None) -> str:
+    """"TypeName: first line of the message", for logs and messages."""
+    if error is None:
+        return "unknown error"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
