@@ -480,9 +480,11 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
         spans = track.speech_spans(gap=0.1)
         waits.append(spans[0][0] - joined)
         assert waits[-1] < GREETING_WITHIN_S
-        # the whole greeting, once: as much speech as Piper's (opus: +-0.25 s)
+        # the whole greeting, once: as much speech as Piper's. +-0.4 s: Opus, and the receiver's
+        # jitter buffer stretching speech around a pause when four syntheses share 2 cores
+        # (seen: +0.31 s); a doubled or halved greeting is off by 0.75 s or more
         assert loud_seconds(track.samples(), RATE) == pytest.approx(
-            loud_seconds(greeting, RATE), abs=0.25
+            loud_seconds(greeting, RATE), abs=0.4
         )
         pauses.append(max((b[0] - a[1] for a, b in itertools.pairwise(spans)), default=0.0))
     print(
