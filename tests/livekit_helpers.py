@@ -201,13 +201,21 @@ class RoomListener:
                 await asyncio.wait_for(changed.wait(), remaining)
 
     async def wait_for_speech(
-        self, *, after: float = 0.0, participant: str | None = None, timeout: float = 20.0
+        self,
+        *,
+        after: float = 0.0,
+        participant: str | None = None,
+        timeout: float = 20.0,
+        threshold: float = SPEECH_RMS,
     ) -> float:
         """Arrival time of the first speech heard after `after` (from `participant`)."""
         found: list[float] = []
 
         def heard(listener: RoomListener) -> bool:
-            times = [t.first_speech(after=after) for t in listener.heard_from(participant)]
+            times = [
+                t.first_speech(after=after, threshold=threshold)
+                for t in listener.heard_from(participant)
+            ]
             found[:] = sorted(x for x in times if x is not None)
             return bool(found)
 

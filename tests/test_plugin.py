@@ -7,6 +7,7 @@ import time
 import tracemalloc
 from typing import Any
 
+import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIError, APIStatusError
@@ -95,6 +96,34 @@ async def test_first_audio_before_whole_text_is_synthesized(recording: Recording
     # the first piece is a short clause; the last piece started after audio was out
     assert len(recording.calls[0].text) < 70
     assert first_frame_at is not None and first_frame_at < recording.calls[-1].started
+
+
+async def test_a_reply_starts_at_its_first_sound(piper_engine: PiperEngine) -> None:
+    """Piper leads with 25-50 ms of silence a listener would wait through: a reply starts
+    5 ms before its first audible sample, and is otherwise the engine's audio exactly
+    (the pauses between its sentences included)."""
+    recording = RecordingEngine(piper_engine, keep_audio=True)
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+
+    def streamed() -> localtts.SynthesizeStream:
+        stream = tts.stream()
+        stream.push_text(MULTI)
+        stream.end_input()
+        return stream
+
+    for reply in (lambda: tts.synthesize(MULTI), streamed):
+        recording.calls.clear()
+        frames, _ = await collect(reply())
+        produced = recording.produced(MULTI)
+        first_sound = int(np.flatnonzero(np.abs(produced) > 1e-3)[0])
+        lead_in = round(0.005 * tts.sample_rate)
+        assert first_sound > lead_in + tts.sample_rate // 50  # there is silence to skip
+        expected = produced[first_sound - lead_in :]
+        heard = frames_to_float(frames)
+        # (LiveKit's emitter pads the last frame to whole 10 ms and a stream's end may add
+        # a 10-ms marker frame; PCM16 rounds)
+        assert expected.size <= heard.size <= expected.size + 2 * tts.sample_rate // 100
+        np.testing.assert_allclose(heard[: expected.size], expected, atol=3 / 32768)
 
 
 async def test_stream_first_audio_while_text_still_arrives(piper_engine: PiperEngine) -> None:

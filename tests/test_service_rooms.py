@@ -144,6 +144,12 @@ def assert_heard(track: HeardTrack, reference: np.ndarray, *, after_s: float = 0
     return match
 
 
+def sent_all(body: dict[str, Any], produced: np.ndarray) -> bool:
+    """The service reports sending what the engine produced: less the leading silence the
+    plugin skips (under 60 ms), plus LiveKit's padding of the last frame (under 20 ms)."""
+    return -0.06 <= body["audio_duration_seconds"] - produced.size / RATE <= 0.02
+
+
 async def queue_depth(client: httpx.AsyncClient, room: str) -> float:
     """The room's queue as /metrics reports it."""
     for line in (await client.get("/metrics")).text.splitlines():
@@ -169,8 +175,7 @@ async def test_the_listener_hears_what_the_engine_produced(rooms: RoomService) -
         body = await rooms.speak("hears", text)
         produced = rooms.produced(text)
         await hear_out(listener, produced.size / RATE, after=started)
-    # (LiveKit's emitter pads the last frame to whole 10 ms)
-    assert body["audio_duration_seconds"] == pytest.approx(produced.size / RATE, abs=0.02)
+    assert sent_all(body, produced)
     (track,) = listener.tracks
     assert_heard(track, produced)
     assert_heard(track, produced)
@@ -275,7 +280,7 @@ async def test_a_listener_leaves_and_rejoins_mid_utterance(rooms: RoomService) -
     async with rooms.listener("rejoin") as second:  # the same identity, back again
         body = await request  # the publisher played on to the end
         produced = rooms.produced(text)
-        assert body["audio_duration_seconds"] == pytest.approx(produced.size / RATE, abs=0.02)
+        assert sent_all(body, produced)
         (heard_first,) = first.tracks
         start = match_heard(heard_first.samples(), produced, RATE)
         spoken_from = heard_first.arrival_at(start.offset_s)  # the utterance's first frame
