@@ -5,12 +5,13 @@
 
 Starts its own livekit-server on 127.0.0.1 (`bash tests/livekit-server.sh` builds it) and
 the synthesis service in-process (the real app, its own LiveKit connector and room
-publisher). A listener participant (`livekit.rtc`, as a Python agent or a bot would hear it)
-sits in the room. Each run alternates:
+publisher). A listener participant (`livekit.rtc`, as a bot or a Python client would hear
+it) sits in the room, in a process of its own like any client. Each run alternates:
 
 - plugin: `TTS.synthesize(text)` until its first audio frame (what an agent gets);
-- room: `POST /api/tts/synthesize` until the listener receives its first frame with speech
-  energy (RMS above -50 dBFS), after the previous utterance has played out.
+- room: `POST /api/tts/synthesize` until the listener receives its first frame with audio
+  energy (RMS above -60 dBFS; silence between utterances arrives as zeros), after the
+  previous utterance has played out.
 
 Room cost = heard - the first audio the service's synthesis produced for that same request
 (its `first_chunk_ms`): the room publisher, WebRTC (Opus, the SFU, the jitter buffer) and
@@ -51,8 +52,10 @@ from tests.livekit_helpers import RoomListener, frames_to_float  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server, server_binary  # noqa: E402
 
 ROOM = "bench"
-# speech energy: a 10 ms frame above -50 dBFS (random-weight XTTS speaks noise at -40 dBFS)
-HEARD_RMS = 10 ** (-50 / 20)
+QUIET_S = 0.8  # silence that ends an utterance (longer than the pauses between sentences)
+# audio energy: a 10 ms frame above -60 dBFS. Between utterances a listener hears digital
+# silence; random-weight XTTS speaks noise at -40 dBFS, which Opus hands over at -53 dBFS
+HEARD_RMS = 10 ** (-60 / 20)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -96,35 +99,87 @@ async def plugin_first_audio(tts: localtts.TTS, text: str) -> tuple[float, float
     return first, speech_onset(frames, tts.sample_rate)
 
 
-async def played_out(listener: RoomListener, quiet_s: float = 0.3) -> None:
-    """Until the listener has heard `quiet_s` of silence after the last speech."""
+async def listen(url: str, token: str) -> None:
+    """The listener process: joins, then prints `speech <t>` when speech starts and `quiet
+    <t>` after QUIET_S of silence (t: time.monotonic() of the frame's arrival, a clock
+    every process on the machine shares)."""
+    async with RoomListener(url, token) as listener:
+        print("ready", flush=True)
+        seen, speaking, last_loud = 0, False, 0.0
+        while True:
+            await asyncio.sleep(0.01)  # arrivals are stamped on receipt: polling adds nothing
+            if not listener.tracks:
+                continue
+            track = listener.tracks[0]
+            for arrival, level in zip(track.arrivals[seen:], track.levels[seen:], strict=True):
+                if level > HEARD_RMS:
+                    if not speaking:
+                        print(f"speech {arrival}", flush=True)
+                    speaking, last_loud = True, arrival
+                elif speaking and arrival - last_loud >= QUIET_S:
+                    print(f"quiet {arrival}", flush=True)
+                    speaking = False
+            seen = len(track.arrivals)
 
-    def quiet(lst: RoomListener) -> bool:
-        (track,) = lst.tracks
-        last = track.last_speech(threshold=HEARD_RMS)
-        return last is not None and track.arrivals[-1] - last >= quiet_s
 
-    await listener.wait_for(quiet, timeout=60, what="the end of the utterance")
+class Listener:
+    """A listener in a process of its own, as a user's client is: in this one, the
+    engine's threads and the GIL would delay what it hears."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls, server: LiveKitServer) -> Listener:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--listen", server.url, server.token("listener", ROOM),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        listener = cls(process)
+        await listener._next("ready")
+        return listener
+
+    async def _next(self, kind: str) -> float:
+        assert self._process.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self._process.stdout.readline(), 60)
+            if not line:
+                raise RuntimeError("the listener process ended")
+            word, *rest = line.decode().split()
+            if word == kind:
+                return float(rest[0]) if rest else 0.0
+
+    async def speech_after(self, started: float) -> float:
+        while (heard := await self._next("speech")) < started:
+            pass
+        return heard
+
+    async def quiet_after(self, moment: float) -> None:
+        while await self._next("quiet") < moment:
+            pass
+
+    async def aclose(self) -> None:
+        self._process.terminate()
+        await self._process.wait()
 
 
 async def room_first_audio(
-    client: httpx.AsyncClient, listener: RoomListener, text: str
+    client: httpx.AsyncClient, listener: Listener, text: str
 ) -> tuple[float, float]:
     """(s from the request to the first speech heard, the service's first_chunk_ms / 1000)."""
     started = time.monotonic()
     request = asyncio.create_task(
         client.post("/api/tts/synthesize", json={"text": text, "room_name": ROOM})
     )
-    speech = asyncio.create_task(
-        listener.wait_for_speech(after=started, timeout=60, threshold=HEARD_RMS)
-    )
+    speech = asyncio.create_task(listener.speech_after(started))
     await asyncio.wait({request, speech}, return_when=asyncio.FIRST_COMPLETED)
     if request.done() and request.result().status_code != 200:  # no speech will come
         speech.cancel()
         sys.exit(f"the service failed: {request.result().text}")
     heard = await speech
     response = await request
-    await played_out(listener)
+    # the reply comes with the last frame handed to the room: up to a second still to play
+    await listener.quiet_after(time.monotonic())
     return heard - started, response.json()["first_chunk_ms"] / 1000
 
 
@@ -162,25 +217,28 @@ async def bench_engine(
     async with app.router.lifespan_context(app):
         await app.state.service.wait_started()
         transport = httpx.ASGITransport(app=app)
-        async with (
-            httpx.AsyncClient(transport=transport, base_url="http://service", timeout=120) as c,
-            RoomListener(server.url, server.token("listener", ROOM)) as listener,
-        ):
-            result.cold, _ = await room_first_audio(c, listener, text)
-            await plugin_first_audio(tts, text)  # the plugin path's own first call
-            for i in range(runs):
-                first, onset = await plugin_first_audio(tts, text)
-                heard, service = await room_first_audio(c, listener, text)
-                result.plugin.append(first)
-                result.onset.append(onset)
-                result.heard.append(heard)
-                result.service.append(service)
-                print(
-                    f"  {engine} run {i + 1}/{runs}: plugin {first * 1000:.0f} ms, "
-                    f"heard {heard * 1000:.0f} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        listener = await Listener.start(server)
+        try:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://service", timeout=120
+            ) as c:
+                result.cold, _ = await room_first_audio(c, listener, text)
+                await plugin_first_audio(tts, text)  # the plugin path's own first call
+                for i in range(runs):
+                    first, onset = await plugin_first_audio(tts, text)
+                    heard, service = await room_first_audio(c, listener, text)
+                    result.plugin.append(first)
+                    result.onset.append(onset)
+                    result.heard.append(heard)
+                    result.service.append(service)
+                    print(
+                        f"  {engine} run {i + 1}/{runs}: plugin {first * 1000:.0f} ms, "
+                        f"heard {heard * 1000:.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            await listener.aclose()
     info = tts.engine.info()
     await tts.aclose()
     await library.aclose()
@@ -231,7 +289,11 @@ async def main() -> None:
     parser.add_argument("--text", default=SENTENCE)
     parser.add_argument("--xtts-tokens", type=int, default=43, help="per piece (~2 s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--listen", nargs=2, metavar=("URL", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.listen:  # the listener process (see Listener)
+        await listen(*args.listen)
+        return
     binary = server_binary()
     if binary is None:
         sys.exit("livekit-server is missing: run `bash tests/livekit-server.sh`")
