@@ -123,19 +123,28 @@ async def listen(url: str, token: str) -> None:
 
 
 class Listener:
-    """A listener in a process of its own, as a user's client is: in this one, the
-    engine's threads and the GIL would delay what it hears."""
+    """A listener in a process of its own, as a user's client is (in the service's process
+    the engine's threads and the GIL would delay what it hears): this script's `--listen`
+    mode (livekit.rtc), or with `browser` Debian's headless Chromium running livekit-client
+    (bench/browser/). Both print `ready`, `speech <t>`, `quiet <t>`."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, clock_offset: float) -> None:
         self._process = process
+        self._clock_offset = clock_offset  # reported time - time.monotonic()
 
     @classmethod
-    async def start(cls, server: LiveKitServer) -> Listener:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--listen", server.url, server.token("listener", ROOM),
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        listener = cls(process)
+    async def start(cls, server: LiveKitServer, *, browser: bool) -> Listener:
+        token = server.token("listener", ROOM)
+        if browser:
+            script = Path(__file__).parent / "browser" / "listen.mjs"
+            command = ["node", str(script), server.url, token, str(HEARD_RMS)]
+            command.append(str(round(QUIET_S * 1000)))
+            offset = time.time() - time.monotonic()  # the page reports wall-clock seconds
+        else:
+            command = [sys.executable, __file__, "--listen", server.url, token]
+            offset = 0.0
+        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        listener = cls(process, offset)
         await listener._next("ready")
         return listener
 
@@ -146,8 +155,10 @@ class Listener:
             if not line:
                 raise RuntimeError("the listener process ended")
             word, *rest = line.decode().split()
+            if word == "failed":
+                raise RuntimeError(f"the listener failed: {line.decode().strip()}")
             if word == kind:
-                return float(rest[0]) if rest else 0.0
+                return float(rest[0]) - self._clock_offset if rest else 0.0
 
     async def speech_after(self, started: float) -> float:
         while (heard := await self._next("speech")) < started:
@@ -200,9 +211,10 @@ def build_tts(engine: str, xtts_tokens: int) -> localtts.TTS:
 
 
 async def bench_engine(
-    engine: str, server: LiveKitServer, runs: int, text: str, xtts_tokens: int
+    engine: str, server: LiveKitServer, args: argparse.Namespace
 ) -> tuple[Runs, dict]:
-    tts = build_tts(engine, xtts_tokens)
+    runs, text = args.runs, args.text
+    tts = build_tts(engine, args.xtts_tokens)
     await tts.warmup()
     settings = localtts.Settings(
         engine=tts.engine.name,
@@ -217,7 +229,7 @@ async def bench_engine(
     async with app.router.lifespan_context(app):
         await app.state.service.wait_started()
         transport = httpx.ASGITransport(app=app)
-        listener = await Listener.start(server)
+        listener = await Listener.start(server, browser=args.browser)
         try:
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://service", timeout=120
@@ -288,6 +300,12 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--text", default=SENTENCE)
     parser.add_argument("--xtts-tokens", type=int, default=43, help="per piece (~2 s)")
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="listen in headless Chromium with livekit-client (apt-get install chromium; "
+        "npm ci --prefix bench/browser)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--listen", nargs=2, metavar=("URL", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,14 +320,13 @@ async def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, run_livekit_server(binary, Path(tmp)) as server:
         for engine in args.engine:
-            result, info = await bench_engine(
-                engine, server, args.runs, args.text, args.xtts_tokens
-            )
+            result, info = await bench_engine(engine, server, args)
             rows.extend(summary(engine, result, info))
     load_after = os.getloadavg()
 
+    listener = "headless Chromium, livekit-client" if args.browser else "livekit.rtc (Python)"
     print(
-        f"\ntext: {args.text!r} ({len(args.text)} ch); runs={args.runs}; "
+        f"\ntext: {args.text!r} ({len(args.text)} ch); runs={args.runs}; listener: {listener}; "
         f"python={platform.python_version()} machine={platform.machine()} "
         f"cpus={os.cpu_count()}; load average before {load_before[0]:.2f}, "
         f"after {load_after[0]:.2f}"
