@@ -117,7 +117,7 @@ async def test_a_reply_starts_at_its_first_sound(piper_engine: PiperEngine) -> N
         produced = recording.produced(MULTI)
         first_sound = int(np.flatnonzero(np.abs(produced) > 1e-3)[0])
         lead_in = round(0.005 * tts.sample_rate)
-        assert first_sound > lead_in + tts.sample_rate // 50  # there is silence to skip
+        assert first_sound > 2 * lead_in  # silence to skip (else this proves nothing)
         expected = produced[first_sound - lead_in :]
         heard = frames_to_float(frames)
         # (LiveKit's emitter pads the last frame to whole 10 ms and a stream's end may add
