@@ -16,9 +16,11 @@ it) sits in the room, in a process of its own like any client. Each run alternat
 Room cost = heard - the first audio the service's synthesis produced for that same request
 (its `first_chunk_ms`): the room publisher, WebRTC (Opus, the SFU, the jitter buffer) and
 the silence before speech in the audio, which playback passes before speech can be heard
-(the "onset" row). Heard - plugin is printed too; it pairs different utterances, so on a
-busy machine synthesis noise swamps it. The first request to a room also joins it (and
-waits for the listener to subscribe): reported on its own, not in the percentiles. XTTS
+(the "onset" row). "Room alone" hands the service's publisher audio that is ready at once
+(a tone): WebRTC's own floor, without synthesis. Heard - plugin is printed too; it pairs
+different utterances, so on a busy machine synthesis noise swamps it. The first request to
+a room also joins it (and waits for the listener to subscribe): reported on its own, not
+in the percentiles. XTTS
 runs the real v2 shapes (GPT-2 30x1024, HiFiGAN) with random weights and the CPU defaults
 (int8 GPT, bf16 HiFiGAN where the CPU has it natively), capped at --xtts-tokens per
 piece (random weights never stop).
@@ -35,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +46,12 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from livekit import rtc  # noqa: E402
 from livekit.plugins import localtts  # noqa: E402
 from livekit.plugins.localtts.voices import VoiceLibrary  # noqa: E402
 from texts import SENTENCE  # noqa: E402
 
+from agent.rooms import RoomPublishers  # noqa: E402
 from agent.service import create_app  # noqa: E402
 from tests.livekit_helpers import RoomListener, frames_to_float  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server, server_binary  # noqa: E402
@@ -69,6 +74,7 @@ class Runs:
     heard: list[float] = field(default_factory=list)  # s to the first speech heard
     service: list[float] = field(default_factory=list)  # the service's own first_chunk_ms
     onset: list[float] = field(default_factory=list)  # leading silence of the audio
+    tone: list[float] = field(default_factory=list)  # ready audio through the publisher
     cold: float | None = None  # the first request: join + subscribe + synthesis
 
 
@@ -194,6 +200,23 @@ async def room_first_audio(
     return heard - started, response.json()["first_chunk_ms"] / 1000
 
 
+async def tone_heard(rooms: RoomPublishers, listener: Listener, rate: int) -> float:
+    """s from handing the service's room publisher audio that is ready at once (a 440 Hz
+    tone, 0.4 s) to the listener hearing it: the room alone, without synthesis."""
+
+    async def tone() -> AsyncGenerator[rtc.AudioFrame, None]:
+        t = np.arange(round(0.4 * rate)) / rate
+        pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+        yield rtc.AudioFrame(pcm.tobytes(), rate, 1, pcm.size)
+
+    started = time.monotonic()
+    playing = asyncio.create_task(rooms.speak(ROOM, tone))
+    heard = await listener.speech_after(started)
+    await playing
+    await listener.quiet_after(time.monotonic())
+    return heard - started
+
+
 def build_tts(engine: str, xtts_tokens: int) -> localtts.TTS:
     if engine == "piper":
         return localtts.TTS(engine="piper", settings=localtts.Settings(engine="piper"))
@@ -249,6 +272,9 @@ async def bench_engine(
                         file=sys.stderr,
                         flush=True,
                     )
+                rooms = app.state.service.rooms
+                for _ in range(runs):
+                    result.tone.append(await tone_heard(rooms, listener, tts.sample_rate))
         finally:
             await listener.aclose()
     info = tts.engine.info()
@@ -275,6 +301,7 @@ def summary(engine: str, r: Runs, info: dict) -> list[dict]:
             [h - s for h, s in zip(r.heard, r.service, strict=True)],
         ),
         row("  of which silence before speech in the audio (onset)", r.onset),
+        row("room alone: ready audio (a tone) handed to the publisher -> heard", r.tone),
         row(
             "heard - plugin (different utterances, paired by run)",
             [h - p for h, p in zip(r.heard, r.plugin, strict=True)],
