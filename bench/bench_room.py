@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "agent"), str(ROOT), str(ROOT / "bench")]
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,8 +51,9 @@ from livekit.plugins import localtts  # noqa: E402
 from livekit.plugins.localtts.voices import VoiceLibrary  # noqa: E402
 from texts import SENTENCE  # noqa: E402
 
-from agent.rooms import RoomPublishers  # noqa: E402
-from agent.service import create_app  # noqa: E402
+from localtts_agent.service.app import create_app  # noqa: E402
+from localtts_agent.service.room_publisher import RoomPublishers  # noqa: E402
+from localtts_agent.settings import ServiceSettings  # noqa: E402
 from tests.livekit_helpers import RoomListener, frames_to_float  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server, server_binary  # noqa: E402
 
@@ -239,15 +240,17 @@ async def bench_engine(
     runs, text = args.runs, args.text
     tts = build_tts(engine, args.xtts_tokens)
     await tts.warmup()
-    settings = localtts.Settings(
-        engine=tts.engine.name,
+    settings = localtts.Settings(engine=tts.engine.name)
+    service_settings = ServiceSettings(
         livekit_url=server.url,
         livekit_api_key=server.api_key,
         livekit_api_secret=server.api_secret,
     )
     library = VoiceLibrary(use_database=False)
     await library.start()
-    app = create_app(settings, tts=tts, voice_library=library)
+    app = create_app(
+        settings, service_settings=service_settings, tts=tts, voice_library=library
+    )
     result = Runs()
     async with app.router.lifespan_context(app):
         await app.state.service.wait_started()
