@@ -24,6 +24,8 @@ from .metrics import ServiceMetrics
 
 logger = logging.getLogger("localtts.service")
 
+_DATABASE_RETRY_AFTER_S = "5"
+
 
 class ServiceError(Exception):
     """An error meant for the client: status, a stable code and a readable message."""
@@ -38,7 +40,7 @@ class ServiceError(Exception):
         self.headers = headers
 
 
-def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
     # OpenAI's error shape: its clients (and ours) read error.message
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "code": code}}
@@ -47,7 +49,7 @@ def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(_error_body(status, code, message), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
 
 
 def voice_error(e: Exception) -> ServiceError:
@@ -61,7 +63,10 @@ def voice_error(e: Exception) -> ServiceError:
     if isinstance(e, VoiceError):
         return ServiceError(400, "invalid_voice", str(e))
     if isinstance(e, DatabaseUnavailableError):
-        return ServiceError(503, "database_unavailable", str(e))
+        # the watch notices a dead database within seconds and restarts an embedded one
+        return ServiceError(
+            503, "database_unavailable", str(e), headers={"Retry-After": _DATABASE_RETRY_AFTER_S}
+        )
     raise e
 
 
@@ -82,6 +87,7 @@ def synthesis_error(e: Exception, engine_name: str) -> ServiceError:
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Every error leaves as `error_response` JSON and is counted in `metrics`."""
+
     async def service_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         metrics.error(exc.code)
@@ -100,6 +106,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         code = {
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: "payload_too_large",
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "server_error")
         metrics.error(code)

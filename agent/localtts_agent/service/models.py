@@ -19,7 +19,7 @@ _NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 def body_limit(path: str) -> int:
-    """The largest body a request to `path` may send (checked by `BodySizeLimit`)."""
+    """The largest body a request to `path` may send (checked by `BodyLimits`)."""
     if path.rstrip("/") == VOICES_PATH:
         return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD
     return MAX_JSON_BODY_BYTES
