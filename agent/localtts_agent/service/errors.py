@@ -79,7 +79,9 @@ def synthesis_error(e: Exception, engine_name: str) -> ServiceError:
     if isinstance(e, APIStatusError) and 400 <= e.status_code < 500:
         return ServiceError(400, "invalid_request", e.message)
     if isinstance(e, APIError):
-        return ServiceError(500, "engine_error", f"the {engine_name} engine failed: {e.message}")
+        return ServiceError(
+            500, "engine_error", f"the {engine_name} engine failed: {_bounded(e.message)}"
+        )
     if isinstance(e, EngineUnavailableError):
         return ServiceError(503, "engine_unavailable", str(e))
     return ServiceError(500, "engine_error", f"the {engine_name} engine failed: {type(e).__name__}")
@@ -112,9 +114,25 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         metrics.error(code)
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
+        if any(_whole_body_not_an_object(error) for error in errors):
+            content_type = request.headers.get("content-type", "none")
+            if "json" not in content_type and "form" not in content_type:
+                metrics.error("unsupported_media_type")
+                return error_response(
+                    415,
+                    "unsupported_media_type",
+                    f"the request body is {content_type[:60]}: send a JSON object with "
+                    'Content-Type: application/json, e.g. {"input": "Hello"}',
+                )
+            metrics.error("invalid_request")
+            return error_response(
+                422,
+                "invalid_request",
+                'the request body must be a JSON object, e.g. {"input": "Hello"}',
+            )
         for error in errors:
             if error.get("type") == "json_invalid":
                 metrics.error("malformed_json")
@@ -135,6 +153,18 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _whole_body_not_an_object(error: Any) -> bool:
+    return tuple(error.get("loc", ())) == ("body",) and error.get("type") in (
+        "model_attributes_type",
+        "dict_type",
+    )
+
+
+def _bounded(message: str, limit: int = 300) -> str:
+    """A message that may quote the request's input (an engine's error), cut to `limit`."""
+    return message if len(message) <= limit else message[:limit] + "... (cut)"
 
 
 def _describe(errors: Any) -> str:

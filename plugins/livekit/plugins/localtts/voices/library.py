@@ -288,7 +288,6 @@ class VoiceLibrary:
         return row_info(row)
 
     async def remove(self, voice_id: str) -> None:
-        check_voice_id(voice_id)  # (an id that could never be added is a 400, not a query)
         store = self._require_store()
         async with database_errors(f"remove voice {voice_id!r}"):
             deleted = await store.delete_voice(voice_id)
