@@ -16,6 +16,7 @@ says "warming" while the model warms up and voices preload (in parallel), synthe
     audio.py           synthesis frames, resampling, WAV header, streaming response
     room_publisher.py  speaking into LiveKit rooms: one publisher per room
     metrics.py         Prometheus instruments
+    memory.py          memory freed by a burst handed back when idle
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
 
 from ..settings import ServiceSettings
 from .errors import ServiceError, voice_error
+from .memory import trim_when_idle
 from .metrics import ServiceMetrics
 from .room_publisher import LiveKitConnector, RoomConnector, RoomPublishers
 
@@ -57,6 +58,7 @@ class ServiceState:
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
         self._startup: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
 
     @property
     def tts(self) -> localtts.TTS:
@@ -86,6 +88,12 @@ class ServiceState:
                 metrics=self.metrics,
             )
         self._startup = asyncio.create_task(self._warm_up(), name="localtts-warmup")
+        self._trimmer = asyncio.create_task(trim_when_idle(self.idle), name="localtts-trim")
+
+    def idle(self) -> bool:
+        """No synthesis is streaming (HTTP or room)."""
+        gauge = self.metrics.active_streams
+        return sum(sample.value for metric in gauge.collect() for sample in metric.samples) == 0
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()
@@ -124,9 +132,10 @@ class ServiceState:
             await asyncio.shield(self._startup)
 
     async def aclose(self) -> None:
-        if self._startup is not None and not self._startup.done():
-            self._startup.cancel()
-            await asyncio.gather(self._startup, return_exceptions=True)
+        for task in (self._startup, self._trimmer):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.rooms is not None:
             await self.rooms.aclose()
         if self._tts is not None:

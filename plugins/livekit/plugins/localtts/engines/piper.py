@@ -107,6 +107,7 @@ class PiperEngine:
                     "piper-tts is not installed: pip install 'localtts[piper]'"
                 ) from e
             self._voice = PiperVoice.load(self.model_path, self.config_path)
+            self._voice.session = _session_without_arena(self.model_path)
 
     def warmup(self) -> None:
         self.load()
@@ -168,3 +169,16 @@ class PiperEngine:
             default_voice=self.model_path.stem,
             optimizations=("onnxruntime",),
         )
+
+
+def _session_without_arena(model_path: Path) -> Any:
+    """An onnxruntime session that hands memory back after each call. Its default CPU arena
+    keeps the largest call's buffers for good: a 500-character sentence left 0.8 GB held
+    (measured: 0.33 GB without it); calls from many threads at once, several GB."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    return onnxruntime.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )

@@ -64,6 +64,7 @@ class VoiceDatabase:
         # set while the open database does not answer: what happened (for /health)
         self.outage: str | None = None
         self._restarts: deque[float] = deque()
+        self._probe_conn: asyncpg.Connection | None = None
 
     async def open(
         self, on_connected: Callable[[VoiceStore], Awaitable[None]], *, directory_voices: int
@@ -124,39 +125,50 @@ class VoiceDatabase:
         ) from last_error
 
     async def watch(self, on_back: Callable[[], None]) -> None:
-        """Probe the open database every WATCH_INTERVAL_S on a connection of its own (a pool
-        busy with uploads is not an outage) until cancelled; keep `outage` true; restart an
-        embedded server whose process died; `on_back()` when it answers again."""
-        conn: asyncpg.Connection | None = None
+        """Probe the open database every WATCH_INTERVAL_S until cancelled; keep `outage`
+        true; restart an embedded server whose process died; `on_back()` when it answers
+        again. No error ends this loop: it is what tells /health."""
         down_since = 0.0
         try:
             while True:
                 await asyncio.sleep(WATCH_INTERVAL_S)
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await asyncpg.connect(self._url, timeout=PROBE_TIMEOUT_S)
-                    await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
-                except CONNECT_ERRORS as e:
-                    if conn is not None:
-                        conn.terminate()
-                        conn = None
-                    if self.outage is None:
-                        down_since = time.monotonic()
-                        logger.error("the voice database stopped answering: %s", brief_error(e))
-                    self.outage = f"the voice database is not answering ({brief_error(e)})"
-                    if self._embedded is not None and not self._embedded.server_alive():
-                        await self._restart_embedded()
+                problem = await self._probe()
+                if problem is None:
+                    if self.outage is not None:
+                        logger.warning(
+                            "the voice database answers again after %.1f s",
+                            time.monotonic() - down_since,
+                        )
+                        self.outage = None
+                        on_back()
                     continue
-                if self.outage is not None:
-                    logger.warning(
-                        "the voice database answers again after %.1f s",
-                        time.monotonic() - down_since,
-                    )
-                    self.outage = None
-                    on_back()
+                if self.outage is None:
+                    down_since = time.monotonic()
+                    logger.error("the voice database stopped answering: %s", problem)
+                self.outage = f"the voice database is not answering ({problem})"
+                if self._embedded is not None and not self._embedded.server_alive():
+                    await self._restart_embedded()
         finally:
-            if conn is not None:
-                conn.terminate()
+            if self._probe_conn is not None:
+                self._probe_conn.terminate()
+                self._probe_conn = None
+
+    async def _probe(self) -> str | None:
+        """None when the database answers a query on the probe's own connection (a pool busy
+        with uploads is no outage), else what is wrong."""
+        if self._embedded is not None and not self._embedded.server_alive():
+            # checked first: seen without a query, and what decides a restart
+            return "the embedded PostgreSQL is not running"
+        try:
+            if self._probe_conn is None or self._probe_conn.is_closed():
+                self._probe_conn = await asyncpg.connect(self._url, timeout=PROBE_TIMEOUT_S)
+            await self._probe_conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
+        except Exception as e:  # whatever it was, the database did not answer
+            if self._probe_conn is not None:
+                self._probe_conn.terminate()
+                self._probe_conn = None
+            return brief_error(e)
+        return None
 
     async def _restart_embedded(self) -> None:
         assert self._embedded is not None

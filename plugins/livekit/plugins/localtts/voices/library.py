@@ -185,7 +185,12 @@ class VoiceLibrary:
         """Run in the background until done or `aclose`."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # said, not lost
+            logger.error("voice library background task failed", exc_info=task.exception())
 
     # ---------------------------------------------------------------- conditioning
 
