@@ -30,6 +30,7 @@ import collections
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -322,45 +323,55 @@ async def main() -> None:
     parser.add_argument("--rounds", default="20,50,100", help="concurrent requests per round")
     parser.add_argument("--disconnects", type=int, default=20)
     parser.add_argument("--sigterm-streams", type=int, default=10)
-    parser.add_argument("--grace", type=float, default=3.0, help="LOCALTTS_SHUTDOWN_GRACE_S")
+    parser.add_argument("--grace", type=float, default=5.0, help="LOCALTTS_SHUTDOWN_GRACE_S")
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and serve.log")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        service = Service(Path(tmp), args.grace)
-        await service.start()
-        clip = await asyncio.to_thread(speech_clip)
-        rows = []
-        try:
-            first = Row("1 request", rss_before=service.reset_peak())
-            async with httpx.AsyncClient(base_url=service.url, timeout=300) as client:
-                await stream_once(client, first, REPLY)
-            first.rss_peak, first.rss_after = service.peak, service.rss()
-            rows.append(first)
-            for n in (int(x) for x in args.rounds.split(",")):
-                rows.append(await concurrent(service, n))
-            rows.append(await disconnects(service, args.disconnects))
-            kill_row, stored = await database_kill(service, clip)
-            rows.append(kill_row)
-            rows.append(await idle(service, args.idle))
-            rows.append(await sigterm(service, args.sigterm_streams))
-        finally:
-            if service.proc is not None and service.proc.poll() is None:
-                service.proc.kill()
-        # the stored voices survive the shutdown: a fresh service lists them all
-        again = Service(Path(tmp), args.grace)
-        await again.start()
-        async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
-            listed = {v["voice_id"] for v in (await client.get("/api/voices")).json()["voices"]}
-        again.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        await asyncio.to_thread(again.proc.wait, 60)  # type: ignore[union-attr]
-        await again.stop_sampling()
-        missing = sorted(set(stored) - listed)
-        rows[-1].lost = "nothing" if not missing else f"voices {missing} after restart"
-        print(f"load: {os.getloadavg()}; cores: {os.cpu_count()}")
-        print_table(rows, first.rss_after)
-        print(f"- after restart: {len(listed)} voices listed, {len(stored)} stored before")
-        print(json.dumps({"single_request_rss_mib": round(first.rss_after)}))
+    tmp = tempfile.mkdtemp(prefix="bench-load-")
+    print(f"data directory: {tmp}")
+    try:
+        await run(args, Path(tmp))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> None:
+    service = Service(tmp, args.grace)
+    await service.start()
+    clip = await asyncio.to_thread(speech_clip)
+    rows = []
+    try:
+        first = Row("1 request", rss_before=service.reset_peak())
+        async with httpx.AsyncClient(base_url=service.url, timeout=300) as client:
+            await stream_once(client, first, REPLY)
+        first.rss_peak, first.rss_after = service.peak, service.rss()
+        rows.append(first)
+        for n in (int(x) for x in args.rounds.split(",")):
+            rows.append(await concurrent(service, n))
+        rows.append(await disconnects(service, args.disconnects))
+        kill_row, stored = await database_kill(service, clip)
+        rows.append(kill_row)
+        rows.append(await idle(service, args.idle))
+        rows.append(await sigterm(service, args.sigterm_streams))
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.proc.kill()
+    # the stored voices survive the shutdown: a fresh service lists them all
+    again = Service(tmp, args.grace)
+    await again.start()
+    async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
+        listed = {v["voice_id"] for v in (await client.get("/api/voices")).json()["voices"]}
+    again.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    await asyncio.to_thread(again.proc.wait, 60)  # type: ignore[union-attr]
+    await again.stop_sampling()
+    missing = sorted(set(stored) - listed)
+    rows[-1].lost = "nothing" if not missing else f"voices {missing} after restart"
+    print(f"load: {os.getloadavg()}; cores: {os.cpu_count()}")
+    print_table(rows, first.rss_after)
+    print(f"- after restart: {len(listed)} voices listed, {len(stored)} stored before")
+    print(json.dumps({"single_request_rss_mib": round(first.rss_after)}))
 
 
 if __name__ == "__main__":

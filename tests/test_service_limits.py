@@ -19,13 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from livekit.plugins import localtts
 from livekit.plugins.localtts.voices import VoiceLibrary
 
 from localtts_agent.service.app import create_app
 from localtts_agent.service.server import server_config
 from localtts_agent.settings import ServiceSettings
+
+from .test_service import uvicorn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF_REQUEST = b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"
@@ -47,21 +48,8 @@ def _app(settings: ServiceSettings, tts: localtts.TTS, library: VoiceLibrary) ->
 @asynccontextmanager
 async def served(app: Any, settings: ServiceSettings) -> AsyncIterator[int]:
     """The app behind the service's own server configuration, on an ephemeral port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(server_config(app, settings, log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started:
-                break
-            await asyncio.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with uvicorn_server(app, server_config(app, settings, log_level="warning")) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 async def _read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
