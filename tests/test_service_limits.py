@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from livekit.plugins import localtts
 from livekit.plugins.localtts.voices import VoiceLibrary
@@ -208,3 +209,41 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------------- memory
+
+REPLY = (
+    "Thanks for calling, your order left the warehouse this morning. "
+    "It should arrive on Friday, and you will get a message when it is close."
+)
+
+
+async def test_memory_taken_by_a_burst_of_requests_is_given_back_when_idle(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_serve(port, database_url, tmp_path, grace_s=1.0)
+    try:
+        await _wait_ready(url, proc, timeout=120)
+        server = psutil.Process(proc.pid)
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            speak = {"input": REPLY, "response_format": "pcm"}
+            assert (await client.post("/v1/audio/speech", json=speak)).status_code == 200
+            single = server.memory_info().rss
+            burst = await asyncio.gather(
+                *(client.post("/v1/audio/speech", json=speak) for _ in range(12))
+            )
+            assert all(r.status_code == 200 and len(r.content) > 100_000 for r in burst)
+            peak = server.memory_info().rss
+            # idle: back within 1.5x of the single-request figure (it stayed at ~5x)
+            deadline = time.monotonic() + 20
+            while (now := server.memory_info().rss) > 1.5 * single:
+                assert time.monotonic() < deadline, (single >> 20, peak >> 20, now >> 20)
+                await asyncio.sleep(0.5)
+        print(f"RSS MiB: single {single >> 20}, after the burst {peak >> 20}, idle {now >> 20}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
