@@ -27,6 +27,10 @@ CHANGED: dict[str, object] = {
     "chatterbox_cfm_steps": 4,
     "chatterbox_watermark": False,
     "chatterbox_pipeline": True,
+    "batching": False,
+    "engine_capacity": 3,
+    "engine_max_waiting": 7,
+    "engine_wait_s": 1.5,
 }
 
 

@@ -133,6 +133,7 @@ class EngineInfo:
     loaded: bool
     default_voice: str | None = None  # the voice spoken when a request names none
     optimizations: tuple[str, ...] = ()
+    capacity: int | None = None  # streams kept at real time (None: not measured yet)
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class EngineInfo:
             "loaded": self.loaded,
             "default_voice": self.default_voice,
             "optimizations": list(self.optimizations),
+            "capacity": self.capacity,
         }
         return {**common, **self.details}
 
