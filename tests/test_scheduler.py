@@ -27,6 +27,7 @@ from livekit.plugins.localtts.engines.scheduler import (  # noqa: E402
 from livekit.plugins.localtts.engines.xtts import XTTSEngine  # noqa: E402
 from livekit.plugins.localtts.engines.xtts_stream import XTTSStreamWork  # noqa: E402
 
+from tests.concurrency import together  # noqa: E402
 from tests.tiny_xtts import build_xtts, make_test_clip, make_tiny_xtts_engine  # noqa: E402
 
 MAX_TOKENS = 20
@@ -93,27 +94,6 @@ def speak(engine: XTTSEngine, seed: int, cancel: threading.Event | None = None,
     chunks = engine.stream(text or TEXTS[seed], None, SynthesisParams(seed=seed),
                            cancel or threading.Event())
     return np.concatenate(list(chunks) or [np.zeros(0, np.float32)])
-
-
-def together(jobs: dict[int, Callable[[], Any]], *, stagger_s: float = 0.0) -> dict[int, Any]:
-    """Run each job in a thread of its own (as rooms do); results (or errors) by key."""
-    results: dict[int, Any] = {}
-
-    def run(key: int, job: Callable[[], Any]) -> None:
-        try:
-            results[key] = job()
-        except Exception as e:
-            results[key] = e
-
-    threads = []
-    for key, job in jobs.items():
-        thread = threading.Thread(target=run, args=(key, job))
-        thread.start()
-        threads.append(thread)
-        time.sleep(stagger_s)
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
 
 
 def batch_sizes(engine: XTTSEngine) -> tuple[list[int], Any]:

@@ -26,7 +26,6 @@ CHANGED: dict[str, object] = {
     "xtts_vocoder_bf16": True,
     "chatterbox_cfm_steps": 4,
     "chatterbox_watermark": False,
-    "chatterbox_pipeline": True,
     "batching": False,
     "engine_capacity": 3,
     "engine_max_waiting": 7,

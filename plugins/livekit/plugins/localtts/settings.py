@@ -75,9 +75,6 @@ class EngineSettings(_DataDirSettings):
         10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
     )
     chatterbox_watermark: bool = Field(True, description="Perth watermark (not on chunk 1)")
-    chatterbox_pipeline: bool = Field(
-        False, description="decode T3 in a thread (own CUDA stream) while S3Gen renders"
-    )
 
     # how streams share the engine (engines/scheduler.py)
     batching: bool = Field(

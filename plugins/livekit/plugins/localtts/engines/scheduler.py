@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("livekit.plugins.localtts.scheduler")
 
 T = TypeVar("T")
-Step = Literal["prefill", "decode", "emit", "done"]
+Step = Literal["prefill", "decode", "emit", "wait", "done"]
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_WAIT_S = 5.0
@@ -84,7 +84,9 @@ class StreamWork(Protocol):
 
     sample_rate: int
 
-    def next_step(self) -> Step: ...
+    def next_step(self) -> Step:
+        """What the stream needs next; "wait": nothing it can do yet (no free cache slot)."""
+        ...
 
     def wants_decode(self) -> bool:
         """True when the stream may join a decode batch now, even if its own next step is
@@ -359,12 +361,14 @@ class EngineScheduler:
             times.append(record.times)
         self._inbox.put(record)
         try:
-            while True:
+            while not cancel.is_set():  # chunks made before a cancel are not handed out
                 item = record.out.get()
                 if item is _END:
                     return
                 if isinstance(item, _Failed):
                     raise item.error
+                if cancel.is_set():
+                    return
                 yield item
         finally:
             record.abandoned = True  # closed early: the scheduler drops it at its next step
@@ -377,6 +381,9 @@ class EngineScheduler:
                 step = work.next_step()
                 if step == "done":
                     return
+                if step == "wait":
+                    raise EngineBusyError("no free slot for the engine's own stream",
+                                          retry_after_s=1.0)
                 if step == "prefill":
                     work.prefill()
                 elif step == "decode":
@@ -406,10 +413,10 @@ class EngineScheduler:
                 for s in list(self._active):
                     self._fail(s, EngineError(f"{self.name} scheduler failed"))
 
-    def _take_inbox(self, *, block: bool) -> None:
+    def _take_inbox(self, *, block: bool, timeout: float | None = None) -> None:
         while True:
             try:
-                item = self._inbox.get(block=block)
+                item = self._inbox.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
             block = False
@@ -456,9 +463,11 @@ class EngineScheduler:
                 continue
             if s.next == "done":
                 self._finish(s)
-        if not self._active:
+        runnable = [s for s in self._active if s.next != "wait"]
+        if not runnable:  # every stream waits for a slot that a leaving stream frees
+            self._take_inbox(block=True, timeout=0.05)
             return
-        chosen = min(self._active, key=_Stream.priority)
+        chosen = min(runnable, key=_Stream.priority)
         self.steps += 1
         if chosen.next == "decode":
             self._decode(chosen)
@@ -485,7 +494,8 @@ class EngineScheduler:
         if self.max_batch > 1:
             others = sorted(
                 (s for s in self._active
-                 if s is not chosen and (s.next == "decode" or self._wants_decode(s))),
+                 if s is not chosen and (s.next == "decode" or self._wants_decode(s))
+                 and s.next != "wait"),
                 key=_Stream.priority,
             )
             batch += others[: self.max_batch - 1]
@@ -512,7 +522,8 @@ class EngineScheduler:
 
     def _wants_decode(self, s: _Stream) -> bool:
         try:
-            return s.work is not None and s.next != "prefill" and s.work.wants_decode()
+            return s.work is not None and s.next not in ("prefill", "wait") and \
+                s.work.wants_decode()
         except Exception:
             return False
 
