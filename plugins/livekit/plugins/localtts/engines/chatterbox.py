@@ -41,7 +41,7 @@ from .base import (
 )
 from .chatterbox_checkpoint import DEFAULT_VOICE_FILE, WEIGHTS, load_parts
 from .chatterbox_options import ChatterboxOptions, StreamStats
-from .scheduler import EngineScheduler, Step, StreamTimes, capacity_probes
+from .scheduler import EngineScheduler, Step, capacity_probes
 from .weights import DIGEST_CACHE_FILE, resolve_weights, weights_problem, weights_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
@@ -561,10 +561,9 @@ class ChatterboxEngine:
         voice: VoiceConditioning | None,
         params: SynthesisParams,
         cancel: threading.Event,
-        times: list[StreamTimes] | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield float32 24 kHz chunks, computed on the scheduler thread (T3 batched with
-        every other active stream). `times` receives the stream's `StreamTimes`."""
+        every other active stream)."""
         self.load()
         conds = self._resolve_voice(voice)
         if voice is not None and voice.model_revision != self.model_revision:
@@ -572,7 +571,7 @@ class ChatterboxEngine:
         if not text.strip():
             return
         yield from self.scheduler.stream(
-            lambda: _ChatterboxStreamWork(self, text, conds, params), cancel, times
+            lambda: _ChatterboxStreamWork(self, text, conds, params), cancel
         )
 
     def _decode_batch(self, works: list[_ChatterboxStreamWork]) -> dict[int, BaseException]:

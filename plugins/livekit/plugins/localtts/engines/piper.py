@@ -31,7 +31,7 @@ from .base import (
     VoiceClip,
     VoiceConditioning,
 )
-from .scheduler import EngineScheduler, Step, StreamTimes
+from .scheduler import EngineScheduler, Step
 
 _CAPACITY_TEXT = "The weather today is sunny, with a light breeze from the west."
 
@@ -169,7 +169,6 @@ class PiperEngine:
         voice: VoiceConditioning | None,
         params: SynthesisParams,
         cancel: threading.Event,
-        times: list[StreamTimes] | None = None,
     ) -> Iterator[np.ndarray]:
         if voice is not None:
             raise UnsupportedVoiceError(f"Piper cannot speak with cloned voice {voice.voice_id!r}")
@@ -180,7 +179,7 @@ class PiperEngine:
         length_scale = (self._voice.config.length_scale or 1.0) / params.speed
         syn_config = SynthesisConfig(length_scale=length_scale)
         yield from self.scheduler.stream(
-            lambda: _PiperStreamWork(self, text, syn_config), cancel, times
+            lambda: _PiperStreamWork(self, text, syn_config), cancel
         )
 
     def _speak_sentence(self, phonemes: list[str], syn_config: Any) -> np.ndarray:

@@ -17,7 +17,8 @@ vocoding, per stream) and, for engines without a decoder (Piper), only `emit`. T
 scheduler picks the next step:
 
 1. A stream that has not produced audio yet goes first (first audio is the product), in
-   arrival order: its prefill and first chunk go ahead of every later chunk of others.
+   arrival order: its prefill and first chunk go ahead of every later chunk of others. A
+   later piece of a reply already playing is not a first chunk (`stream_context`).
 2. Then earliest deadline first: a playing stream's deadline is when its listener runs out
    of audio (first audio time + audio delivered), so the stream closest to a gap is served
    next and none starves.
@@ -62,6 +63,7 @@ Step = Literal["prefill", "decode", "emit", "wait", "done"]
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_WAIT_S = 5.0
+_CANCEL_POLL_S = 0.05
 
 
 def capacity_probes(max_batch: int) -> list[int]:
@@ -136,11 +138,39 @@ class StreamTimes:
         return (self.started if self.started is not None else time.monotonic()) - self.submitted
 
 
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def stream_context(
+    sink: list[StreamTimes], *, continues_at: float | None = None
+) -> Iterator[list[StreamTimes]]:
+    """What streams started by this thread inside the block are part of.
+
+    They append their `StreamTimes` to `sink` (how the plugin learns how long a piece waited
+    for the engine, whatever the engine). `continues_at` marks them as a later piece of a
+    reply already playing, whose listener runs out of audio at that time.monotonic() instant:
+    they are scheduled by that deadline, not ahead of everyone as a first chunk is.
+    """
+    previous = getattr(_context, "value", None)
+    _context.value = (sink, continues_at)
+    try:
+        yield sink
+    finally:
+        _context.value = previous
+
+
 class _Stream:
     _ids = itertools.count()
 
-    def __init__(self, make_work: Callable[[], StreamWork], cancel: threading.Event) -> None:
+    def __init__(
+        self,
+        make_work: Callable[[], StreamWork],
+        cancel: threading.Event,
+        continues_at: float | None = None,
+    ) -> None:
         self.id = next(self._ids)
+        self.continues_at = continues_at
         self.make_work = make_work
         self.work: StreamWork | None = None
         self.cancel = cancel
@@ -154,7 +184,11 @@ class _Stream:
         return self.abandoned or self.cancel.is_set()
 
     def priority(self) -> tuple[int, float, int]:
+        """First chunks first (in arrival order), then earliest deadline: when the
+        listener runs out of audio."""
         t = self.times
+        if self.continues_at is not None:
+            return (1, self.continues_at + t.audio_s, self.id)
         if t.first_audio is None:
             return (0, t.submitted, self.id)
         return (1, t.first_audio + t.audio_s, self.id)
@@ -211,9 +245,11 @@ class Admission:
             return self._max_waiting
         return self._capacity or 0  # default: as many waiting as can run
 
-    def acquire(self, timeout: float | None = None) -> Lease:
+    def acquire(
+        self, timeout: float | None = None, *, cancel: threading.Event | None = None
+    ) -> Lease:
         """A lease, waiting in line when the engine is full; EngineBusyError when the line
-        is full or `timeout` (default `wait_s`) passes first."""
+        is full or `timeout` (default `wait_s`) passes first (or `cancel` is set)."""
         timeout = self.wait_s if timeout is None else timeout
         started = time.monotonic()
         with self._cond:
@@ -229,10 +265,10 @@ class Admission:
                 deadline = started + timeout
                 while not (self._line[0] is ticket and self.active < (self._capacity or 1 << 30)):
                     left = deadline - time.monotonic()
-                    if left <= 0:
+                    if left <= 0 or (cancel is not None and cancel.is_set()):
                         self.rejected += 1
                         raise self._busy(f"no stream finished within {timeout:.1f} s")
-                    self._cond.wait(left)
+                    self._cond.wait(min(left, 0.1))
                 self.active += 1
                 return Lease(self, time.monotonic() - started)
             finally:
@@ -243,7 +279,7 @@ class Admission:
         return EngineBusyError(
             f"the engine is busy: {self.active} streams speak (capacity {self._capacity}) and "
             f"{why}; retry shortly",
-            retry_after_s=max(1.0, round(self.wait_s)),
+            retry_after_s=float(max(1, round(self.wait_s))),
         )
 
     def _release(self) -> None:
@@ -345,24 +381,25 @@ class EngineScheduler:
             self.admission.capacity = max(1, streams)
 
     def stream(
-        self,
-        make_work: Callable[[], StreamWork],
-        cancel: threading.Event,
-        times: list[StreamTimes] | None = None,
+        self, make_work: Callable[[], StreamWork], cancel: threading.Event
     ) -> Iterator[np.ndarray]:
-        """Yield the stream's chunks as the scheduler makes them. `make_work` runs on the
-        scheduler thread; `times` (if given) receives the stream's `StreamTimes`."""
+        """Yield the stream's chunks as the scheduler makes them; `make_work` runs on the
+        scheduler thread (see `stream_context` for what the caller can say about it)."""
         if self.on_thread():
             yield from self._inline(make_work, cancel)
             return
         self._ensure_thread()
-        record = _Stream(make_work, cancel)
-        if times is not None:
-            times.append(record.times)
+        sink, continues_at = getattr(_context, "value", None) or (None, None)
+        record = _Stream(make_work, cancel, continues_at)
+        if sink is not None:
+            sink.append(record.times)
         self._inbox.put(record)
         try:
             while not cancel.is_set():  # chunks made before a cancel are not handed out
-                item = record.out.get()
+                try:  # the caller is let go at a cancel, even mid-step (the step ends alone)
+                    item = record.out.get(timeout=_CANCEL_POLL_S)
+                except queue.Empty:
+                    continue
                 if item is _END:
                     return
                 if isinstance(item, _Failed):

@@ -42,7 +42,7 @@ from .base import (
     VoiceError,
     reference_audio,
 )
-from .scheduler import EngineScheduler, StreamTimes, capacity_probes
+from .scheduler import EngineScheduler, capacity_probes
 from .weights import (
     DIGEST_CACHE_FILE,
     WeightsSpec,
@@ -521,10 +521,9 @@ class XTTSEngine:
         voice: VoiceConditioning | None,
         params: SynthesisParams,
         cancel: threading.Event,
-        times: list[StreamTimes] | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield 24 kHz chunks; the scheduler thread computes them (batched with every other
-        active stream). `times` receives the stream's `StreamTimes` (waits, first audio)."""
+        active stream)."""
         self.load()
         voice = voice if voice is not None else self.default_voice
         if voice is None:
@@ -543,7 +542,7 @@ class XTTSEngine:
                 self, self._pieces(text, lang), lang, latents, sampling, length_scale
             )
 
-        yield from self.scheduler.stream(work, cancel, times)
+        yield from self.scheduler.stream(work, cancel)
 
     # -- health ------------------------------------------------------------------------
 
