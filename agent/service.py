@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import math
 import struct
 import time
 import unicodedata
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from livekit import rtc
-from livekit.agents import APIError, APIStatusError
+from livekit.agents import APIConnectOptions, APIError, APIStatusError
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import (
     EngineUnavailableError,
@@ -117,6 +118,10 @@ def _synthesis_error(e: Exception, engine_name: str) -> ServiceError:
         return _voice_error(e)
     if isinstance(e, APIStatusError) and e.status_code == 404:
         return ServiceError(404, "unknown_voice", e.message)
+    if isinstance(e, APIStatusError) and e.status_code == 503:  # the engine at capacity
+        retry_after = (e.body or {}).get("retry_after_s", _WARMING_RETRY_AFTER_S)
+        return ServiceError(503, "engine_busy", e.message,
+                            headers={"Retry-After": str(math.ceil(retry_after))})
     if isinstance(e, APIStatusError) and 400 <= e.status_code < 500:
         return ServiceError(400, "invalid_request", e.message)
     if isinstance(e, APIError):
@@ -413,6 +418,13 @@ class ServiceState:
             "optimizations": list(info.optimizations),
             "sample_rate": self.engine.sample_rate,
             "model_revision": info.model_revision,
+            # streams kept at real time, and how many speak or wait now (past it: 503)
+            "capacity": info.capacity,
+            "engine_streams": {
+                "speaking": self.engine.scheduler.admission.active,
+                "waiting": self.engine.scheduler.admission.waiting,
+                "rejected": self.engine.scheduler.admission.rejected,
+            },
             "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
             "voices": {
                 "known": known,
@@ -507,10 +519,15 @@ def _gpu_memory(device: str) -> dict[str, Any] | None:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+# a busy engine is the client's to retry (503 + Retry-After), not the plugin's: LiveKit's
+# default retries would hold the request for several of the engine's waits first
+_NO_RETRY = APIConnectOptions(max_retry=0)
+
+
 async def _frames(tts: localtts.TTS, text: str) -> AsyncIterator[rtc.AudioFrame]:
     """The plugin's audio for `text`, frame by frame, as the engine produces it."""
     try:
-        async with tts.synthesize(text) as stream:
+        async with tts.synthesize(text, conn_options=_NO_RETRY) as stream:
             async for event in stream:
                 yield event.frame
     finally:

@@ -19,11 +19,13 @@ running more workers (one per GPU) - see `worker_load`.
 Scale-out: LiveKit's dispatcher is the balancer
 ------------------------------------------------
 Each worker computes its load (`load_fnc`) every 0.5 s and reports it every 2.5 s: the
-larger of rooms / max sessions (LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory
-in use. At 1.0 the worker reports itself full and LiveKit sends new rooms to other workers
-registered under the same agent name; with none left, a new room gets no agent at all
-(livekit-server dispatches once, at room creation). Adding capacity = starting another
-worker (container) against the same LiveKit server; nothing else to configure.
+larger of rooms / max sessions (LOCALTTS_AGENT_MAX_SESSIONS), the engine's streams (speaking
+or waiting to) / its capacity (streams it keeps at real time, measured at warmup or
+LOCALTTS_ENGINE_CAPACITY), GPU utilisation and GPU memory in use. At 1.0 the worker reports
+itself full and LiveKit sends new rooms to other workers registered under the same agent
+name; with none left, a new room gets no agent at all (livekit-server dispatches once, at
+room creation). Adding capacity = starting another worker (container) against the same
+LiveKit server; nothing else to configure.
 
 Environment
 -----------
@@ -116,9 +118,20 @@ def gpu_load() -> GpuLoad | None:
     return GpuLoad(memory_used=1.0 - free / total, utilisation=utilisation)
 
 
-def worker_load(rooms: int, max_sessions: int, gpu: GpuLoad | None) -> float:
-    """The load LiveKit's dispatcher sees, 0..1: the scarcest resource wins."""
+def worker_load(
+    rooms: int,
+    max_sessions: int,
+    gpu: GpuLoad | None,
+    *,
+    streams: int = 0,
+    capacity: int | None = None,
+) -> float:
+    """The load LiveKit's dispatcher sees, 0..1: the scarcest resource wins. `streams`
+    (speaking or waiting to) against the engine's `capacity` (streams it keeps at real time):
+    at 1.0 new rooms go elsewhere before callers here hear gaps."""
     parts = [rooms / max_sessions]
+    if capacity:
+        parts.append(streams / capacity)
     if gpu is not None:
         parts.append(gpu.memory_used)
         if gpu.utilisation is not None:
@@ -347,7 +360,17 @@ class WorkerRuntime:
             # utilisation swings between words; the average is what a new room meets
             self._gpu_utilisation.add_sample(gpu.utilisation)
             gpu = GpuLoad(gpu.memory_used, self._gpu_utilisation.get_avg())
-        return worker_load(rooms, self.settings.agent_max_sessions, gpu)
+        streams, capacity = self._engine_streams()
+        return worker_load(
+            rooms, self.settings.agent_max_sessions, gpu, streams=streams, capacity=capacity
+        )
+
+    def _engine_streams(self) -> tuple[int, int | None]:
+        """(streams speaking or waiting, capacity) of the engine's admission."""
+        if self.engine is None:
+            return 0, None
+        admission = self.engine.scheduler.admission
+        return admission.active + admission.waiting, admission.capacity
 
     def load_report(self) -> dict[str, Any]:
         gpu = gpu_load()
@@ -358,6 +381,8 @@ class WorkerRuntime:
             "rooms": self.active_sessions,
             "speaking": self.active_streams,
             "max_sessions": self.settings.agent_max_sessions,
+            "engine_streams": self._engine_streams()[0],
+            "engine_capacity": self._engine_streams()[1],
             "gpu_memory_used": gpu.memory_used if gpu else None,
             "gpu_utilisation": gpu.utilisation if gpu else None,
             "load": self.load(),

@@ -96,8 +96,32 @@ class KRun:
 
 async def one_stream(tts: Any, text: str, started: float) -> StreamRun:
     arrivals: list[tuple[float, float]] = []  # (arrival, frame duration)
-    async for ev in tts.synthesize(text):
-        arrivals.append((time.perf_counter(), ev.frame.duration))
+    if isinstance(tts, EngineOnly):
+        await asyncio.to_thread(tts.speak, text, arrivals)
+    else:
+        async for ev in tts.synthesize(text):
+            arrivals.append((time.perf_counter(), ev.frame.duration))
+    return stream_run(arrivals, started)
+
+
+class EngineOnly:
+    """`engine.stream` from a thread per stream, for a machine without livekit-agents (a lent
+    GPU: bench/engine_only.py); the plugin adds only its thread bridge on top."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def speak(self, text: str, arrivals: list[tuple[float, float]]) -> None:
+        import threading
+
+        from livekit.plugins.localtts.engines.base import SynthesisParams
+
+        rate = self.engine.sample_rate
+        for chunk in self.engine.stream(text, None, SynthesisParams(), threading.Event()):
+            arrivals.append((time.perf_counter(), len(chunk) / rate))
+
+
+def stream_run(arrivals: list[tuple[float, float]], started: float) -> StreamRun:
     first_at, first_len = arrivals[0]
     audio = sum(d for _, d in arrivals)
     stall, before = 0.0, 0.0
@@ -171,15 +195,23 @@ def set_batching(engine: Any, on: bool, max_batch: int) -> None:
 
 
 async def measure(args: argparse.Namespace, paths: list[str]) -> tuple[list[KRun], dict]:
-    from livekit.plugins import localtts
+    import bench.engine_only
 
     started = time.perf_counter()
     engine, text, tokens = build_engine(args)
     setup_s = time.perf_counter() - started
-    tts = localtts.TTS(engine=engine)
+    if bench.engine_only.ENGINE_ONLY:
+        tts: Any = EngineOnly(engine)
+    else:
+        from livekit.plugins import localtts
+
+        tts = localtts.TTS(engine=engine)
     max_batch = engine.scheduler.max_batch if hasattr(engine, "scheduler") else 1
-    info = {"setup_s": setup_s, "code": os.path.dirname(localtts.__file__),
-            "capacity": getattr(engine.info(), "capacity", None)}
+    info = {"setup_s": setup_s, "capacity": getattr(engine.info(), "capacity", None),
+            "code": next(iter(sys.modules["livekit.plugins.localtts"].__path__)),
+            "through": "engine.stream" if bench.engine_only.ENGINE_ONLY else "the plugin"}
+    if hasattr(engine, "scheduler"):  # measure K streams, not the admission line past capacity
+        engine.scheduler.admission.capacity = None
     runs: list[KRun] = []
     for path in paths:  # once untimed per path: first-call costs of a batch size
         if path != "before":
@@ -259,8 +291,9 @@ def main() -> None:
               "piper": "Piper joe-medium, two sentences/stream",
               "chatterbox": f"{size} Chatterbox on {args.device}, {args.tokens} tokens/stream, "
                             f"{args.cfm_steps} CFM steps"}[args.engine]
-    print(f"\nconcurrency bench: {detail}; load average {load_before} -> {load_after}; "
-          f"engine capacity (measured at warmup): {info['capacity']}")
+    print(f"\nconcurrency bench: {detail}, through {info['through']}; load average "
+          f"{load_before} -> {load_after}; engine capacity (measured at warmup): "
+          f"{info['capacity']}")
     print(f"code: {info['code']}" + (f"; baseline: {before_info.get('code')}" if before_info
                                      else ""))
     tokens = args.engine != "piper"

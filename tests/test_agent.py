@@ -301,6 +301,10 @@ def test_worker_load() -> None:
     assert worker_load(1, 4, GpuLoad(memory_used=0.9, utilisation=0.2)) == 0.9
     assert worker_load(1, 4, GpuLoad(memory_used=0.1, utilisation=0.8)) == 0.8
     assert worker_load(3, 4, GpuLoad(memory_used=0.1, utilisation=None)) == 0.75
+    # streams against the engine's capacity: two speaking where two keep real time is full
+    assert worker_load(1, 4, None, streams=2, capacity=2) == 1.0
+    assert worker_load(2, 4, None, streams=1, capacity=4) == 0.5
+    assert worker_load(1, 4, None, streams=3, capacity=None) == 0.25  # not measured yet
 
 
 def test_load_counts_the_servers_rooms(runtime: WorkerRuntime) -> None:
