@@ -477,6 +477,7 @@ class ServiceState:
             voice=voice,
             voice_library=self.voice_library,
             settings=self.settings,
+            limit_to_capacity=True,  # past it: 503 + Retry-After, not a slower voice for all
             **params,
         )
 

@@ -492,7 +492,7 @@ async def test_past_capacity_callers_wait_then_get_a_retryable_busy() -> None:
                                                    wait_s=30.0))
     engine.warmup()
     assert engine.info().capacity == 1  # configured: the warmup did not override it
-    tts = localtts.TTS(engine=engine)
+    tts = localtts.TTS(engine=engine, limit_to_capacity=True)
     seen: list[TTSMetrics] = []
     tts.on("metrics_collected", seen.append)
     first = tts.synthesize(MULTI)
@@ -516,6 +516,12 @@ async def test_past_capacity_callers_wait_then_get_a_retryable_busy() -> None:
     # acquire_time): the second waited at least while we held the first; the first not at all
     assert acquire[len("I waited for my turn.")] >= 0.2
     assert acquire[len(MULTI)] < 0.1
+    # without the limit (an agent's rooms, already dispatched here): counted, never refused
+    counted = localtts.TTS(engine=engine)
+    holder = engine.scheduler.admission.acquire()
+    frames, _ = await collect(counted.synthesize("Served anyway."))
+    assert rms(frames_to_float(frames)) > 0.02
+    holder.release()
     assert engine.scheduler.admission.active == 0
 
 

@@ -3,9 +3,9 @@
 The engine computes on its scheduler thread (batched with every other stream of the
 process) and yields float32 chunks to a waiting worker thread; each chunk is handed to the
 event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the moment it
-exists. A stream holds an admission lease on the engine while it speaks: past the engine's
-capacity it waits a bounded time, then fails as "busy" (retryable). Nothing here knows about
-tensors.
+exists. A stream holds an admission lease on the engine while it speaks (the engine's load);
+with `limit_to_capacity`, past the engine's capacity it waits a bounded time, then fails as
+"busy" (retryable). Nothing here knows about tensors.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class TTS(tts.TTS):
         cfg_weight: float | None = None,
         seed: int | None = None,
         settings: Settings | None = None,
+        limit_to_capacity: bool = False,
     ) -> None:
         """A LiveKit TTS speaking with a self-hosted model.
 
@@ -129,6 +130,10 @@ class TTS(tts.TTS):
             language, speed, temperature, exaggeration, cfg_weight, seed: synthesis knobs;
                 engines ignore the ones they do not have.
             settings: defaults to the environment (`LOCALTTS_*`).
+            limit_to_capacity: past the engine's capacity (streams it keeps at real time),
+                wait in line up to `LOCALTTS_ENGINE_WAIT_S`, then fail with a retryable
+                503 "busy" (a service's choice). False (default, agents): a room already
+                here is always served; its stream still counts towards the engine's load.
         """
         self._settings = settings or get_settings()
         if isinstance(engine, str):
@@ -161,6 +166,7 @@ class TTS(tts.TTS):
             read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
+        self._limit_to_capacity = limit_to_capacity
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
 
     @property
@@ -249,12 +255,15 @@ class TTS(tts.TTS):
         return await self._voice_library.conditioning(voice_id, self._engine)
 
 
-async def _admitted(engine: Engine) -> Lease:
-    """The engine's admission lease, waited for in a worker thread; a caller that gives up
-    (cancellation) leaves no lease behind."""
+async def _admitted(engine: Engine, *, limit: bool) -> Lease:
+    """The engine's admission lease (see `TTS(limit_to_capacity=)`), waited for in a worker
+    thread; a caller that gives up (cancellation) leaves no lease behind."""
+    admission = engine.scheduler.admission
+    if not limit:
+        return admission.acquire(limit=False)  # counted only: never waits
     cancel = threading.Event()
     future = asyncio.get_running_loop().run_in_executor(
-        _executor, lambda: engine.scheduler.admission.acquire(cancel=cancel)
+        _executor, lambda: admission.acquire(cancel=cancel)
     )
     try:
         return await asyncio.shield(future)
@@ -424,7 +433,7 @@ class _Speaker:
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
         if self._lease is None:  # one lease for the whole reply: its pieces never queue
-            self._lease = await _admitted(self._tts.engine)
+            self._lease = await _admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
             self.waited_s += self._lease.waited_s
         times: list[StreamTimes] = []
         continues_at = None  # a later piece is due when the audio pushed so far runs out

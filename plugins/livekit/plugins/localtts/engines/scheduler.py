@@ -30,9 +30,10 @@ error in one stream's step fails that stream alone; a failed batched step is ret
 stream at a time so that only the stream at fault fails.
 
 Admission: `capacity` is how many streams the engine keeps at real time (measured at warmup
-or configured). Callers that speak for a while (a reply of several pieces) hold a `Lease`;
-past capacity they wait in a bounded queue for at most `wait_s`, then get `EngineBusyError`
-(the service's 503 with Retry-After, the worker's "send rooms elsewhere").
+or configured). Callers that speak for a while (a reply of several pieces) hold a `Lease`, so
+the engine knows how many streams it serves (the worker's load: past capacity, new rooms go
+elsewhere). Callers that ask for the limit (the service) wait past capacity in a bounded line
+for at most `wait_s`, then get `EngineBusyError` (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -246,14 +247,21 @@ class Admission:
         return self._capacity or 0  # default: as many waiting as can run
 
     def acquire(
-        self, timeout: float | None = None, *, cancel: threading.Event | None = None
+        self,
+        timeout: float | None = None,
+        *,
+        limit: bool = True,
+        cancel: threading.Event | None = None,
     ) -> Lease:
         """A lease, waiting in line when the engine is full; EngineBusyError when the line
-        is full or `timeout` (default `wait_s`) passes first (or `cancel` is set)."""
+        is full or `timeout` (default `wait_s`) passes first (or `cancel` is set).
+        `limit=False`: counted, never refused (a room already dispatched here is served)."""
         timeout = self.wait_s if timeout is None else timeout
         started = time.monotonic()
         with self._cond:
-            if self._capacity is None or (self.active < self._capacity and not self._line):
+            if not limit or self._capacity is None or (
+                self.active < self._capacity and not self._line
+            ):
                 self.active += 1
                 return Lease(self, 0.0)
             if len(self._line) >= self._max_line():
