@@ -160,7 +160,9 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, str, int]:
         from tests.tiny_xtts import build_xtts, make_test_clip
 
         model = build_xtts("tiny" if args.tiny else "real")
-        engine = XTTSEngine.from_model(model, int8=not args.fp32, max_tokens=args.tokens)
+        # the CPU defaults of the product (int8 GPT; bf16 HiFiGAN where the CPU has native bf16)
+        engine = XTTSEngine.from_model(model, int8=False if args.fp32 else None,
+                                       vocoder_bf16=None, max_tokens=args.tokens)
         engine.load()
         engine.set_default_voice(engine.condition(make_test_clip("bench", seconds=6.0)))
         return engine, XTTS_TEXT, args.tokens

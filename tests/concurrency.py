@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -27,3 +27,19 @@ def together(jobs: dict[int, Callable[[], Any]], *, stagger_s: float = 0.0) -> d
     for thread in threads:
         thread.join(timeout=300)
     return results
+
+
+def assert_cancel_stops_within_a_step(
+    chunks: Iterator[Any], cancel: threading.Event, steps: Callable[[], int]
+) -> None:
+    """After its first chunk, cancelling `chunks` lets its caller go at once, and the engine
+    (whose model steps `steps()` counts) stops within the step in flight."""
+    next(chunks)
+    cancel.set()
+    at_cancel = steps()  # the scheduler may be inside one more step right now
+    assert list(chunks) == []  # let go at once, even mid-step
+    time.sleep(0.3)
+    assert steps() <= at_cancel + 1  # at most the step in flight ended
+    stopped = steps()
+    time.sleep(0.3)
+    assert steps() == stopped  # and nothing after it: the stream left at the step boundary

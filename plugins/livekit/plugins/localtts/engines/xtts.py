@@ -391,11 +391,11 @@ class XTTSEngine:
         return capacity
 
     def _vocoder_seconds_per_token(self) -> float:
-        """Vocoding time per token of a steady chunk (the second one; context included)."""
+        """Vocoding time per token of the chunks after the first (context included)."""
         work = self._warm_work(4 * self.chunk_tokens)
         work.prefill()
-        seconds, tokens = 0.0, 1
-        for _ in range(2):  # a short cap (max_tokens) may end the piece at the first chunk
+        seconds, tokens = 0.0, 0
+        for chunk in range(3):  # a short cap (max_tokens) may end the piece sooner
             while work.next_step() == "decode":
                 decode_batch(self, [work])
             if work.next_step() != "emit":
@@ -404,7 +404,9 @@ class XTTSEngine:
             before = piece.emitted
             started = time.perf_counter()
             work.emit()
-            seconds, tokens = time.perf_counter() - started, piece.emitted - before
+            if chunk or work._piece is None:  # the first chunk is small: context dominates
+                seconds += time.perf_counter() - started
+                tokens += piece.emitted - before
         work.close()
         return seconds / max(1, tokens)
 
