@@ -23,7 +23,9 @@ scheduler picks the next step:
    of audio (first audio time + audio delivered), so the stream closest to a gap is served
    next and none starves.
 3. A decode step takes every stream that wants tokens (up to `max_batch`), not just the
-   one chosen: one batched step costs little more than one stream's.
+   one chosen: one batched step costs little more than one stream's. For a first chunk,
+   newcomers prefill first so that all first chunks decode together, and playing streams
+   ride along only when their listener is about to run dry (each row makes a step dearer).
 
 A cancelled (or abandoned) stream leaves at the next step boundary and frees its slot. An
 error in one stream's step fails that stream alone; a failed batched step is retried one
@@ -65,6 +67,8 @@ Step = Literal["prefill", "decode", "emit", "wait", "done"]
 DEFAULT_MAX_BATCH = 16
 DEFAULT_WAIT_S = 5.0
 _CANCEL_POLL_S = 0.05
+# a playing stream joins a first chunk's decode steps only when its audio runs out this soon
+_JOIN_FIRST_CHUNK_WITHIN_S = 1.0
 
 
 def capacity_probes(max_batch: int) -> list[int]:
@@ -183,6 +187,11 @@ class _Stream:
     @property
     def stopped(self) -> bool:
         return self.abandoned or self.cancel.is_set()
+
+    @property
+    def first_chunk(self) -> bool:
+        """Still working towards its first audio (and not a later piece of a reply)."""
+        return self.continues_at is None and self.times.first_audio is None
 
     def priority(self) -> tuple[int, float, int]:
         """First chunks first (in arrival order), then earliest deadline: when the
@@ -513,6 +522,10 @@ class EngineScheduler:
             self._take_inbox(block=True, timeout=0.05)
             return
         chosen = min(runnable, key=_Stream.priority)
+        if chosen.first_chunk and chosen.next == "decode" and self.max_batch > 1:
+            # newcomers prefill first, so that every first chunk decodes in one batch
+            newcomers = [s for s in runnable if s.first_chunk and s.next == "prefill"]
+            chosen = min(newcomers, key=_Stream.priority, default=chosen)
         self.steps += 1
         if chosen.next == "decode":
             self._decode(chosen)
@@ -537,10 +550,14 @@ class EngineScheduler:
     def _decode(self, chosen: _Stream) -> None:
         batch = [chosen]
         if self.max_batch > 1:
+            # a first chunk's steps carry the other first chunks, and playing streams only if
+            # their listener is about to run dry: each row makes the step dearer
+            soon = time.monotonic() + _JOIN_FIRST_CHUNK_WITHIN_S
             others = sorted(
                 (s for s in self._active
                  if s is not chosen and (s.next == "decode" or self._wants_decode(s))
-                 and s.next != "wait"),
+                 and s.next != "wait"
+                 and (not chosen.first_chunk or s.first_chunk or s.priority()[1] <= soon)),
                 key=_Stream.priority,
             )
             batch += others[: self.max_batch - 1]
