@@ -199,6 +199,33 @@ def test_a_new_streams_first_chunk_goes_before_other_streams_later_chunks(
     assert ("emit", 1) in kinds[first_of_two:]  # and went on afterwards
 
 
+def test_first_chunks_of_streams_arriving_together_decode_as_one_batch(
+    engine, monkeypatch
+) -> None:
+    recorder = Recorder(monkeypatch)
+    handle = engine._model.gpt.gpt.ln_f.register_forward_pre_hook(
+        lambda _m, args: recorder.events.append(("decode", args[0].shape[0], None, 0))
+        if args[0].shape[1] == 1 else None
+    )
+    busy = threading.Thread(target=engine.scheduler.call, args=(time.sleep, 0.5))
+    busy.start()  # the three arrive while the engine is busy: together
+    time.sleep(0.1)
+    try:
+        results = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3)})
+    finally:
+        handle.remove()
+        busy.join()
+    assert all(isinstance(r, np.ndarray) and r.size for r in results.values())
+    kinds = [(kind, seed) for kind, seed, _, _ in recorder.events]
+    first_emit = next(i for i, (kind, _) in enumerate(kinds) if kind == "emit")
+    # all three prefill (in whatever order their threads arrived), then every step up to
+    # the first chunks carries all three
+    assert sorted(kinds[:3]) == [("prefill", 1), ("prefill", 2), ("prefill", 3)]
+    steps = [n for kind, n in kinds[3:first_emit]]
+    assert steps == [3] * (engine.first_chunk_tokens - 1)  # the prefill sampled the first
+    assert sorted(seed for kind, seed in kinds[first_emit : first_emit + 3]) == [1, 2, 3]
+
+
 def test_no_stream_starves(engine, monkeypatch) -> None:
     recorder = Recorder(monkeypatch)
     engine.max_tokens = 40
