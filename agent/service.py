@@ -17,7 +17,7 @@ import math
 import struct
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, APIStatusError
+from livekit.agents.metrics import TTSMetrics
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import (
     EngineUnavailableError,
@@ -525,7 +526,7 @@ def _gpu_memory(device: str) -> dict[str, Any] | None:
 _NO_RETRY = APIConnectOptions(max_retry=0)
 
 
-async def _frames(tts: localtts.TTS, text: str) -> AsyncIterator[rtc.AudioFrame]:
+async def _frames(tts: localtts.TTS, text: str) -> AsyncGenerator[rtc.AudioFrame, None]:
     """The plugin's audio for `text`, frame by frame, as the engine produces it."""
     try:
         async with tts.synthesize(text, conn_options=_NO_RETRY) as stream:
@@ -711,6 +712,10 @@ def create_app(
             exaggeration=body.exaggeration,
             cfg_weight=body.cfg_weight,
         )
+        # the room takes frames at real time, so only the stream knows when synthesis itself
+        # produced its first and last audio (LiveKit's TTSMetrics)
+        synthesis: list[TTSMetrics] = []
+        tts_.on("metrics_collected", synthesis.append)
         gauge = state.metrics.active_streams.labels("room")
         gauge.inc()
         try:
@@ -721,10 +726,16 @@ def create_app(
             raise _synthesis_error(e, state.engine.name) from e
         finally:
             gauge.dec()
+        if synthesis:
+            first_audio_s: float | None = synthesis[-1].ttfb
+            synthesis_s = synthesis[-1].duration
+        else:  # (a stream that played reports them; should one not, the room's times)
+            first_audio_s = report.first_audio_s
+            synthesis_s = report.finished_at - report.started_at
         state.metrics.observe_synthesis(
             "room",
-            first_audio_s=report.first_audio_s,
-            synthesis_s=report.synthesis_s,
+            first_audio_s=first_audio_s,
+            synthesis_s=synthesis_s,
             audio_s=report.audio_s,
         )
         info = state.engine.info()
@@ -732,12 +743,12 @@ def create_app(
             room_name=body.room_name,
             engine=state.engine.name,
             voice_id=voice,
-            first_chunk_ms=_ms(report.first_audio_s),
-            total_time_ms=_ms(report.synthesis_s) or 0.0,
+            first_chunk_ms=_ms(first_audio_s),
+            total_time_ms=_ms(synthesis_s) or 0.0,
             queued_ms=_ms(report.queued_s) or 0.0,
             audio_duration_seconds=round(report.audio_s, 3),
             real_time_factor=(
-                round(report.real_time_factor, 4) if report.real_time_factor else None
+                round(synthesis_s / report.audio_s, 4) if report.audio_s > 0 else None
             ),
             optimizations=list(info.optimizations),
         )

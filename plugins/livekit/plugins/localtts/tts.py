@@ -56,6 +56,10 @@ from .text import TextSplitter
 # admission lease, for a load or warmup to finish.
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
+# A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
+# listener would wait through before hearing anything), less a few ms for the onset's ramp
+_AUDIBLE = 1e-3  # -60 dBFS
+_LEAD_IN_S = 0.005
 
 
 # one warmup per engine instance, however many TTS objects (rooms) prewarm it
@@ -446,6 +450,8 @@ class _Speaker:
         try:
             async with aclosing(chunks):  # closing stops the engine's stream at once
                 async for chunk in chunks:
+                    if self.pushed_samples == 0:
+                        chunk = self._from_first_sound(chunk)
                     if chunk.size:
                         if self._first_audio is None:
                             self._first_audio = time.monotonic()
@@ -459,6 +465,12 @@ class _Speaker:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+    def _from_first_sound(self, chunk: np.ndarray) -> np.ndarray:
+        audible = np.flatnonzero(np.abs(chunk) > _AUDIBLE)
+        if audible.size == 0:
+            return chunk[:0]  # still silence (pad_if_silent covers a reply that stays so)
+        return chunk[max(0, int(audible[0]) - round(_LEAD_IN_S * self._tts.sample_rate)) :]
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
