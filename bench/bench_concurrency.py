@@ -196,7 +196,8 @@ def set_batching(engine: Any, on: bool, max_batch: int) -> None:
     engine.scheduler.max_batch = max_batch if on else 1
 
 
-async def measure(args: argparse.Namespace, paths: list[str]) -> tuple[list[KRun], dict]:
+async def prepare(args: argparse.Namespace) -> tuple[Any, Any, str, int, dict]:
+    """The engine, the TTS to speak through, the text, tokens per stream, and facts."""
     import bench.engine_only
 
     started = time.perf_counter()
@@ -208,46 +209,100 @@ async def measure(args: argparse.Namespace, paths: list[str]) -> tuple[list[KRun
         from livekit.plugins import localtts
 
         tts = localtts.TTS(engine=engine)
-    max_batch = engine.scheduler.max_batch if hasattr(engine, "scheduler") else 1
     info = {"setup_s": setup_s, "capacity": getattr(engine.info(), "capacity", None),
             "code": next(iter(sys.modules["livekit.plugins.localtts"].__path__)),
             "through": "engine.stream" if bench.engine_only.ENGINE_ONLY else "the plugin"}
     if hasattr(engine, "scheduler"):  # measure K streams, not the admission line past capacity
         engine.scheduler.admission.capacity = None
-    runs: list[KRun] = []
-    for path in paths:  # once untimed per path: first-call costs of a batch size
-        if path != "before":
-            set_batching(engine, path == "batched", max_batch)
-        await run_k(tts, path, 2, text, tokens)
-    for k in args.ks:
-        for path in paths:  # alternate, so machine noise hits every path alike
-            if path != "before":
-                set_batching(engine, path == "batched", max_batch)
-            runs.append(await run_k(tts, path, k, text, tokens))
-            print(f"  done: {path} K={k}", file=sys.stderr, flush=True)
-    return runs, info
+    return engine, tts, text, tokens, info
 
 
-def baseline(args: argparse.Namespace) -> tuple[list[KRun], dict]:
-    """The same measurement on `args.baseline`'s code, in a subprocess."""
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "code.tar"
+class Baseline:
+    """`args.baseline`'s code in a subprocess that keeps its engine loaded and runs one K
+    when asked, so that its runs alternate with ours and machine noise hits both alike."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        archive = Path(self._tmp.name) / "code.tar"
         subprocess.run(
             ["git", "-C", str(ROOT), "archive", "-o", str(archive), args.baseline,
              "plugins", "tests", "bench"], check=True,
         )
-        tree = Path(tmp) / "tree"
+        tree = Path(self._tmp.name) / "tree"
         with tarfile.open(archive) as tar:
             tar.extractall(tree, filter="data")
-        out = Path(tmp) / "runs.json"
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker-json", str(out),
-                *sys.argv[1:]]
-        env = dict(os.environ, LOCALTTS_BENCH_ROOT=str(tree))
-        subprocess.run(argv, check=True, env=env)
-        data = json.loads(out.read_text())
-    runs = [KRun(r["path"], r["k"], r["wall_s"], r["tokens"],
-                 [StreamRun(**s) for s in r["streams"]]) for r in data["runs"]]
-    return runs, data["info"]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", *sys.argv[1:]]
+        self._process = subprocess.Popen(
+            argv, env=dict(os.environ, LOCALTTS_BENCH_ROOT=str(tree)), text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self.info: dict = {}
+
+    def _ask(self, request: dict) -> dict:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the baseline process exited ({self._process.wait()})")
+        return dict(json.loads(line))
+
+    def ready(self) -> None:
+        self.info = self._ask({"ready": True})
+
+    def run(self, k: int) -> KRun:
+        r = self._ask({"k": k})
+        return KRun(r["path"], r["k"], r["wall_s"], r["tokens"],
+                    [StreamRun(**s) for s in r["streams"]])
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=60)
+        self._tmp.cleanup()
+
+
+async def serve_baseline(args: argparse.Namespace) -> None:
+    """The baseline subprocess: answer `ready`, then one K per request, as JSON lines."""
+    answers = os.fdopen(os.dup(1), "w")  # the protocol; anything else printed goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _engine, tts, text, tokens, info = await prepare(args)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("ready"):
+            await run_k(tts, "before", 2, text, tokens)  # untimed: first-call costs
+            answer: dict = info
+        else:
+            answer = asdict(await run_k(tts, "before", request["k"], text, tokens))
+        print(json.dumps(answer), file=answers, flush=True)
+
+
+async def measure(args: argparse.Namespace, baseline: Baseline | None) -> tuple[list[KRun], dict]:
+    """Every K on every path: batched, one stream per step, the baseline's code."""
+    engine, tts, text, tokens, info = await prepare(args)
+    if baseline is not None:
+        await asyncio.to_thread(baseline.ready)  # it loaded while we did
+    max_batch = engine.scheduler.max_batch
+    paths = ["batched", "one per step"]
+    for path in paths:  # once untimed per path: first-call costs of a batch size
+        set_batching(engine, path == "batched", max_batch)
+        await run_k(tts, path, 2, text, tokens)
+    if baseline is not None:
+        paths.append("before")
+    runs: list[KRun] = []
+    for k in args.ks:
+        for path in paths:  # alternate, so machine noise hits every path alike
+            if path == "before":
+                assert baseline is not None
+                runs.append(await asyncio.to_thread(baseline.run, k))
+            else:
+                set_batching(engine, path == "batched", max_batch)
+                runs.append(await run_k(tts, path, k, text, tokens))
+            print(f"  done: {path} K={k}", file=sys.stderr, flush=True)
+    if hasattr(engine, "cost_model"):  # what a token costs, to explain the tokens/s
+        info["cost"] = engine.cost_model(args.ks)
+    return runs, info
 
 
 def load_average() -> str:
@@ -267,22 +322,21 @@ def main() -> None:
     parser.add_argument("--cfm-steps", type=int, default=10, help="chatterbox S3Gen steps")
     parser.add_argument("--baseline", default=None,
                         help="git ref of the code to compare with (e.g. ea0946b)")
-    parser.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker_json:  # the baseline subprocess: measure, write, done
-        runs, info = asyncio.run(measure(args, ["before"]))
-        Path(args.worker_json).write_text(json.dumps(
-            {"runs": [asdict(r) for r in runs], "info": info}
-        ))
+    if args.worker:  # the baseline subprocess
+        asyncio.run(serve_baseline(args))
         return
 
     load_before = load_average()
-    runs, info = asyncio.run(measure(args, ["batched", "one per step"]))
-    before_info: dict = {}
-    if args.baseline:
-        before, before_info = baseline(args)
-        runs += before
+    baseline = Baseline(args) if args.baseline else None
+    try:
+        runs, info = asyncio.run(measure(args, baseline))
+    finally:
+        if baseline is not None:
+            baseline.close()
+    before_info = baseline.info if baseline is not None else {}
     load_after = load_average()
 
     labels = {"batched": "batched", "one per step": "one stream per step",
@@ -324,6 +378,20 @@ def main() -> None:
             else:
                 line += f", worst first audio {r.first(1.0) / one.first(1.0):.2f}x K=1's"
             print(line)
+    if "cost" in info:
+        cost = info["cost"]
+        vocoder = cost["vocoder_s_per_token"]
+        steps = {int(b): s for b, s in cost["decode_step_s"].items()}
+        print(f"\nwhere a token's time goes (measured after the runs, on the scheduler thread): "
+              f"vocoder {1000 * vocoder:.1f} ms per token and stream (not batched)")
+        print("\n| batch | decode step (ms) | step per token (ms) | step + vocoder per token (ms) "
+              "| tokens/s this allows | x batch 1 |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        ceiling = {b: b / (s + b * vocoder) for b, s in steps.items()}
+        for b, step in steps.items():
+            print(f"| {b} | {1000 * step:.1f} | {1000 * step / b:.1f} | "
+                  f"{1000 * (step / b + vocoder):.1f} | {ceiling[b]:.1f} | "
+                  f"{ceiling[b] / ceiling[min(steps)]:.2f} |")
     print(json.dumps({"runs": [
         {"path": r.path, "k": r.k, "p50": r.first(0.5), "p95": r.first(0.95),
          "rtf": r.worst_rtf, "stall": r.worst_stall, "tokens_per_s": r.tokens_per_s}

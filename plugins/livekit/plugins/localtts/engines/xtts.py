@@ -372,23 +372,38 @@ class XTTSEngine:
         vocoder_s = self._vocoder_seconds_per_token()
         capacity = 0
         for batch in capacity_probes(self.scheduler.max_batch):
-            works = [self._warm_work(self.first_chunk_tokens + 8, seed=i) for i in range(batch)]
-            for w in works:
-                w.prefill()
-            decode_batch(self, works)  # once untimed: first-call costs of this batch size
-            started = time.perf_counter()
-            steps = 3
-            for _ in range(steps):
-                decode_batch(self, works)
-            step_s = (time.perf_counter() - started) / steps
-            for w in works:
-                w.close()
-            if step_s + batch * vocoder_s > budget:
+            if self._decode_step_seconds(batch) + batch * vocoder_s > budget:
                 break
             capacity = batch
         logger.info("xtts: %d stream(s) at real time (vocoder %.1f ms/token)", capacity,
                     1000 * vocoder_s)
         return capacity
+
+    def _decode_step_seconds(self, batch: int, steps: int = 3) -> float:
+        """One batched GPT step for `batch` streams (scheduler thread only)."""
+        works = [self._warm_work(self.first_chunk_tokens + steps + 8, seed=i)
+                 for i in range(batch)]
+        for w in works:
+            w.prefill()
+        decode_batch(self, works)  # once untimed: first-call costs of this batch size
+        started = time.perf_counter()
+        for _ in range(steps):
+            decode_batch(self, works)
+        step_s = (time.perf_counter() - started) / steps
+        for w in works:
+            w.close()
+        return step_s
+
+    def cost_model(self, batches: list[int]) -> dict[str, Any]:
+        """What a token costs on this machine now: the batched decode step for each batch
+        size and the vocoder per token and stream (measured on the scheduler thread; for
+        benches, which explain their tokens/s with it)."""
+        def measure() -> dict[str, Any]:
+            return {"decode_step_s": {b: self._decode_step_seconds(b, steps=8) for b in batches},
+                    "vocoder_s_per_token": self._vocoder_seconds_per_token()}
+
+        self.warmup()
+        return self.scheduler.call(measure)
 
     def _vocoder_seconds_per_token(self) -> float:
         """Vocoding time per token of the chunks after the first (context included)."""
