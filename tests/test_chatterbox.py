@@ -304,7 +304,7 @@ def _assert_cancel_stops_within_a_step(engine: ChatterboxEngine, monkeypatch) ->
     counter = _StepCounter(engine, monkeypatch)
     cancel = threading.Event()
     stream = engine.stream(TEXT, None, SynthesisParams(seed=1), cancel)
-    assert_cancel_stops_within_a_step(stream, cancel, lambda: counter.calls)
+    assert_cancel_stops_within_a_step(stream, cancel, lambda: counter.calls, engine.scheduler)
     assert engine.last_stats.cancelled
     assert engine._decoder.free_slots == engine._decoder.slots  # its slot is free again
     assert len(_first_chunk(engine, SynthesisParams(seed=2))) > 0

@@ -158,7 +158,9 @@ def test_cancel_between_chunks_stops_at_once_and_next_request_works(engine: XTTS
     counter = _ForwardCounter(engine)
     try:
         stream = engine.stream("Hello there, how are you?", None, SynthesisParams(seed=0), cancel)
-        assert_cancel_stops_within_a_step(stream, cancel, lambda: counter.calls)
+        assert_cancel_stops_within_a_step(
+            stream, cancel, lambda: counter.calls, engine.scheduler
+        )
     finally:
         counter.remove()
     assert sum(len(c) for c in _collect(engine)) == frames_for_tokens(MAX_TOKENS) * HOP
