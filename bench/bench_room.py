@@ -42,17 +42,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "agent"), str(ROOT), str(ROOT / "bench")]
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from livekit import rtc  # noqa: E402
 from livekit.plugins import localtts  # noqa: E402
+from livekit.plugins.localtts.engines import EngineInfo  # noqa: E402
 from livekit.plugins.localtts.voices import VoiceLibrary  # noqa: E402
 from texts import SENTENCE  # noqa: E402
 
-from agent.rooms import RoomPublishers  # noqa: E402
-from agent.service import create_app  # noqa: E402
+from localtts_agent.service.app import create_app  # noqa: E402
+from localtts_agent.service.room_publisher import RoomPublishers  # noqa: E402
+from localtts_agent.settings import ServiceSettings  # noqa: E402
 from tests.livekit_helpers import RoomListener, frames_to_float  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server, server_binary  # noqa: E402
 
@@ -235,19 +237,21 @@ def build_tts(engine: str, xtts_tokens: int) -> localtts.TTS:
 
 async def bench_engine(
     engine: str, server: LiveKitServer, args: argparse.Namespace
-) -> tuple[Runs, dict]:
+) -> tuple[Runs, EngineInfo]:
     runs, text = args.runs, args.text
     tts = build_tts(engine, args.xtts_tokens)
     await tts.warmup()
-    settings = localtts.Settings(
-        engine=tts.engine.name,
+    settings = localtts.Settings(engine=tts.engine.name)
+    service_settings = ServiceSettings(
         livekit_url=server.url,
         livekit_api_key=server.api_key,
         livekit_api_secret=server.api_secret,
     )
     library = VoiceLibrary(use_database=False)
     await library.start()
-    app = create_app(settings, tts=tts, voice_library=library)
+    app = create_app(
+        settings, service_settings=service_settings, tts=tts, voice_library=library
+    )
     result = Runs()
     async with app.router.lifespan_context(app):
         await app.state.service.wait_started()
@@ -283,7 +287,7 @@ async def bench_engine(
     return result, info
 
 
-def summary(engine: str, r: Runs, info: dict) -> list[dict]:
+def summary(engine: str, r: Runs, info: EngineInfo) -> list[dict]:
     def row(path: str, values: list[float]) -> dict:
         return {
             "engine": engine,
@@ -317,7 +321,7 @@ def summary(engine: str, r: Runs, info: dict) -> list[dict]:
                 "runs": 1,
             }
         )
-    rows[0]["optimizations"] = info.get("optimizations", [])
+    rows[0]["optimizations"] = list(info.optimizations)
     return rows
 
 

@@ -4,7 +4,7 @@ Piper voice and a real PostgreSQL voice library, requests through httpx.
 Fixtures: `piper_settings` and `piper_tts` (session: the process's one engine, loaded once,
 as in a real service) and `library` (a started VoiceLibrary on a fresh database).
 `running_app(settings, tts, library, ...)` runs the app's lifespan and yields it with a
-client.
+client; its service settings (API key, LiveKit) are none unless `service_settings` says.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import pytest
 from livekit.plugins import localtts
 from livekit.plugins.localtts.voices import VoiceLibrary
 
-from agent.rooms import RoomConnector
-from agent.service import create_app
+from localtts_agent.service.app import create_app
+from localtts_agent.service.room_publisher import RoomConnector
+from localtts_agent.settings import ServiceSettings
 
 
 @pytest.fixture(scope="session")
 def piper_settings() -> localtts.Settings:
-    return localtts.Settings(engine="piper", voice=None, api_key=None)
+    return localtts.Settings(engine="piper", voice=None)
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +51,14 @@ async def running_app(
     tts: localtts.TTS,
     library: VoiceLibrary | None,
     *,
+    service_settings: ServiceSettings | None = None,
     connector: RoomConnector | None = None,
     wait: bool = True,
     room_idle_timeout: float = 60.0,
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     app = create_app(
         settings,
+        service_settings=service_settings or ServiceSettings(_env_file=None, api_key=None),  # type: ignore[call-arg]
         tts=tts,
         voice_library=library,
         room_connector=connector,

@@ -345,16 +345,16 @@ BATCH_TEXTS = {1: TEXT, 2: "Another voice speaks at once.", 3: "And a third one.
 
 
 def _stats_by_seed(monkeypatch) -> dict[int, object]:
-    from livekit.plugins.localtts.engines.chatterbox import _ChatterboxStreamWork
+    from livekit.plugins.localtts.engines.chatterbox_stream import ChatterboxStreamWork
 
     stats: dict[int, object] = {}
-    close = _ChatterboxStreamWork.close
+    close = ChatterboxStreamWork.close
 
     def recording_close(self) -> None:
         close(self)
         stats[self.seed] = self.stats
 
-    monkeypatch.setattr(_ChatterboxStreamWork, "close", recording_close)
+    monkeypatch.setattr(ChatterboxStreamWork, "close", recording_close)
     return stats
 
 
@@ -407,16 +407,16 @@ def test_cancelling_one_stream_leaves_the_others_unchanged(engine, alone) -> Non
 
 
 def test_a_failure_in_one_stream_fails_only_that_stream(engine, alone, monkeypatch) -> None:
-    from livekit.plugins.localtts.engines.chatterbox import _ChatterboxStreamWork
+    from livekit.plugins.localtts.engines.chatterbox_stream import ChatterboxStreamWork
 
-    emit = _ChatterboxStreamWork.emit
+    emit = ChatterboxStreamWork.emit
 
     def failing_emit(self) -> np.ndarray | None:
         if self.seed == 2 and self.stats.first_chunk_s is not None:
             raise RuntimeError("S3Gen failed for stream two")
         return emit(self)
 
-    monkeypatch.setattr(_ChatterboxStreamWork, "emit", failing_emit)
+    monkeypatch.setattr(ChatterboxStreamWork, "emit", failing_emit)
     results = together({seed: (lambda s=seed: _speak(engine, s)) for seed in BATCH_TEXTS})
     assert isinstance(results[2], RuntimeError) and "stream two" in str(results[2])
     for seed in (1, 3):

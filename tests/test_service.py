@@ -28,8 +28,16 @@ from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import create_engine
 from livekit.plugins.localtts.voices import VoiceLibrary
 
-from agent.rooms import LiveKitConnector, PlaybackReport, RoomJoinError, RoomPublishers
-from agent.service import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, OPENAI_SAMPLE_RATE, create_app
+from localtts_agent.service.app import create_app
+from localtts_agent.service.models import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
+from localtts_agent.service.room_publisher import (
+    LiveKitConnector,
+    PlaybackReport,
+    RoomJoinError,
+    RoomPublishers,
+)
+from localtts_agent.service.routers.speech import OPENAI_SAMPLE_RATE
+from localtts_agent.settings import ServiceSettings
 
 from .livekit_helpers import frames_to_float, rms
 from .recording_engine import RecordingEngine
@@ -414,8 +422,10 @@ async def test_voices_crud(service: tuple[Any, httpx.AsyncClient], piper_tts: lo
 async def test_bearer_token_guards_synthesis_and_voices(
     piper_settings: localtts.Settings, piper_tts: localtts.TTS, library: VoiceLibrary
 ) -> None:
-    settings = piper_settings.model_copy(update={"api_key": "s3cret-token"})
-    async with running_app(settings, piper_tts, library) as (_, client):
+    service_settings = ServiceSettings(_env_file=None, api_key="s3cret-token")  # type: ignore[call-arg]
+    async with running_app(
+        piper_settings, piper_tts, library, service_settings=service_settings
+    ) as (_, client):
         speech = {"model": "tts-1", "input": "Hi."}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
             response = await client.post("/v1/audio/speech", json=speech, headers=headers)
@@ -736,14 +746,15 @@ async def test_livekit_token_and_an_unreachable_server(
     assert claims.video.room_join and claims.video.can_publish
     assert not claims.video.can_subscribe
 
-    settings = piper_settings.model_copy(
-        update={
-            "livekit_url": f"ws://127.0.0.1:{port}",
-            "livekit_api_key": "devkey",
-            "livekit_api_secret": secret,
-        }
+    service_settings = ServiceSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        livekit_url=f"ws://127.0.0.1:{port}",
+        livekit_api_key="devkey",
+        livekit_api_secret=secret,
     )
-    async with running_app(settings, piper_tts, library) as (_, client):
+    async with running_app(
+        piper_settings, piper_tts, library, service_settings=service_settings
+    ) as (_, client):
         assert (await client.get("/health")).json()["livekit_configured"] is True
         response = await client.post("/api/tts/synthesize", json={"text": "Hi.", "room_name": "r"})
         assert response.status_code == 502

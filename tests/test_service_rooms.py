@@ -24,7 +24,8 @@ from livekit import rtc
 from livekit.plugins import localtts
 from livekit.plugins.localtts.voices import VoiceLibrary
 
-from agent.rooms import SOURCE_QUEUE_MS, LiveKitConnector, RoomPublishers
+from localtts_agent.service.room_publisher import SOURCE_QUEUE_MS, LiveKitConnector, RoomPublishers
+from localtts_agent.settings import ServiceSettings
 
 from .livekit_helpers import (
     HeardMatch,
@@ -100,14 +101,18 @@ async def room_service(
     server: LiveKitServer,
 ) -> AsyncIterator[RoomService]:
     """The app with LIVEKIT_* pointing at `server`: it joins rooms with its own connector."""
-    settings = settings.model_copy(update={
-        "livekit_url": server.url,
-        "livekit_api_key": server.api_key,
-        "livekit_api_secret": server.api_secret,
-    })  # fmt: skip
+    service_settings = ServiceSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        livekit_url=server.url,
+        livekit_api_key=server.api_key,
+        livekit_api_secret=server.api_secret,
+    )
     engine = RecordingEngine(piper_tts.engine, keep_audio=True)
     tts = localtts.TTS(engine=engine, settings=settings)  # type: ignore[arg-type]
-    async with running_app(settings, tts, library) as (app, client):
+    async with running_app(settings, tts, library, service_settings=service_settings) as (
+        app,
+        client,
+    ):
         assert (await client.get("/health")).json()["livekit_configured"]
         engine.calls.clear()  # warmup's
         yield RoomService(app, client, engine, server, piper_tts.sample_rate)

@@ -3,9 +3,10 @@
 T3 (Llama, text -> 25 Hz speech tokens) decodes every active stream in one batched step over
 static KV cache slots, compiled and captured as a CUDA graph per batch size
 (`chatterbox_t3`); S3Gen (flow + HiFT, tokens -> 24 kHz audio) renders each stream's chunks
-between those steps (`chatterbox_s3gen`). All of it runs on the engine's scheduler thread,
-which puts new streams' first chunks first (`scheduler`). On CPU the same step runs eagerly in
-fp32 without graphs, which is what the tests exercise.
+between those steps (`chatterbox_s3gen`); one stream's steps are `chatterbox_stream`'s. All
+of it runs on the engine's scheduler thread, which puts new streams' first chunks first
+(`scheduler`). On CPU the same step runs eagerly in fp32 without graphs, which is what the
+tests exercise.
 
 Weights come from a local directory or the Hugging Face cache (`ResembleAI/chatterbox`); the
 hub is only contacted when `allow_download` is set.
@@ -17,11 +18,10 @@ import importlib.util
 import io
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,13 @@ from .base import (
     reference_audio,
 )
 from .chatterbox_checkpoint import DEFAULT_VOICE_FILE, WEIGHTS, load_parts
-from .chatterbox_options import ChatterboxOptions, StreamStats
-from .scheduler import EngineScheduler, Step, capacity_probes
+from .chatterbox_options import SAMPLE_RATE, ChatterboxOptions, StreamStats
+from .chatterbox_stream import ChatterboxStreamWork, SlotProbe, decode_batch, sampling_params
+from .scheduler import EngineScheduler, capacity_probes
 from .weights import DIGEST_CACHE_FILE, resolve_weights, weights_problem, weights_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
 
-SAMPLE_RATE = 24_000  # chatterbox S3GEN_SR; known without importing torch
 _TOKENS_PER_SECOND = 25  # speech tokens per second of audio (real time)
 _ENC_COND_SECONDS = 6  # T3 speech prompt (upstream ChatterboxTTS.ENC_COND_LEN)
 _DEC_COND_SECONDS = 10  # S3Gen reference (upstream DEC_COND_LEN)
@@ -109,7 +109,7 @@ class ChatterboxEngine:
         self._digest_cache = digest_cache
         # every stream, the load and the conditioning run on this thread; T3 steps are batched
         self.scheduler = scheduler or EngineScheduler(self.name)
-        self.scheduler.decode_batch = self._decode_batch
+        self.scheduler.decode_batch = lambda works: decode_batch(self, works)
         self._loaded = False
         self._device: Any = None
         self._t3: Any = None
@@ -330,7 +330,7 @@ class ChatterboxEngine:
         max_new = self.options.first_chunk_tokens + 2 * self.options.lookahead_tokens
         conds = self._warmup_conditionals()
         for _ in self.scheduler.stream(
-            lambda: _ChatterboxStreamWork(self, "Warming up.", conds, params, max_new),
+            lambda: ChatterboxStreamWork(self, "Warming up.", conds, params, max_new),
             threading.Event(),
         ):
             chunks += 1
@@ -353,9 +353,9 @@ class ChatterboxEngine:
         for batch in capacity_probes(decoder.slots):
             if self._device.type == "cpu" and decoder.compiled and batch > 1:
                 break  # each size compiles for seconds on the CPU: not at startup
-            owners = [_Probe() for _ in range(batch)]
+            owners = [SlotProbe() for _ in range(batch)]
             for i, owner in enumerate(owners):
-                decoder.start(owner, embeds, _sampling_params(SynthesisParams()), i)
+                decoder.start(owner, embeds, sampling_params(SynthesisParams()), i)
             decoder.step(owners, 1)  # first use of this size (compiles there)
             if self._device.type == "cuda":
                 torch.cuda.synchronize()
@@ -571,32 +571,8 @@ class ChatterboxEngine:
         if not text.strip():
             return
         yield from self.scheduler.stream(
-            lambda: _ChatterboxStreamWork(self, text, conds, params), cancel
+            lambda: ChatterboxStreamWork(self, text, conds, params), cancel
         )
-
-    def _decode_batch(self, works: list[_ChatterboxStreamWork]) -> dict[int, BaseException]:
-        """T3 steps for every stream in `works` at once, then one host read of their tokens.
-        The step mutates the device state of every row in place, so it cannot be retried
-        one stream at a time: if it fails, it fails the streams it ran."""
-        decoder = self._decoder
-        steps = min(w.steps_wanted() for w in works)
-        started = time.perf_counter()
-        try:
-            decoder.step(works, steps)
-            new = decoder.tokens([(w.slot, w.read, decoder.length[w.slot]) for w in works])
-        except Exception as e:
-            return dict.fromkeys(range(len(works)), e)
-        seconds = time.perf_counter() - started
-        failures: dict[int, BaseException] = {}
-        for i, (work, tokens) in enumerate(zip(works, new, strict=True)):
-            try:
-                work.take(tokens, seconds)
-            except Exception as e:
-                failures[i] = e
-        for work in works:
-            if work.finished:
-                work.leave()  # the slot is free for the next stream at once
-        return failures
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         marked = self._watermarker.apply_watermark(chunk, sample_rate=SAMPLE_RATE)
@@ -652,134 +628,3 @@ class ChatterboxEngine:
             loaded=True, default_voice=default_voice, optimizations=tuple(optimizations),
             capacity=self.scheduler.capacity, details=details,
         )  # fmt: skip
-
-
-def _sampling_params(params: SynthesisParams) -> Any:
-    """The request's knobs where given, SamplingParams' own (upstream's) defaults elsewhere."""
-    from .chatterbox_t3 import SamplingParams
-
-    knobs = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
-    return SamplingParams(**{k: v for k, v in knobs.items() if v is not None})
-
-
-class _Probe:
-    """A slot holder while the warmup times the step."""
-
-    slot: int = -1
-
-
-class _ChatterboxStreamWork:
-    """One Chatterbox stream for the scheduler: `prefill` takes a KV cache slot, `decode`
-    (batched) samples tokens, `emit` renders the next chunk through S3Gen.
-
-    Chunk boundaries depend on the speech tokens alone (the streamer's schedule), never on
-    when the scheduler read them, so a stream's audio is the same alone and in any batch.
-    """
-
-    sample_rate = SAMPLE_RATE
-
-    def __init__(
-        self, engine: ChatterboxEngine, text: str, conds: Any, params: SynthesisParams,
-        max_new_tokens: int | None = None,
-    ) -> None:
-        import torch
-
-        self._engine = engine
-        self._decoder = engine._decoder
-        self.sampling = _sampling_params(params)
-        exaggeration = 0.5 if params.exaggeration is None else params.exaggeration
-        self.seed = params.seed if params.seed is not None else secrets.randbits(62)
-        self.stats = StreamStats()
-        self._started = time.perf_counter()
-        with torch.inference_mode():
-            self._embeds: Any = engine._prompt_embeds(text, conds, exaggeration)
-            voice = engine._streamer.prepare(conds.gen)
-        self.stream = engine._streamer.open(voice, seed=self.seed)
-        self._max_new = max_new_tokens or engine.options.max_new_tokens
-        self.slot = -1
-        self.joined = False  # prefilled into a slot
-        self.holds_slot = False
-        self.read = 0  # tokens of the slot already read by the host
-        self.limit = 0
-        self.finished = False
-
-    def next_step(self) -> Step:
-        if not self.joined:
-            return "prefill" if self._decoder.free_slots else "wait"
-        stream = self.stream
-        if stream.chunk_ready() or (self.finished and len(stream.tokens) > stream.committed):
-            return "emit"
-        return "done" if self.finished else "decode"
-
-    def wants_decode(self) -> bool:
-        """Decode ahead of the vocoder by up to one host read."""
-        if not self.holds_slot or self.finished:
-            return False
-        ahead = self.stream.tokens_needed_for_next_chunk() + self._decoder.stop_check_interval
-        return len(self.stream.tokens) < ahead
-
-    def prefill(self) -> None:
-        started = time.perf_counter()
-        decoder = self._decoder
-        decoder.start(self, self._embeds, self.sampling, self.seed)
-        self.joined = self.holds_slot = True
-        self.limit = min(decoder.capacity_for(self._embeds.shape[1]), self._max_new)
-        self._embeds = None
-        self.stats.prefill_s = time.perf_counter() - started
-        if self.limit <= 1:  # nothing more to decode: read the one token now
-            self.take(decoder.tokens([(self.slot, 0, 1)])[0], 0.0)
-            self.leave()
-
-    def steps_wanted(self) -> int:
-        """Steps until this stream's next host read: exactly when its next chunk's tokens are
-        there, else every `stop_check_interval` steps; never past its limit."""
-        interval = self._decoder.stop_check_interval
-        want = self.stream.tokens_needed_for_next_chunk() - len(self.stream.tokens)
-        steps = interval if want <= 0 else min(interval, want)
-        return max(1, min(steps, self.limit - self._decoder.length[self.slot]))
-
-    def take(self, new: list[int], seconds: float) -> None:
-        """Tokens read from the slot since the last read."""
-        hp = self._decoder.hp
-        self.stats.t3_s += seconds
-        self.read = length = self._decoder.length[self.slot]
-        if hp.stop_speech_token in new:
-            new = new[: new.index(hp.stop_speech_token)]
-            self.stats.stopped = True
-        self.stream.add([t for t in new if t < hp.start_speech_token])  # ids >= 6561: none
-        if self.stats.stopped or length >= self.limit:
-            self.finished = True
-            self.stats.tokens = length
-
-    def leave(self) -> None:
-        if self.holds_slot:
-            self.holds_slot = False
-            self._decoder.release(self)
-
-    def emit(self) -> np.ndarray | None:
-        stream, stats = self.stream, self.stats
-        started = time.perf_counter()
-        chunk = stream.render_next() if stream.chunk_ready() else stream.finish()
-        stats.vocoder_s += time.perf_counter() - started
-        if chunk is None:
-            return None
-        stats.chunk_tokens = list(stream.chunk_tokens)
-        stats.speech_tokens = list(stream.tokens)
-        if stats.first_chunk_s is None:
-            stats.first_chunk_s = time.perf_counter() - self._started
-            stats.tokens_at_first_chunk = len(stream.tokens)
-            stats.sampled_at_first_chunk = self.read
-        elif self._engine._watermarker is not None:
-            chunk = self._engine._watermark(chunk)
-        stats.audio_s += len(chunk) / SAMPLE_RATE
-        return np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
-
-    def close(self) -> None:
-        stats = self.stats
-        if self.holds_slot:
-            stats.tokens = self._decoder.length[self.slot]
-        self.leave()
-        done = self.finished and len(self.stream.tokens) <= self.stream.committed
-        stats.cancelled = not done
-        stats.total_s = time.perf_counter() - self._started
-        self._engine.last_stats = stats

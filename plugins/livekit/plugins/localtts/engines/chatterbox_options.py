@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+SAMPLE_RATE = 24_000  # chatterbox S3GEN_SR; known without importing torch
 
 
 @dataclass(frozen=True)
