@@ -183,10 +183,21 @@ def test_a_new_streams_first_chunk_goes_before_other_streams_later_chunks(
     engine.max_tokens = 60  # a long first stream: many chunks
     try:
         long_text = "This first stream keeps talking for a good while longer."
-        results = together(
-            {1: lambda: speak(engine, 1, text=long_text), 2: lambda: speak(engine, 2)},
-            stagger_s=0.25,
-        )
+        speaking = threading.Event()  # stream two starts once stream one is speaking
+
+        def one() -> np.ndarray:
+            chunks = []
+            for chunk in engine.stream(long_text, None, SynthesisParams(seed=1),
+                                       threading.Event()):
+                chunks.append(chunk)
+                speaking.set()
+            return np.concatenate(chunks)
+
+        def two() -> np.ndarray:
+            assert speaking.wait(timeout=60)
+            return speak(engine, 2)
+
+        results = together({1: one, 2: two})
     finally:
         engine.max_tokens = MAX_TOKENS
     assert all(isinstance(r, np.ndarray) and r.size for r in results.values())
@@ -228,6 +239,11 @@ def test_first_chunks_of_streams_arriving_together_decode_as_one_batch(
 
 def test_no_stream_starves(engine, monkeypatch) -> None:
     recorder = Recorder(monkeypatch)
+    # deadlines reckoned on a clock where each step takes 20 ms (faster than real time for
+    # four streams), not the wall clock: on a loaded machine every stream runs late, and
+    # then earliest-deadline-first rightly serves the longest-starved listeners first
+    scheduler = engine.scheduler
+    monkeypatch.setattr(scheduler, "clock", lambda: scheduler.steps * 0.02)
     engine.max_tokens = 40
     try:
         results = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3, 4)},

@@ -172,7 +172,8 @@ class _Stream:
         self,
         make_work: Callable[[], StreamWork],
         cancel: threading.Event,
-        continues_at: float | None = None,
+        continues_at: float | None,
+        now: float,
     ) -> None:
         self.id = next(self._ids)
         self.continues_at = continues_at
@@ -180,7 +181,7 @@ class _Stream:
         self.work: StreamWork | None = None
         self.cancel = cancel
         self.abandoned = False  # the consumer closed its generator
-        self.times = StreamTimes(submitted=time.monotonic())
+        self.times = StreamTimes(submitted=now)
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.next: Step = "prefill"
 
@@ -324,10 +325,13 @@ class EngineScheduler:
         capacity: int | None = None,
         max_waiting: int | None = None,
         wait_s: float = DEFAULT_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.name = name
+        # what deadlines are reckoned in: the plugin's `continues_at` is time.monotonic()
+        self.clock = clock
         self.decode_batch = decode_batch
         self.max_batch = max_batch if batching else 1
         self.batching = batching
@@ -407,7 +411,7 @@ class EngineScheduler:
             return
         self._ensure_thread()
         sink, continues_at = getattr(_context, "value", None) or (None, None)
-        record = _Stream(make_work, cancel, continues_at)
+        record = _Stream(make_work, cancel, continues_at, self.clock())
         if sink is not None:
             sink.append(record.times)
         self._inbox.put(record)
@@ -509,7 +513,7 @@ class EngineScheduler:
         for s in list(self._active):
             try:
                 if s.work is None:
-                    s.times.started = time.monotonic()
+                    s.times.started = self.clock()
                     s.work = s.make_work()
                 s.next = s.work.next_step()
             except Exception as e:
@@ -543,7 +547,7 @@ class EngineScheduler:
     def _deliver(self, s: _Stream, chunk: np.ndarray) -> None:
         t = s.times
         if t.first_audio is None:
-            t.first_audio = time.monotonic()
+            t.first_audio = self.clock()
         t.audio_s += chunk.size / s.work.sample_rate  # type: ignore[union-attr]
         s.out.put(chunk)
 
@@ -552,7 +556,7 @@ class EngineScheduler:
         if self.max_batch > 1:
             # a first chunk's steps carry the other first chunks, and playing streams only if
             # their listener is about to run dry: each row makes the step dearer
-            soon = time.monotonic() + _JOIN_FIRST_CHUNK_WITHIN_S
+            soon = self.clock() + _JOIN_FIRST_CHUNK_WITHIN_S
             others = sorted(
                 (s for s in self._active
                  if s is not chosen and (s.next == "decode" or self._wants_decode(s))
