@@ -490,15 +490,15 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
         spans = track.speech_spans(gap=0.1)
         waits.append(spans[0][0] - joined)
         assert waits[-1] < GREETING_WITHIN_S
-        # the whole greeting, once: as much speech as Piper's. +-0.25 s: Opus and Piper's
-        # own variation (one compute thread synthesizes the four greetings in turn: seen
-        # within 0.07 s at load 8-20 on 2 cores; four Piper threads had stretched it 0.31 s);
-        # a doubled or halved greeting is off by 0.75 s or more
+        # the whole greeting, once: as much speech as Piper's. +-0.3 s: Opus, Piper's own
+        # variation and the receiver's jitter buffer stretching speech when the machine is
+        # starved (one compute thread synthesizes the four greetings in turn: within 0.07 s
+        # at load 8-20 on 2 cores, +0.18 s at load 24, more once above 30; four Piper threads
+        # had stretched it 0.31 s); a doubled or halved greeting is off by 0.75 s or more
         louds.append(loud_seconds(track.samples(), RATE))
-        assert louds[-1] == pytest.approx(loud_seconds(greeting, RATE), abs=0.25)
         # not asserted: the longest pause. The greeting is one piece, synthesized whole, so
-        # a pause inside it is the transport's (seen 0.28-1.06 s against Piper's own 0.38-0.42
-        # at load 8-20), too loose a bound to tell our scheduling apart
+        # a pause inside it is the transport's (seen 0.28-1.39 s against Piper's own 0.38-0.46
+        # at load 8-24), too loose a bound to tell our scheduling apart
         pauses.append(max((b[0] - a[1] for a, b in itertools.pairwise(spans)), default=0.0))
     print(
         f"\nfour rooms at once: greetings {', '.join(f'{w:.2f}' for w in waits)} s after "
@@ -506,6 +506,7 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
         f"{loud_seconds(greeting, RATE):.2f} s); longest pause inside "
         f"{', '.join(f'{p:.2f}' for p in pauses)} s (Piper's {longest_pause(greeting):.2f} s)"
     )
+    assert louds == pytest.approx([loud_seconds(greeting, RATE)] * 4, abs=0.3)
 
 
 def server_log(server: LiveKitServer) -> list[tuple[str, dict[str, Any]]]:

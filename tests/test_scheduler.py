@@ -327,3 +327,21 @@ def test_admission_waits_in_line_then_says_busy() -> None:
     with admission.acquire():
         assert admission.active == 1
     assert admission.active == 0 and admission.rejected == 2
+
+
+def test_admission_never_refuses_while_the_line_moves_up() -> None:
+    """A place just freed, its waiter not yet moved up: a newcomer queues behind it (it is
+    not refused because the line looks full)."""
+    admission = Admission(1, max_waiting=1, wait_s=5)
+    speaking = admission.acquire()
+    waiter = threading.Thread(target=lambda: admission.acquire().release())
+    waiter.start()
+    while admission.waiting == 0:
+        time.sleep(0.01)
+    with admission._cond:  # holds the waiter back: one place free, one in line
+        speaking.release()
+        assert admission.active == 0 and admission.waiting == 1
+        lease = admission.acquire()  # queues; the waiter moves up, speaks, leaves
+    waiter.join(timeout=5)
+    assert admission.active == 1 and admission.rejected == 0
+    lease.release()

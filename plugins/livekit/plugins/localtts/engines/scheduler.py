@@ -274,7 +274,9 @@ class Admission:
             ):
                 self.active += 1
                 return Lease(self, 0.0)
-            if len(self._line) >= self._max_line():
+            # full: capacity running and the line waiting (a line that is about to move up
+            # into a freed place still counts as the line, never as a reason to refuse)
+            if self.active + len(self._line) >= self._capacity + self._max_line():
                 self.rejected += 1
                 raise self._busy(f"{self.waiting} streams already wait")
             ticket = object()
