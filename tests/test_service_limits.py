@@ -140,6 +140,9 @@ def _start_serve(port: int, database_url: str, tmp_path: Path, grace_s: float) -
         "LOCALTTS_SHUTDOWN_GRACE_S": str(grace_s),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
+        # a capacity measured at warmup follows the machine's load (1 on a busy machine):
+        # these tests run a few streams at once and are not about admission
+        "LOCALTTS_ENGINE_CAPACITY": "16",
     }
     env.pop("LOCALTTS_API_KEY", None)
     command = [sys.executable, "-m", "localtts_agent.cli.app", "serve", "--port", str(port)]
@@ -199,7 +202,7 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
         rc = await asyncio.to_thread(proc.wait, grace_s + 20)
         took = time.monotonic() - stopped_at
         output = proc.stdout.read().decode()
-        assert rc == 0, output[-3000:]
+        assert rc == 0, (rc, output[-6000:])
         # the long stream had the grace, then was ended: the process did not wait for it
         assert grace_s - 0.3 < took < grace_s + 12, (took, output[-3000:])
         rest = await asyncio.wait_for(reader.read(), 10)  # the server closed it

@@ -27,6 +27,7 @@ logger = logging.getLogger("localtts.service")
 
 ROOM_IDLE_TIMEOUT_S = 60.0
 _WARMING_RETRY_AFTER_S = 2
+_ENGINE_IDLE_WAIT_S = 5.0  # at shutdown, for the engine to finish the step it is in
 
 
 class ServiceState:
@@ -140,6 +141,12 @@ class ServiceState:
             await self.rooms.aclose()
         if self._tts is not None:
             await self._tts.aclose()
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(_until_engine_idle, self.engine), _ENGINE_IDLE_WAIT_S
+                )
+            except asyncio.TimeoutError:
+                logger.warning("the engine was still computing at exit")
         if self._owns_library and self.voice_library is not None:
             await self.voice_library.aclose()
 
@@ -195,6 +202,13 @@ class ServiceState:
             "optimizations": list(info.optimizations),
             "sample_rate": self.engine.sample_rate,
             "model_revision": info.model_revision,
+            # streams kept at real time, and how many speak or wait now (past it: 503)
+            "capacity": info.capacity,
+            "engine_streams": {
+                "speaking": self.engine.scheduler.admission.active,
+                "waiting": self.engine.scheduler.admission.waiting,
+                "rejected": self.engine.scheduler.admission.rejected,
+            },
             "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
             "voices": {
                 "known": known,
@@ -233,8 +247,21 @@ class ServiceState:
             voice=voice,
             voice_library=self.voice_library,
             settings=self.settings,
+            limit_to_capacity=True,  # past it: 503 + Retry-After, not a slower voice for all
             **params,
         )
+
+
+def _until_engine_idle(engine: localtts.Engine) -> None:
+    """Until the engine's thread runs no stream. Streams ended at shutdown are dropped at its
+    next step; a process that exits while onnxruntime computes on that thread is aborted by
+    the runtime's teardown (SIGABRT, seen with Piper) instead of exiting 0."""
+    scheduler = engine.scheduler
+    if scheduler.thread_ident is None:
+        return  # it never ran
+    # `call` runs between two steps, on the thread itself: no step is running then
+    while scheduler.call(lambda: scheduler.active_streams) > 0:
+        time.sleep(0.05)
 
 
 def _livekit_connector(settings: ServiceSettings) -> LiveKitConnector | None:
