@@ -66,9 +66,10 @@ class Row:
 class Service:
     """`localtts serve` in a subprocess, with its RSS sampled in the background."""
 
-    def __init__(self, data_dir: Path, grace_s: float) -> None:
+    def __init__(self, data_dir: Path, grace_s: float, capacity: int | None) -> None:
         self.data_dir = data_dir
         self.grace_s = grace_s
+        self.capacity = capacity
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,6 +85,8 @@ class Service:
             "LOCALTTS_SHUTDOWN_GRACE_S": str(self.grace_s),
             "HF_HUB_OFFLINE": "1",
         }
+        if self.capacity is not None:
+            env["LOCALTTS_ENGINE_CAPACITY"] = str(self.capacity)
         for name in ("DATABASE_URL", "LOCALTTS_API_KEY"):
             env.pop(name, None)
         (self.data_dir / "no-voices").mkdir(exist_ok=True)
@@ -140,8 +143,9 @@ def _free_port() -> int:
 
 async def stream_once(
     client: httpx.AsyncClient, row: Row, text: str, *, hang_up: bool = False
-) -> bytes:
-    """One streaming request; records its status and first byte; the audio received."""
+) -> bytes | None:
+    """One streaming request; records its status and first byte; the audio received (None:
+    refused with a status, e.g. 503 engine_busy past capacity: refused, not lost)."""
     started = time.perf_counter()
     received = bytearray()
     row.sent += 1
@@ -150,12 +154,14 @@ async def stream_once(
             "POST", "/v1/audio/speech", json={"input": text, "response_format": "pcm"}
         ) as response:
             async for chunk in response.aiter_bytes():
-                if not received:
+                if not received and response.status_code == 200:  # audio, not an error
                     row.first_byte_s.append(time.perf_counter() - started)
                 received += chunk
                 if hang_up:
                     break
             row.statuses[str(response.status_code)] += 1
+            if response.status_code != 200:
+                return None
     except httpx.HTTPError as e:
         row.statuses[type(e).__name__] += 1
     return bytes(received)
@@ -175,7 +181,7 @@ async def concurrent(service: Service, n: int) -> Row:
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     async with httpx.AsyncClient(base_url=service.url, timeout=300, limits=limits) as client:
         audio = await asyncio.gather(*(stream_once(client, row, REPLY) for _ in range(n)))
-    short = sum(1 for a in audio if len(a) < 24_000 * 2 * 3)  # 24 kHz 16-bit: 3 s
+    short = sum(1 for a in audio if a is not None and len(a) < 24_000 * 2 * 3)  # 24 kHz 16-bit
     row.lost = "nothing" if short == 0 else f"{short} replies under 3 s of audio"
     row.rss_peak, row.rss_after = service.peak, service.rss()
     return row
@@ -325,6 +331,11 @@ async def main() -> None:
     parser.add_argument("--sigterm-streams", type=int, default=10)
     parser.add_argument("--grace", type=float, default=5.0, help="LOCALTTS_SHUTDOWN_GRACE_S")
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        help="LOCALTTS_ENGINE_CAPACITY (default: measured at warmup; past it: 503 engine_busy)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir and serve.log")
     args = parser.parse_args()
 
@@ -338,7 +349,7 @@ async def main() -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
-    service = Service(tmp, args.grace)
+    service = Service(tmp, args.grace, args.capacity)
     await service.start()
     clip = await asyncio.to_thread(speech_clip)
     rows = []
@@ -359,7 +370,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         if service.proc is not None and service.proc.poll() is None:
             service.proc.kill()
     # the stored voices survive the shutdown: a fresh service lists them all
-    again = Service(tmp, args.grace)
+    again = Service(tmp, args.grace, args.capacity)
     await again.start()
     async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
         listed = {v["voice_id"] for v in (await client.get("/api/voices")).json()["voices"]}
@@ -368,7 +379,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     await again.stop_sampling()
     missing = sorted(set(stored) - listed)
     rows[-1].lost = "nothing" if not missing else f"voices {missing} after restart"
-    print(f"load: {os.getloadavg()}; cores: {os.cpu_count()}")
+    capacity = args.capacity if args.capacity is not None else "measured at warmup"
+    print(f"load: {os.getloadavg()}; cores: {os.cpu_count()}; engine capacity: {capacity}")
     print_table(rows, first.rss_after)
     print(f"- after restart: {len(listed)} voices listed, {len(stored)} stored before")
     print(json.dumps({"single_request_rss_mib": round(first.rss_after)}))

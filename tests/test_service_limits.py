@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 from livekit.plugins import localtts
 from livekit.plugins.localtts.voices import VoiceLibrary
@@ -27,6 +23,7 @@ from localtts_agent.service.app import create_app
 from localtts_agent.service.server import server_config
 from localtts_agent.settings import ServiceSettings
 
+from .service_fixtures import free_port, start_serve, wait_ready
 from .test_service import uvicorn_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,55 +122,15 @@ async def test_refusals_made_before_the_app_are_counted(
 # ---------------------------------------------------------------------------- SIGTERM
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_serve(port: int, database_url: str, tmp_path: Path, grace_s: float) -> Any:
-    env = {
-        **os.environ,
-        "LOCALTTS_ENGINE": "piper",
-        "DATABASE_URL": database_url,
-        "LOCALTTS_VOICES_DIR": str(tmp_path),
-        "LOCALTTS_SHUTDOWN_GRACE_S": str(grace_s),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        # a capacity measured at warmup follows the machine's load (1 on a busy machine):
-        # these tests run a few streams at once and are not about admission
-        "LOCALTTS_ENGINE_CAPACITY": "16",
-    }
-    env.pop("LOCALTTS_API_KEY", None)
-    command = [sys.executable, "-m", "localtts_agent.cli.app", "serve", "--port", str(port)]
-    return subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-
-
-async def _wait_ready(url: str, proc: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            try:
-                if (await client.get(url + "/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.3)
-    raise AssertionError("the service did not become ready")
-
-
 async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_exits_0(
     database_url: str, tmp_path: Path
 ) -> None:
     grace_s = 2.0
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _start_serve(port, database_url, tmp_path, grace_s)
+    proc = start_serve(port, database_url, tmp_path, grace_s)
     try:
-        await _wait_ready(url, proc, timeout=120)
+        await wait_ready(url, proc, timeout=120)
         # a reader that takes a long reply (~8 minutes of audio) and stops reading
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         body = json.dumps({"input": "This reply goes on and on, sentence after sentence. " * 180})
@@ -212,41 +169,3 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-# ---------------------------------------------------------------------------- memory
-
-REPLY = (
-    "Thanks for calling, your order left the warehouse this morning. "
-    "It should arrive on Friday, and you will get a message when it is close."
-)
-
-
-async def test_memory_taken_by_a_burst_of_requests_is_given_back_when_idle(
-    database_url: str, tmp_path: Path
-) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _start_serve(port, database_url, tmp_path, grace_s=1.0)
-    try:
-        await _wait_ready(url, proc, timeout=120)
-        server = psutil.Process(proc.pid)
-        limits = httpx.Limits(max_connections=20)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-            speak = {"input": REPLY, "response_format": "pcm"}
-            assert (await client.post("/v1/audio/speech", json=speak)).status_code == 200
-            single = server.memory_info().rss
-            burst = await asyncio.gather(
-                *(client.post("/v1/audio/speech", json=speak) for _ in range(12))
-            )
-            assert all(r.status_code == 200 and len(r.content) > 100_000 for r in burst)
-            peak = server.memory_info().rss
-            # idle: back within 1.5x of the single-request figure (it stayed at ~5x)
-            deadline = time.monotonic() + 20
-            while (now := server.memory_info().rss) > 1.5 * single:
-                assert time.monotonic() < deadline, (single >> 20, peak >> 20, now >> 20)
-                await asyncio.sleep(0.5)
-        print(f"RSS MiB: single {single >> 20}, after the burst {peak >> 20}, idle {now >> 20}")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
