@@ -3,11 +3,19 @@
 The engine runs in a worker thread and yields float32 chunks; each chunk is handed to
 the event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the
 moment it exists. Nothing here knows about tensors.
+
+Aligned transcripts: before the audio a word starts in, the word's slice of the input text
+(spaces, punctuation and markup kept: it becomes the chat history) is pushed as a
+`TimedString`, timed from the start of the request's audio. An engine that yields
+`TimedChunk`s gives the times (Piper: from its phoneme durations); for the others each
+piece's start is exact and its words are spread by an estimate of their length
+(`_SpeakingPace`), never ahead of the audio produced so far.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -19,20 +27,24 @@ from typing import Any
 import numpy as np
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
     APIConnectOptions,
     APIError,
     APIStatusError,
+    APITimeoutError,
     tts,
     utils,
 )
-from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import is_given
 
 from .engines import (
     Engine,
+    EngineBusyError,
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
+    TimedChunk,
     UnknownVoiceError,
     VoiceConditioning,
     VoiceError,
@@ -44,7 +56,7 @@ from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
-from .text import TextSplitter
+from .text import Piece, TextSplitter
 
 # Engine work runs here; engines serialize model access themselves, so this only bounds
 # how many streams can wait on an engine at once.
@@ -64,8 +76,10 @@ def _warm_engine(engine: Engine) -> Future[None]:
 
     with _warmups_lock:
         _, future = _warmups.get(id(engine), (engine, None))
-        failed = future is not None and future.done() and (
-            future.cancelled() or future.exception() is not None
+        failed = (
+            future is not None
+            and future.done()
+            and (future.cancelled() or future.exception() is not None)
         )
         if future is None or failed:
             future = _executor.submit(load_and_warm)  # a failed warmup is tried again
@@ -78,6 +92,8 @@ class _TTSOptions:
     voice: str | None
     params: SynthesisParams
     first_clause_min_chars: int
+    first_piece_min_words: int
+    first_piece_wait_s: float
     max_piece_chars: int
     read_ahead_s: float
 
@@ -136,7 +152,7 @@ class TTS(tts.TTS):
             self._selection = None
             self._engine = engine
         super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=True),
+            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=self._engine.sample_rate,
             num_channels=1,
         )
@@ -151,11 +167,14 @@ class TTS(tts.TTS):
                 seed=seed,
             ),
             first_clause_min_chars=self._settings.first_clause_min_chars,
+            first_piece_min_words=self._settings.first_piece_min_words,
+            first_piece_wait_s=self._settings.first_piece_wait_s,
             max_piece_chars=self._settings.max_piece_chars,
             read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
+        self._pace = _SpeakingPace()
 
     @property
     def model(self) -> str:
@@ -301,16 +320,23 @@ async def engine_chunks(
         cancel.set()
 
 
-def _api_error(e: Exception, engine: Engine) -> APIError:
-    """The caller's fault (a voice, a request the engine cannot serve) is a 4xx; anything
-    else, a ValueError from deep inside a model included, is the engine's."""
+def _api_error(e: Exception, engine: Engine, *, audio_started: bool) -> APIError:
+    """The caller's fault (a voice, a request the engine cannot serve) is a 4xx; a transient
+    failure before any audio (the engine busy, its device out of memory) is retryable, so
+    LiveKit retries or a `FallbackAdapter` moves on; anything else, a ValueError from deep
+    inside a model included, is the engine's."""
     if isinstance(e, UnknownVoiceError):
         return APIStatusError(str(e), status_code=404, retryable=False)
     if isinstance(e, (VoiceError, InvalidRequestError)):
         return APIStatusError(str(e), status_code=400, retryable=False)
     if isinstance(e, EngineUnavailableError):
         return APIError(str(e), retryable=False)
-    return APIError(f"{engine.name} engine failed: {type(e).__name__}: {e}", retryable=False)
+    message = f"{engine.name} engine failed: {type(e).__name__}: {e}"
+    # torch.cuda.OutOfMemoryError (a RuntimeError), named so torch is never imported here
+    if isinstance(e, (EngineBusyError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":
+        # once audio is out a retry would start the text again from its first word
+        return APIConnectionError(message, retryable=not audio_started)
+    return APIError(message, retryable=False)
 
 
 def _text_splitter(engine: Engine, opts: _TTSOptions) -> TextSplitter:
@@ -319,6 +345,7 @@ def _text_splitter(engine: Engine, opts: _TTSOptions) -> TextSplitter:
     engine_limit = engine.max_piece_chars(opts.params.language)
     return TextSplitter(
         first_clause_min_chars=opts.first_clause_min_chars,
+        first_piece_min_words=opts.first_piece_min_words,
         max_piece_chars=min(opts.max_piece_chars, engine_limit or opts.max_piece_chars),
     )
 
@@ -361,32 +388,154 @@ class _ReadAheadStream:
         return ev
 
 
+_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
+_PAUSE_UNITS = {",": 1.0, ";": 1.5, ":": 1.5, ".": 2.0, "!": 2.0, "?": 2.0}
+
+
+def _speaking_units(word: str) -> float:
+    """How long a word takes to say, in syllables: vowel groups, digits (most are said as
+    one or two syllables), and the pause its punctuation makes."""
+    lower = word.lower()
+    syllables = len(_VOWEL_GROUPS.findall(lower)) + 1.5 * sum(ch.isdigit() for ch in lower)
+    return max(1.0, syllables) + _PAUSE_UNITS.get(lower.rstrip("\"')]*")[-1:], 0.0)
+
+
+class _SpeakingPace:
+    """Seconds per speaking unit of an engine that gives no word timings, learned from the
+    pieces it has spoken (starts at a typical 4.5 syllables per second)."""
+
+    def __init__(self) -> None:
+        self.seconds_per_unit = 0.22
+
+    def learn(self, units: float, seconds: float) -> None:
+        if units >= 3 and seconds > 0:  # a word or two says little about the pace
+            self.seconds_per_unit += 0.3 * (seconds / units - self.seconds_per_unit)
+
+
+class _PieceTranscript:
+    """The timed input text of one piece: each word's slice of the input, timed from the
+    request's first audio, pushed before (or with) the audio its word starts in.
+
+    With `TimedChunk`s the engine's times are used; otherwise the piece's start is exact and
+    each word is placed by its share of an estimated length, never later than the audio
+    produced so far, and the words left at the end share what remains of the piece."""
+
+    def __init__(self, piece: Piece, start_s: float, pace: _SpeakingPace, speed: float) -> None:
+        self._words = piece.raw_words()
+        self._start = start_s
+        self._pace = pace
+        self._units = [_speaking_units(w) for w in self._words]
+        per_unit = pace.seconds_per_unit / speed
+        self._estimate = list(start_s + per_unit * np.cumsum([0.0, *self._units[:-1]]))
+        self._pushed = [False] * len(self._words)
+        self._last = start_s  # the latest start pushed: times never go back
+        self._timed_by_engine = False
+
+    def before(self, chunk: np.ndarray, audio_end_s: float) -> list[TimedString]:
+        """The words to push before `chunk`, whose audio ends at `audio_end_s`."""
+        if isinstance(chunk, TimedChunk) and chunk.words:
+            self._timed_by_engine = True
+            return [
+                self._timed(w.word, self._start + w.start_s, self._start + w.end_s)
+                for w in chunk.words
+                if 0 <= w.word < len(self._words) and not self._pushed[w.word]
+            ]
+        if self._timed_by_engine:
+            return []
+        return [
+            self._timed(k, self._estimate[k], None)
+            for k in range(len(self._words))
+            if not self._pushed[k] and self._estimate[k] < audio_end_s
+        ]
+
+    def finish(self, end_s: float) -> list[TimedString]:
+        """The piece's audio ended at `end_s`: the words not pushed yet share the rest."""
+        if not self._timed_by_engine:
+            self._pace.learn(sum(self._units), end_s - self._start)
+        left = [k for k, done in enumerate(self._pushed) if not done]
+        if not left:
+            return []
+        span = max(0.0, end_s - self._last)
+        units = [self._units[k] for k in left]
+        starts = self._last + span * np.cumsum([0.0, *units[:-1]]) / (sum(units) + 1.0)
+        out = [self._timed(k, float(t), None) for k, t in zip(left[:-1], starts[:-1], strict=False)]
+        return [*out, self._timed(left[-1], float(starts[-1]), max(end_s, float(starts[-1])))]
+
+    def _timed(self, k: int, start: float, end: float | None) -> TimedString:
+        self._pushed[k] = True
+        start = max(start, self._last)
+        self._last = start
+        if end is None:
+            return TimedString(self._words[k], start_time=start)
+        return TimedString(self._words[k], start_time=start, end_time=max(end, start))
+
+
 class _Speaker:
-    """Speaks pieces of text into one emitter; shared by both stream kinds."""
+    """Speaks pieces of text into one emitter, with their timed transcript; shared by both
+    stream kinds. The first audio of the request must come within `timeout_s` of the first
+    piece handed to the engine, or the engine's work is stopped and `APITimeoutError`
+    raised (a stalled or busy engine, so a `FallbackAdapter` moves on)."""
 
     def __init__(
-        self, tts_: TTS, opts: _TTSOptions, emitter: tts.AudioEmitter, read_ahead: _ReadAhead
+        self,
+        tts_: TTS,
+        opts: _TTSOptions,
+        emitter: tts.AudioEmitter,
+        read_ahead: _ReadAhead,
+        timeout_s: float,
     ) -> None:
         self._tts = tts_
         self._opts = opts
         self._emitter = emitter
         self._read_ahead = read_ahead
+        self._timeout_s = timeout_s
+        self._first_audio_deadline: float | None = None
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
         self.pushed_samples = 0
 
-    async def speak(self, piece: str) -> None:
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio pushed so far: where the next piece starts."""
+        return self.pushed_samples / self._tts.sample_rate
+
+    async def speak(self, piece: Piece) -> None:
+        if not piece.text:  # nothing to say; its text still belongs to the transcript
+            self._emitter.push_timed_transcript(
+                TimedString(piece.raw, start_time=self.audio_s, end_time=self.audio_s)
+            )
+            return
         await self._read_ahead.wait()
+        if self.pushed_samples == 0 and self._first_audio_deadline is None:
+            self._first_audio_deadline = asyncio.get_running_loop().time() + self._timeout_s
+        deadline = self._first_audio_deadline if self.pushed_samples == 0 else None
+        try:
+            async with asyncio.timeout_at(deadline) as first_audio:
+                await self._speak(piece, first_audio)
+        except TimeoutError as e:
+            # leaving the block closed the engine's generator: its work is stopped
+            raise APITimeoutError(
+                f"{self._tts.engine.name} engine gave no audio within {self._timeout_s:g} s "
+                "(busy or stalled)"
+            ) from e
+
+    async def _speak(self, piece: Piece, first_audio: asyncio.Timeout) -> None:
         if not self._voice_resolved:  # once, and only when there is something to say
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
-        chunks = engine_chunks(self._tts.engine, piece, self._voice, self._opts.params)
+        transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
+        chunks = engine_chunks(self._tts.engine, piece.text, self._voice, self._opts.params)
         async with aclosing(chunks):  # closing stops the engine thread at once
             async for chunk in chunks:
-                if chunk.size:
-                    self._emitter.push(_to_pcm16(chunk))
-                    self.pushed_samples += int(chunk.size)
-                    self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
+                if not chunk.size:
+                    continue
+                end_s = (self.pushed_samples + chunk.size) / self._tts.sample_rate
+                self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
+                self._emitter.push(_to_pcm16(chunk))
+                self.pushed_samples += int(chunk.size)
+                self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
+                first_audio.reschedule(None)
+        self._emitter.push_timed_transcript(transcript.finish(self.audio_s))
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
@@ -413,23 +562,26 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
+        speaker = _Speaker(
+            self._tts, self._opts, output_emitter, self._read_ahead, self._conn_options.timeout
+        )
         splitter = _text_splitter(self._tts.engine, self._opts)
         try:
             # one piece at a time: a 50,000-character text is never held as audio
-            for piece in splitter.push(self._input_text) + splitter.flush():
+            for piece in splitter.flush(self._input_text):
                 await speaker.speak(piece)
         except (APIError, asyncio.CancelledError):
             raise
         except Exception as e:
-            raise _api_error(e, self._tts.engine) from e
+            raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
         speaker.pad_if_silent(self._input_text)
         output_emitter.flush()
 
 
 class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
-    """`TTS.stream()`: text arrives token by token (an LLM); audio starts at the first
-    clause and continues sentence by sentence while more text arrives."""
+    """`TTS.stream()`: text arrives token by token (an LLM); audio starts with the first
+    words (`text.py`: a clause, a few words, or what is there after a short wait) and
+    continues sentence by sentence while more text arrives."""
 
     def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, conn_options=conn_options)
@@ -447,22 +599,34 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
             stream=True,
         )
         output_emitter.start_segment(segment_id=request_id)
-        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
-        pieces = utils.aio.Chan[str]()
+        speaker = _Speaker(
+            self._tts, self._opts, output_emitter, self._read_ahead, self._conn_options.timeout
+        )
+        pieces = utils.aio.Chan[Piece]()
 
         async def read_input() -> None:
             splitter = _text_splitter(self._tts.engine, self._opts)
+            wait: asyncio.TimerHandle | None = None
+
+            def send(ready: list[Piece]) -> None:
+                for piece in ready:
+                    pieces.send_nowait(piece)
+
             try:
                 async for data in self._input_ch:
                     if isinstance(data, self._FlushSentinel):
-                        ready = splitter.flush()
+                        send(splitter.flush())
                     else:
-                        ready = splitter.push(data)
-                    for piece in ready:
-                        pieces.send_nowait(piece)
-                for piece in splitter.flush():
-                    pieces.send_nowait(piece)
+                        send(splitter.push(data))
+                    if wait is None and splitter.first_piece_pending:
+                        # no boundary soon (a slow LLM): speak the words there are
+                        wait = asyncio.get_running_loop().call_later(
+                            self._opts.first_piece_wait_s, lambda: send(splitter.wait_expired())
+                        )
+                send(splitter.flush())
             finally:
+                if wait is not None:
+                    wait.cancel()
                 pieces.close()
 
         async def speak() -> None:
@@ -476,7 +640,7 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
         except (APIError, asyncio.CancelledError):
             raise
         except Exception as e:
-            raise _api_error(e, self._tts.engine) from e
+            raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
         finally:
             await utils.aio.cancel_and_wait(*tasks)
         speaker.pad_if_silent(self._pushed_text)
