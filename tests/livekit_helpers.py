@@ -55,6 +55,59 @@ class CapturingAudioOutput(io.AudioOutput):
         return frames_to_float(self.frames)
 
 
+class PlayoutAudioOutput(CapturingAudioOutput):
+    """A sink that takes frames as fast as they come (they are kept, like
+    `CapturingAudioOutput`) but plays them out on the wall clock, as a room does: playback
+    starts at a segment's first frame (`on_playback_started`), a flushed segment finishes
+    when its last frame has played, and `clear_buffer` (an interruption) stops it at the
+    position reached by then, reported as `interrupted_at`."""
+
+    def __init__(self, *, sample_rate: int | None = None) -> None:
+        super().__init__(sample_rate=sample_rate)
+        self.started_at: float | None = None  # time.time() of the segment's first frame
+        self.interrupted_at: float | None = None  # seconds into the segment
+        self._finish: asyncio.TimerHandle | None = None
+        self._flushed_s = 0.0  # duration of the flushed segment still playing
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self.started_at is None:
+            self.started_at = time.time()
+            self.on_playback_started(created_at=self.started_at)
+        await super().capture_frame(frame)
+
+    def _position(self) -> float:
+        played = time.time() - self.started_at if self.started_at is not None else 0.0
+        return min(self._pushed, played)
+
+    def flush(self) -> None:
+        io.AudioOutput.flush(self)
+        self.segments += 1
+        pushed, remaining = self._pushed, max(0.0, self._pushed - self._position())
+        self._flushed_s = pushed
+
+        def finished() -> None:
+            self._finish = None
+            self.started_at = None
+            self.on_playback_finished(playback_position=pushed, interrupted=False)
+
+        self._finish = asyncio.get_running_loop().call_later(remaining, finished)
+        self._pushed = 0.0
+
+    def clear_buffer(self) -> None:
+        if self._finish is not None:  # a flushed segment still playing
+            self._finish.cancel()
+            self._finish = None
+            position = min(self._flushed_s, time.time() - (self.started_at or time.time()))
+        elif self.started_at is not None:  # a segment still arriving
+            position = self._position()
+        else:
+            return
+        self.interrupted_at = position
+        self.started_at = None
+        self._pushed = 0.0
+        self.on_playback_finished(playback_position=position, interrupted=True)
+
+
 @functools.cache
 def _piper() -> PiperEngine:
     engine = PiperEngine()

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, APIError, APIStatusError
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+)
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
@@ -446,3 +454,152 @@ def test_piper_fulfils_the_engine_contract(piper_engine: PiperEngine) -> None:
     piper_engine.set_default_voice(None)
     with pytest.raises(UnsupportedVoiceError):
         piper_engine.set_default_voice(VoiceConditioning("v", "xtts", "r", None))
+
+
+@dataclass
+class StallingEngine:
+    """The real Piper engine behind a model that hangs before its first audio on the next
+    `stalls` requests, until it is told to stop (its cancel event)."""
+
+    inner: PiperEngine
+    stalls: int = 1_000
+    stopped: list[float] = field(default_factory=list)  # when each stalled call ended
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceConditioning | None,
+        params: SynthesisParams,
+        cancel: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        if self.stalls > 0:
+            self.stalls -= 1
+            cancel.wait(30)
+            self.stopped.append(time.perf_counter())
+            return
+        yield from self.inner.stream(text, voice, params, cancel)
+
+
+async def test_no_first_audio_within_the_timeout_stops_the_engine(
+    piper_engine: PiperEngine,
+) -> None:
+    engine = StallingEngine(piper_engine, stalls=2)
+    tts = localtts.TTS(engine=engine)  # type: ignore[arg-type]
+    options = APIConnectOptions(timeout=0.5, max_retry=0)
+    for make in (
+        lambda: tts.synthesize("Hello there.", conn_options=options),
+        lambda: _streamed(tts.stream(conn_options=options), "Hello there, streamed."),
+    ):
+        started = time.perf_counter()
+        with pytest.raises(APITimeoutError, match=r"no audio within 0\.5 s") as info:
+            await collect(make())
+        failed_after = time.perf_counter() - started
+        assert 0.5 <= failed_after < 2.0
+        assert info.value.retryable  # LiveKit's contract: a timeout may be retried
+        await asyncio.sleep(0.2)  # the worker thread sees the cancel event at once
+        assert len(engine.stopped) in (1, 2) and engine.stopped[-1] - started < failed_after + 0.2
+    assert len(engine.stopped) == 2, "the stalled engine work was left running"
+    frames, _ = await collect(tts.synthesize("The next request works.", conn_options=options))
+    assert rms(frames_to_float(frames)) > 0.02
+
+
+def _streamed(stream: Any, text: str) -> Any:
+    stream.push_text(text)
+    stream.end_input()
+    return stream
+
+
+@dataclass
+class FailingAfterAudioEngine:
+    """The real Piper engine that raises `error` after its first chunk."""
+
+    inner: PiperEngine
+    error: Exception
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
+        yield next(iter(self.inner.stream(*args)))
+        raise self.error
+
+
+async def test_transient_failures_before_audio_are_retryable(piper_engine: PiperEngine) -> None:
+    from livekit.plugins.localtts import EngineBusyError
+
+    once = APIConnectOptions(max_retry=0)
+    for error in (EngineBusyError("all decoding slots are taken"), MemoryError()):
+        tts = localtts.TTS(engine=FailingEngine(piper_engine, error))  # type: ignore[arg-type]
+        with pytest.raises(APIConnectionError) as info:
+            await collect(tts.synthesize("Hello there.", conn_options=once))
+        assert info.value.retryable and "piper engine failed" in str(info.value), error
+        # after audio went out, a retry would repeat the start of the reply: not retryable
+        late = localtts.TTS(engine=FailingAfterAudioEngine(piper_engine, error))  # type: ignore[arg-type]
+        with pytest.raises(APIError) as info:
+            await collect(late.synthesize("Hello there. And a second sentence.", conn_options=once))
+        assert not info.value.retryable, error
+
+
+@dataclass
+class BusyOnceEngine:
+    """The real Piper engine, busy for its first request."""
+
+    inner: PiperEngine
+    busy: bool = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
+        from livekit.plugins.localtts import EngineBusyError
+
+        if self.busy:
+            self.busy = False
+            raise EngineBusyError("busy")
+        yield from self.inner.stream(*args)
+
+
+async def test_livekit_retries_a_busy_engine(piper_engine: PiperEngine) -> None:
+    tts = localtts.TTS(engine=BusyOnceEngine(piper_engine))  # type: ignore[arg-type]
+    errors: list[Any] = []
+    tts.on("error", errors.append)
+    options = APIConnectOptions(max_retry=1, retry_interval=0.0)
+    frames, _ = await collect(tts.synthesize("Hello after a retry.", conn_options=options))
+    assert rms(frames_to_float(frames)) > 0.02
+    assert len(errors) == 1 and errors[0].recoverable
+
+
+async def test_fallback_adapter_fails_over_from_a_stalled_engine(
+    piper_engine: PiperEngine,
+) -> None:
+    from livekit.agents.tts import FallbackAdapter
+
+    stalled = StallingEngine(piper_engine)
+    backup = RecordingEngine(PiperEngine())  # a second localtts Piper instance, warm
+    backup.inner.warmup()
+    primary_tts = localtts.TTS(engine=stalled)  # type: ignore[arg-type]
+    backup_tts = localtts.TTS(engine=backup)  # type: ignore[arg-type]
+    fallback = FallbackAdapter([primary_tts, backup_tts], max_retry_per_tts=0)
+    options = APIConnectOptions(timeout=1.0)
+    firsts: list[float] = []
+    try:
+        for make in (
+            lambda: fallback.synthesize("The backup voice speaks.", conn_options=options),
+            lambda: _streamed(fallback.stream(conn_options=options), "The backup streams."),
+        ):
+            calls = len(backup.calls)
+            frames, first = await collect(make())
+            assert rms(frames_to_float(frames)) > 0.02
+            assert len(backup.calls) > calls  # the audio came from the backup
+            assert first is not None
+            firsts.append(first)
+        assert stalled.stopped, "the stalled engine's work was never stopped"
+    finally:
+        await fallback.aclose()
+    # the first request gave up on the stalled engine at its timeout and moved on; the
+    # primary is then marked unavailable, so the next goes to the backup at once
+    assert 1.0 <= firsts[0] < 1.0 + 2.0, firsts
+    assert firsts[1] < 1.0, firsts
