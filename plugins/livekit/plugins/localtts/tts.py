@@ -424,6 +424,7 @@ class _PieceTranscript:
         self._words = piece.raw_words()
         self._start = start_s
         self._pace = pace
+        self._speed = speed
         self._units = [_speaking_units(w) for w in self._words]
         per_unit = pace.seconds_per_unit / speed
         self._estimate = list(start_s + per_unit * np.cumsum([0.0, *self._units[:-1]]))
@@ -449,17 +450,19 @@ class _PieceTranscript:
         ]
 
     def finish(self, end_s: float) -> list[TimedString]:
-        """The piece's audio ended at `end_s`: the words not pushed yet share the rest."""
-        if not self._timed_by_engine:
-            self._pace.learn(sum(self._units), end_s - self._start)
+        """The piece's audio ended at `end_s`: the words not pushed yet share what is left
+        of it with the last word pushed (by their units)."""
+        if not self._timed_by_engine:  # the pace at speed 1
+            self._pace.learn(sum(self._units), (end_s - self._start) * self._speed)
         left = [k for k, done in enumerate(self._pushed) if not done]
         if not left:
             return []
-        span = max(0.0, end_s - self._last)
-        units = [self._units[k] for k in left]
-        starts = self._last + span * np.cumsum([0.0, *units[:-1]]) / (sum(units) + 1.0)
-        out = [self._timed(k, float(t), None) for k, t in zip(left[:-1], starts[:-1], strict=False)]
-        return [*out, self._timed(left[-1], float(starts[-1]), max(end_s, float(starts[-1])))]
+        spoken = [k for k, done in enumerate(self._pushed) if done]
+        units = [self._units[spoken[-1]] if spoken else 0.0] + [self._units[k] for k in left]
+        offsets = np.cumsum(units)[:-1] / sum(units) * max(0.0, end_s - self._last)
+        starts = [self._last + float(t) for t in offsets]
+        out = [self._timed(k, t, None) for k, t in zip(left[:-1], starts[:-1], strict=True)]
+        return [*out, self._timed(left[-1], starts[-1], max(end_s, starts[-1]))]
 
     def _timed(self, k: int, start: float, end: float | None) -> TimedString:
         self._pushed[k] = True

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..settings import EngineSettings
-from ..textcut import word_spans
 from .base import (
     EngineInfo,
     EngineUnavailableError,
@@ -27,16 +26,8 @@ from .base import (
     UnsupportedVoiceError,
     VoiceClip,
     VoiceConditioning,
-    WordTiming,
 )
-from .piper_words import phoneme_samples, word_starts
-
-_WORD_CACHE_SIZE = 20_000  # isolated-word phonemes kept for word timing
-# Where a word's sound starts relative to its first phoneme's duration: up to 70 ms earlier,
-# in the space token before it. Measured against pocketsphinx forced alignment of the same
-# audio (bench/bench_latency.py): median start error 57-61 ms at the first phoneme, 20 ms
-# with this lead.
-_WORD_ONSET_LEAD_S = 0.07
+from .piper_words import WordPhonemes, WordTimer
 
 
 def bundled_voice_paths() -> tuple[Path, Path]:
@@ -68,8 +59,8 @@ class PiperEngine:
         with self.config_path.open(encoding="utf-8") as f:
             self.sample_rate: int = int(json.load(f)["audio"]["sample_rate"])
         self._voice: Any = None
-        self._timed = False  # the loaded model outputs phoneme durations
-        self._word_phonemes: dict[str, str] = {}
+        # set when the loaded model outputs phoneme durations (word timings)
+        self._word_phonemes: WordPhonemes | None = None
         self._load_lock = threading.Lock()
         # espeak-ng (phonemization) keeps global state; onnxruntime's run is thread-safe
         self._phonemize_lock = threading.Lock()
@@ -123,7 +114,8 @@ class PiperEngine:
                 ) from e
             voice = PiperVoice.load(self.model_path, self.config_path, include_alignments=True)
             # without the onnx package piper loads the model unpatched: no durations
-            self._timed = len(voice.session.get_outputs()) > 1
+            if len(voice.session.get_outputs()) > 1:
+                self._word_phonemes = WordPhonemes(voice)
             self._voice = voice
 
     def warmup(self) -> None:
@@ -160,11 +152,8 @@ class PiperEngine:
         syn_config = SynthesisConfig(length_scale=length_scale)
         with self._phonemize_lock:
             sentences = self._voice.phonemize(text)
-            spans = word_spans(text)
-            starts = (
-                word_starts([text[a:b] for a, b in spans], sentences, self._phonemize_word)
-                if self._timed else None
-            )  # fmt: skip
+            phonemes_of = self._word_phonemes
+            words = WordTimer(text, sentences, phonemes_of) if phonemes_of is not None else None
         offset = 0  # samples yielded so far
         # Piper's own synthesize() phonemizes everything first, then runs one ONNX call
         # per sentence; doing the same here lets cancellation land between sentences
@@ -180,61 +169,11 @@ class PiperEngine:
             if peak > 1e-8:
                 audio = audio / peak  # Piper normalizes each sentence to full scale
             audio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
-            if starts is None or samples_per_id is None:
+            if words is None or samples_per_id is None:
                 yield audio
             else:
-                yield TimedChunk.of(
-                    audio, self._word_timings(s, phonemes, samples_per_id, starts, offset)
-                )
+                yield TimedChunk.of(audio, words.sentence(s, samples_per_id, offset))
             offset += len(audio)
-
-    def _phonemize_word(self, word: str) -> str:
-        """A word's phonemes said alone (the caller holds the phonemize lock)."""
-        phonemes = self._word_phonemes.get(word)
-        if phonemes is None:
-            if len(self._word_phonemes) >= _WORD_CACHE_SIZE:
-                self._word_phonemes.clear()
-            phonemes = "".join("".join(p) for p in self._voice.phonemize(word))
-            self._word_phonemes[word] = phonemes
-        return phonemes
-
-    def _word_timings(
-        self,
-        sentence: int,
-        phonemes: list[str],
-        samples_per_id: np.ndarray,
-        starts: list[tuple[int, int]],
-        offset: int,
-    ) -> list[WordTiming]:
-        """The words that start in this sentence: start at their first phoneme, end where
-        the next word starts or the sentence's last sound ends."""
-        from piper.const import BOS, EOS, PAD
-
-        sizes = phoneme_samples(
-            phonemes, samples_per_id, self._voice.config.phoneme_id_map, bos=BOS, eos=EOS, pad=PAD
-        )
-        begin = np.cumsum([0, *sizes])  # begin[i + 1]: first sample of phoneme i
-        last_sound = max(
-            (i for i, x in enumerate(phonemes) if x not in " ,.;:!?"), default=len(phonemes) - 1
-        )
-        sound_end = int(begin[last_sound + 2])
-        mine = [(k, p) for k, (s, p) in enumerate(starts) if s == sentence]
-        rate = float(self.sample_rate)
-        timings = []
-        lead = int(_WORD_ONSET_LEAD_S * rate)
-
-        def onset(p: int) -> int:
-            # a word's first sound begins inside the space before it (as much as that space
-            # lasts: after a comma the space is the pause, which the word does not fill)
-            if p > 0 and phonemes[p - 1] == " ":
-                return int(max(begin[p], begin[p + 1] - lead))
-            return int(begin[p + 1])
-
-        for n, (k, p) in enumerate(mine):
-            start = onset(p)
-            end = onset(mine[n + 1][1]) if n + 1 < len(mine) else max(sound_end, start)
-            timings.append(WordTiming(k, (offset + start) / rate, (offset + end) / rate))
-        return timings
 
     def info(self) -> EngineInfo:
         return EngineInfo(

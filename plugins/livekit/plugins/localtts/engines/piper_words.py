@@ -14,10 +14,36 @@ from __future__ import annotations
 import itertools
 import unicodedata
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..textcut import word_spans
+from .base import WordTiming
+
 _NOT_CORE = set(" ˈˌːˑ,.;:!?-—…'\"()[]")
+_WORD_CACHE_SIZE = 20_000  # isolated-word phonemes kept
+# Where a word's sound starts relative to its first phoneme's duration: up to 70 ms earlier,
+# in the space token before it. Measured against pocketsphinx forced alignment of the same
+# audio: median start error 57-61 ms at the first phoneme, 14-20 ms with this lead.
+_WORD_ONSET_LEAD_S = 0.07
+
+
+class WordPhonemes:
+    """A word's phonemes said alone, cached (call it where the voice's phonemizer may run)."""
+
+    def __init__(self, voice: Any) -> None:
+        self.voice = voice
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, word: str) -> str:
+        phonemes = self._cache.get(word)
+        if phonemes is None:
+            if len(self._cache) >= _WORD_CACHE_SIZE:
+                self._cache.clear()
+            phonemes = "".join("".join(p) for p in self.voice.phonemize(word))
+            self._cache[word] = phonemes
+        return phonemes
 
 
 def _core(symbol: str) -> bool:
@@ -120,3 +146,48 @@ def phoneme_samples(
     totals = np.concatenate([[0], np.cumsum(samples_per_id)])
     bounds = np.minimum(bounds, len(samples_per_id))
     return [int(totals[b] - totals[a]) for a, b in itertools.pairwise(bounds)]
+
+
+class WordTimer:
+    """The word timings of one text Piper speaks: built once its sentences are phonemized
+    (where each word starts, `word_starts`), then asked for each sentence's words as Piper
+    gives that sentence's audio and durations."""
+
+    def __init__(self, text: str, sentences: Sequence[Sequence[str]], phonemes: WordPhonemes):
+        words = [text[a:b] for a, b in word_spans(text)]
+        self._sentences = sentences
+        self._starts = word_starts(words, sentences, phonemes)
+        self._id_map = phonemes.voice.config.phoneme_id_map
+        self._rate = float(phonemes.voice.config.sample_rate)
+
+    def sentence(self, s: int, samples_per_id: np.ndarray, offset: int) -> list[WordTiming]:
+        """The words that start in sentence `s` (its audio begins `offset` samples into the
+        text's): from their first sound to where the next word starts or the sentence's last
+        sound ends."""
+        from piper.const import BOS, EOS, PAD
+
+        phonemes = self._sentences[s]
+        sizes = phoneme_samples(phonemes, samples_per_id, self._id_map, bos=BOS, eos=EOS, pad=PAD)
+        begin = np.cumsum([0, *sizes])  # begin[i + 1]: first sample of phoneme i
+        last_sound = max(
+            (i for i, x in enumerate(phonemes) if x not in " ,.;:!?"), default=len(phonemes) - 1
+        )
+        sound_end = int(begin[last_sound + 2])
+        lead = int(_WORD_ONSET_LEAD_S * self._rate)
+
+        def onset(p: int) -> int:
+            # a word's first sound begins inside the space before it (as much as that space
+            # lasts: after a comma the space is the pause, which the word does not fill)
+            if p > 0 and phonemes[p - 1] == " ":
+                return int(max(begin[p], begin[p + 1] - lead))
+            return int(begin[p + 1])
+
+        mine = [(k, p) for k, (sentence, p) in enumerate(self._starts) if sentence == s]
+        timings = []
+        for n, (k, p) in enumerate(mine):
+            start = onset(p)
+            end = onset(mine[n + 1][1]) if n + 1 < len(mine) else max(sound_end, start)
+            timings.append(
+                WordTiming(k, (offset + start) / self._rate, (offset + end) / self._rate)
+            )
+        return timings
