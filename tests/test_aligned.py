@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pytest
 from livekit.agents import Agent, AgentSession
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
@@ -31,14 +30,6 @@ REPLY = (
     "plan something outside with your friends and family."
 )
 ODD = "Dr. Smith paid **3.5** million, e.g. for the new stadium 😀 in town.Then it rained!  "
-
-
-@pytest.fixture(scope="module")
-def piper_engine() -> PiperEngine:
-    engine = PiperEngine()
-    engine.load()
-    engine.warmup()
-    return engine
 
 
 @dataclass

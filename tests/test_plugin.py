@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import time
 import tracemalloc
@@ -68,14 +69,6 @@ class RecordingEngine:
         finally:
             call.finished = time.perf_counter()
             call.cancelled = cancel.is_set()
-
-
-@pytest.fixture(scope="session")
-def piper_engine() -> PiperEngine:
-    engine = PiperEngine()
-    engine.load()
-    engine.warmup()
-    return engine
 
 
 @pytest.fixture
@@ -352,17 +345,24 @@ async def test_synthesis_waits_for_a_slow_listener(recording: RecordingEngine) -
 
 @dataclass
 class FailingEngine:
-    """The real Piper engine, except that speaking raises `error`."""
+    """The real Piper engine, except that its next `times` requests raise `error` after
+    `after_chunks` chunks of audio."""
 
     inner: PiperEngine
     error: Exception
+    after_chunks: int = 0
+    times: int = 1_000
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def stream(self, *_: Any) -> Iterator[np.ndarray]:
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
+        if self.times <= 0:
+            yield from self.inner.stream(*args)
+            return
+        self.times -= 1
+        yield from itertools.islice(self.inner.stream(*args), self.after_chunks)
         raise self.error
-        yield  # a generator, like every engine's stream
 
 
 async def test_only_the_callers_faults_are_4xx(piper_engine: PiperEngine) -> None:
@@ -468,19 +468,14 @@ class StallingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def stream(
-        self,
-        text: str,
-        voice: VoiceConditioning | None,
-        params: SynthesisParams,
-        cancel: threading.Event,
-    ) -> Iterator[np.ndarray]:
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
         if self.stalls > 0:
             self.stalls -= 1
+            cancel: threading.Event = args[-1]  # (text, voice, params, cancel)
             cancel.wait(30)
             self.stopped.append(time.perf_counter())
             return
-        yield from self.inner.stream(text, voice, params, cancel)
+        yield from self.inner.stream(*args)
 
 
 async def test_no_first_audio_within_the_timeout_stops_the_engine(
@@ -512,21 +507,6 @@ def _streamed(stream: Any, text: str) -> Any:
     return stream
 
 
-@dataclass
-class FailingAfterAudioEngine:
-    """The real Piper engine that raises `error` after its first chunk."""
-
-    inner: PiperEngine
-    error: Exception
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stream(self, *args: Any) -> Iterator[np.ndarray]:
-        yield next(iter(self.inner.stream(*args)))
-        raise self.error
-
-
 async def test_transient_failures_before_audio_are_retryable(piper_engine: PiperEngine) -> None:
     from livekit.plugins.localtts import EngineBusyError
 
@@ -537,33 +517,17 @@ async def test_transient_failures_before_audio_are_retryable(piper_engine: Piper
             await collect(tts.synthesize("Hello there.", conn_options=once))
         assert info.value.retryable and "piper engine failed" in str(info.value), error
         # after audio went out, a retry would repeat the start of the reply: not retryable
-        late = localtts.TTS(engine=FailingAfterAudioEngine(piper_engine, error))  # type: ignore[arg-type]
+        late = localtts.TTS(engine=FailingEngine(piper_engine, error, after_chunks=1))  # type: ignore[arg-type]
         with pytest.raises(APIError) as info:
             await collect(late.synthesize("Hello there. And a second sentence.", conn_options=once))
         assert not info.value.retryable, error
 
 
-@dataclass
-class BusyOnceEngine:
-    """The real Piper engine, busy for its first request."""
-
-    inner: PiperEngine
-    busy: bool = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stream(self, *args: Any) -> Iterator[np.ndarray]:
-        from livekit.plugins.localtts import EngineBusyError
-
-        if self.busy:
-            self.busy = False
-            raise EngineBusyError("busy")
-        yield from self.inner.stream(*args)
-
-
 async def test_livekit_retries_a_busy_engine(piper_engine: PiperEngine) -> None:
-    tts = localtts.TTS(engine=BusyOnceEngine(piper_engine))  # type: ignore[arg-type]
+    from livekit.plugins.localtts import EngineBusyError
+
+    busy_once = FailingEngine(piper_engine, EngineBusyError("busy"), times=1)
+    tts = localtts.TTS(engine=busy_once)  # type: ignore[arg-type]
     errors: list[Any] = []
     tts.on("error", errors.append)
     options = APIConnectOptions(max_retry=1, retry_interval=0.0)
