@@ -567,3 +567,26 @@ async def test_fallback_adapter_fails_over_from_a_stalled_engine(
     # primary is then marked unavailable, so the next goes to the backup at once
     assert 1.0 <= firsts[0] < 1.0 + 2.0, firsts
     assert firsts[1] < 1.0, firsts
+
+
+async def test_a_slow_llm_gets_its_first_words_spoken_after_a_short_wait(
+    recording: RecordingEngine,
+) -> None:
+    settings = localtts.Settings(first_piece_wait_s=0.25)  # type: ignore[call-arg]
+    tts = localtts.TTS(engine=recording, settings=settings)  # type: ignore[arg-type]
+    stream = tts.stream()
+    started = time.perf_counter()
+    stream.push_text("Certainly")
+    stream.push_text(" my")  # "Certainly" is complete; then nothing comes until audio
+    first = await asyncio.wait_for(stream.__anext__(), timeout=10)
+    waited = time.perf_counter() - started
+    assert first.frame.samples_per_channel > 0
+    assert recording.calls[0].text == "Certainly"
+    assert 0.25 <= waited < 2.0, waited  # the wait, then a one-word piece
+    stream.push_text(" friend, here is the answer you asked for.")
+    stream.end_input()
+    rest, _ = await collect(stream)
+    assert rest and [c.text for c in recording.calls][1:] == [
+        "my friend, here is the answer you asked for."
+    ]
+    await stream.aclose()
