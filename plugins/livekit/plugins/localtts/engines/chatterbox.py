@@ -32,6 +32,7 @@ from .base import (
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
+    TimedChunk,
     VoiceClip,
     VoiceConditioning,
     VoiceError,
@@ -39,6 +40,7 @@ from .base import (
 )
 from .chatterbox_checkpoint import DEFAULT_VOICE_FILE, WEIGHTS, load_parts
 from .chatterbox_options import ChatterboxOptions, StreamStats
+from .chatterbox_words import SpeechWordClock, text_token_words
 from .weights import DIGEST_CACHE_FILE, resolve_weights, weights_problem, weights_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
@@ -51,6 +53,34 @@ _CONDITIONING_FORMAT = 1
 _INJECTED_VOICE = "default"  # the id of a default voice handed in as `conds`
 
 __all__ = ["SAMPLE_RATE", "ChatterboxEngine", "ChatterboxOptions", "StreamStats"]
+
+
+class _UtteranceWords:
+    """One utterance's word clock, fed the text positions the decoder recorded for the
+    speech tokens it sampled (read after each batch of tokens, as the tokens are)."""
+
+    def __init__(
+        self, words: SpeechWordClock, text_span: tuple[int, int], first_non_speech: int,
+        stop: int,
+    ) -> None:  # fmt: skip
+        self.words = words
+        self.text_span = text_span  # prompt positions of the text, start/stop tokens included
+        self._first_non_speech = first_non_speech
+        self._stop = stop
+        self._read = 0
+        self._stopped = False
+
+    def read(self, decoder: Any) -> None:
+        if self._stopped:
+            return
+        tokens = decoder.tokens(self._read, decoder.length)
+        positions = decoder.text_positions(self._read, decoder.length)
+        self._read = decoder.length
+        if self._stop in tokens:  # as decode_speech: nothing after the stop token
+            cut = tokens.index(self._stop)
+            tokens, positions, self._stopped = tokens[:cut], positions[:cut], True
+        self.words.add([p for t, p in zip(tokens, positions, strict=True)
+                        if t < self._first_non_speech])  # fmt: skip
 
 
 def _dtype(name: str) -> Any:
@@ -541,8 +571,9 @@ class ChatterboxEngine:
                 embeds = self._prompt_embeds(text, conds, exaggeration)
                 voice = self._streamer.prepare(conds.gen)
                 decoder = self._decoder
+                clock = self._word_clock(text, embeds) if not self.options.pipeline else None
                 t0 = time.perf_counter()
-                decoder.start(embeds, sampling, seed)
+                decoder.start(embeds, sampling, seed, text_span=clock.text_span if clock else None)
                 cap = decoder.capacity_for(embeds.shape[1])
                 limit = min(cap, max_new_tokens or self.options.max_new_tokens)
                 stream = self._streamer.open(voice, seed=seed)
@@ -554,10 +585,12 @@ class ChatterboxEngine:
                 try:
                     for new, finished in batches:
                         stream.add(new)
+                        if clock is not None:
+                            clock.read(decoder)
                         t2 = time.perf_counter()
                         chunks = stream.finish_chunks() if finished else stream.ready_chunks()
                         stats.vocoder_s += time.perf_counter() - t2
-                        for chunk in chunks:
+                        for n, chunk in enumerate(chunks):
                             if cancel.is_set():
                                 stats.cancelled = True
                                 return
@@ -570,7 +603,16 @@ class ChatterboxEngine:
                             elif self._watermarker is not None:
                                 chunk = self._watermark(chunk)
                             stats.audio_s += len(chunk) / SAMPLE_RATE
-                            yield np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
+                            audio = np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
+                            if clock is None:
+                                yield audio
+                                continue
+                            done = len(stream.chunk_tokens) - len(chunks) + n + 1
+                            words = clock.words.words_until(
+                                sum(stream.chunk_tokens[:done]),
+                                final=finished and n == len(chunks) - 1,
+                            )
+                            yield TimedChunk.of(audio, words)
                 finally:
                     batches.close()  # a pipelined decoder thread is stopped and joined here
                 stats.cancelled = stats.cancelled or cancel.is_set()
@@ -580,6 +622,33 @@ class ChatterboxEngine:
             stats.total_s = time.perf_counter() - started
             self.last_stats = stats
             self._generate_lock.release()
+
+    def _word_clock(self, text: str, embeds: Any) -> _UtteranceWords | None:
+        """Word timing for `text` from T3's aligned attention heads (None: the decoder reads
+        none, e.g. a small test model, or the pipelined decoder owns it)."""
+        if not getattr(self._decoder, "aligned_heads", ()):
+            return None
+        from chatterbox.models.tokenizers.tokenizer import SPACE
+        from chatterbox.tts import punc_norm
+
+        from ..textcut import word_spans
+        from .chatterbox_s3gen import SAMPLES_PER_TOKEN
+
+        ids = self._tokenizer.text_to_tokens(punc_norm(text))[0].tolist()
+        token_texts = [self._tokenizer.tokenizer.id_to_token(i) for i in ids]
+        # the prompt ends with the text (between start/stop-of-text), a start-of-speech token
+        # and upstream's second one: the text's first token is at L - 3 - len(ids)
+        text_start = embeds.shape[1] - 3 - len(ids)
+        clock = SpeechWordClock(
+            text_token_words(token_texts, SPACE),
+            text_start,
+            len(word_spans(text)),
+            seconds_per_token=SAMPLES_PER_TOKEN / SAMPLE_RATE,
+        )
+        return _UtteranceWords(
+            clock, (text_start - 1, text_start + len(ids) + 1), self._t3.hp.start_speech_token,
+            self._t3.hp.stop_speech_token,
+        )  # fmt: skip
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         marked = self._watermarker.apply_watermark(chunk, sample_rate=SAMPLE_RATE)

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from .chatterbox_options import StreamStats
 
 CFG_BATCH = 2  # row 0: conditional, row 1: unconditional (zeroed text embedding)
+# (layer, head) of T3's Llama whose attention follows the text being spoken: upstream's
+# AlignmentStreamAnalyzer (chatterbox-tts 0.1.7, LLAMA_ALIGNED_HEADS) reads the same three
+ALIGNED_HEADS: tuple[tuple[int, int], ...] = ((12, 15), (13, 11), (9, 2))
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class T3Decoder:
         self._graph: Any = None
         self.length = 0  # tokens sampled in the current utterance
         self.prefill_len = 0
+        # the text position (cache index) each token was sampled at, where the decoder reads
+        # the aligned heads (-1: not read)
+        self.aligned_heads: tuple[tuple[int, int], ...] = ()
+        self._text_pos = torch.full((self.hp.max_speech_tokens,), -1, dtype=torch.long, device=dev)
 
     # -- subclasses: the transformer with its cache --------------------------------------------
 
@@ -179,8 +186,15 @@ class T3Decoder:
         return min(self.max_cache_len - prefill_len, self.hp.max_speech_tokens)
 
     @torch.inference_mode()
-    def start(self, embeds: torch.Tensor, sampling: SamplingParams, seed: int) -> None:
-        """Prefill with the (2, L, D) prompt embeddings and sample the first token."""
+    def start(
+        self,
+        embeds: torch.Tensor,
+        sampling: SamplingParams,
+        seed: int,
+        text_span: tuple[int, int] | None = None,
+    ) -> None:
+        """Prefill with the (2, L, D) prompt embeddings and sample the first token.
+        `text_span`: where the text tokens are in the prompt (for `text_positions`)."""
         if embeds.shape[0] != CFG_BATCH:
             raise ValueError("embeds must hold the conditional and unconditional rows")
         length = embeds.shape[1]
@@ -198,6 +212,8 @@ class T3Decoder:
             self._knobs[name].fill_(value)
         self._seen.zero_()
         self._seen[0, self.hp.start_speech_token] = True  # the stock loop's history starts at BOS
+        self._text_pos.fill_(-1)
+        self._set_text_span(text_span)
         self._n.zero_()
         self._cache_pos.fill_(0)
         self._sample_and_advance(self._prefill_logits(embeds.to(self.dtype)))
@@ -225,6 +241,14 @@ class T3Decoder:
     def tokens(self, start: int, end: int) -> list[int]:
         """Sampled tokens [start, end) (a host sync)."""
         return self._out[start:end].tolist()
+
+    def text_positions(self, start: int, end: int) -> list[int]:
+        """For tokens [start, end): the prompt position the aligned heads attended to most
+        among the text's when each was sampled (-1: not read; a host sync)."""
+        return self._text_pos[start:end].tolist()
+
+    def _set_text_span(self, span: tuple[int, int] | None) -> None:
+        """Only a decoder that reads attention (the static one) keeps a text span."""
 
     def capture(self, warm_embeds: torch.Tensor) -> None:
         """Compile/capture the decode step (no-op here)."""
@@ -273,10 +297,18 @@ class T3StaticDecoder(T3Decoder):
         compile_step: bool = False,
         cuda_graph: bool = False,
         stop_check_interval: int = 8,
+        aligned_heads: tuple[tuple[int, int], ...] | None = None,
     ) -> None:
         super().__init__(t3, max_cache_len=max_cache_len, stop_check_interval=stop_check_interval)
         tfmr = t3.tfmr
         cfg = tfmr.config
+        if aligned_heads is None:  # upstream's heads, where the model has them (full size)
+            fits = all(
+                layer < cfg.num_hidden_layers and head < cfg.num_attention_heads
+                for layer, head in ALIGNED_HEADS
+            )
+            aligned_heads = ALIGNED_HEADS if fits else ()
+        self.aligned_heads = tuple(aligned_heads)
         self.cuda_graph = bool(cuda_graph and self.device.type == "cuda")
         self.compile_step = bool(compile_step)
         self.n_layers = cfg.num_hidden_layers
@@ -293,6 +325,9 @@ class T3StaticDecoder(T3Decoder):
         cos, sin = tfmr.rotary_emb(probe, positions)  # (1, M, head_dim)
         self._cos, self._sin = cos.to(dt), sin.to(dt)
         self._cache_positions = torch.arange(max_cache_len, device=dev)
+        # attention of the aligned heads, summed, and which cache positions hold the text
+        self._attention_sum = torch.zeros(max_cache_len, dtype=torch.float32, device=dev)
+        self._text_mask = torch.zeros(max_cache_len, dtype=torch.bool, device=dev)
         self._forward_step: Callable[[torch.Tensor], torch.Tensor] = self._forward_decode
         if self.compile_step:
             # fullgraph: a graph break would silently bring back per-op launches
@@ -323,6 +358,13 @@ class T3StaticDecoder(T3Decoder):
         if groups > 1:
             keys = keys.repeat_interleave(groups, dim=1)
             values = values.repeat_interleave(groups, dim=1)
+        if prefill_len is None:
+            for layer_index, head in self.aligned_heads:
+                if layer_index == i:  # the conditional row's query over the whole cache
+                    scores = (q[0, head] @ keys[0, head].transpose(0, 1)).float() * attn.scaling
+                    assert attn_mask is not None
+                    scores = scores.masked_fill(~attn_mask.view(1, -1), float("-inf"))
+                    self._attention_sum.add_(torch.softmax(scores, dim=-1).view(-1))
         o = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=attn_mask, is_causal=causal, scale=attn.scaling
         )
@@ -345,9 +387,19 @@ class T3StaticDecoder(T3Decoder):
         sin = self._sin.index_select(1, self._cache_pos)
         # attend to every written position, nothing beyond: the cache has a fixed length
         attn_mask = (self._cache_positions <= self._cache_pos).view(1, 1, 1, -1)
+        if self.aligned_heads:
+            self._attention_sum.zero_()
         for i in range(self.n_layers):
             x = self._layer(i, x, cos, sin, attn_mask, None)
+        if self.aligned_heads:  # the text position of the token sampled now (index _n)
+            focus = self._attention_sum.masked_fill(~self._text_mask, -1.0).argmax().view(1)
+            self._text_pos.index_copy_(0, self._n, focus)
         return self._logits(x)
+
+    def _set_text_span(self, span: tuple[int, int] | None) -> None:
+        self._text_mask.zero_()
+        if span is not None:
+            self._text_mask[span[0] : span[1]] = True
 
     def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_step(x)
