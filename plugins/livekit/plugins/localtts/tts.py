@@ -76,10 +76,8 @@ def _warm_engine(engine: Engine) -> Future[None]:
 
     with _warmups_lock:
         _, future = _warmups.get(id(engine), (engine, None))
-        failed = (
-            future is not None
-            and future.done()
-            and (future.cancelled() or future.exception() is not None)
+        failed = future is not None and future.done() and (
+            future.cancelled() or future.exception() is not None
         )
         if future is None or failed:
             future = _executor.submit(load_and_warm)  # a failed warmup is tried again
@@ -511,11 +509,15 @@ class _Speaker:
         await self._read_ahead.wait()
         if self.pushed_samples == 0 and self._first_audio_deadline is None:
             self._first_audio_deadline = asyncio.get_running_loop().time() + self._timeout_s
-        deadline = self._first_audio_deadline if self.pushed_samples == 0 else None
+        first_audio = asyncio.timeout_at(
+            self._first_audio_deadline if self.pushed_samples == 0 else None
+        )
         try:
-            async with asyncio.timeout_at(deadline) as first_audio:
+            async with first_audio:
                 await self._speak(piece, first_audio)
         except TimeoutError as e:
+            if not first_audio.expired():
+                raise  # a TimeoutError of the engine's own
             # leaving the block closed the engine's generator: its work is stopped
             raise APITimeoutError(
                 f"{self._tts.engine.name} engine gave no audio within {self._timeout_s:g} s "
