@@ -58,22 +58,31 @@ class CapturingAudioOutput(io.AudioOutput):
 class PlayoutAudioOutput(CapturingAudioOutput):
     """A sink that takes frames as fast as they come (they are kept, like
     `CapturingAudioOutput`) but plays them out on the wall clock, as a room does: playback
-    starts at a segment's first frame (`on_playback_started`), a flushed segment finishes
+    starts once `prebuffer_s` of a segment is buffered (0: at its first frame; the whole
+    segment if it ends sooner), reported by `on_playback_started`; a flushed segment finishes
     when its last frame has played, and `clear_buffer` (an interruption) stops it at the
-    position reached by then, reported as `interrupted_at`."""
+    position reached by then, reported as `interrupted_at`. Playback never runs dry: a
+    prebuffer as long as the segment keeps a loaded machine's slow synthesis out of a test."""
 
-    def __init__(self, *, sample_rate: int | None = None) -> None:
+    def __init__(self, *, sample_rate: int | None = None, prebuffer_s: float = 0.0) -> None:
         super().__init__(sample_rate=sample_rate)
-        self.started_at: float | None = None  # time.time() of the segment's first frame
+        self.prebuffer_s = prebuffer_s
+        self.started_at: float | None = None  # time.time() when the segment began to play
         self.interrupted_at: float | None = None  # seconds into the segment
         self._finish: asyncio.TimerHandle | None = None
         self._flushed_s = 0.0  # duration of the flushed segment still playing
+        self.playing = asyncio.Event()  # set when a segment begins to play
 
-    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+    def _start_playing(self) -> None:
         if self.started_at is None:
             self.started_at = time.time()
+            self.playing.set()
             self.on_playback_started(created_at=self.started_at)
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
+        if self._pushed >= self.prebuffer_s:
+            self._start_playing()
 
     def _position(self) -> float:
         played = time.time() - self.started_at if self.started_at is not None else 0.0
@@ -82,6 +91,7 @@ class PlayoutAudioOutput(CapturingAudioOutput):
     def flush(self) -> None:
         io.AudioOutput.flush(self)
         self.segments += 1
+        self._start_playing()
         pushed, remaining = self._pushed, max(0.0, self._pushed - self._position())
         self._flushed_s = pushed
 

@@ -497,7 +497,7 @@ async def test_no_first_audio_within_the_timeout_stops_the_engine(
         await asyncio.sleep(0.2)  # the worker thread sees the cancel event at once
         assert len(engine.stopped) in (1, 2) and engine.stopped[-1] - started < failed_after + 0.2
     assert len(engine.stopped) == 2, "the stalled engine work was left running"
-    frames, _ = await collect(tts.synthesize("The next request works.", conn_options=options))
+    frames, _ = await collect(tts.synthesize("The next request works."))
     assert rms(frames_to_float(frames)) > 0.02
 
 
