@@ -209,6 +209,9 @@ async def main() -> None:
     parser.add_argument("--asr-runs", type=int, default=3)
     parser.add_argument("--sweep", type=int, nargs="*", default=[], metavar="MIN_WORDS")
     parser.add_argument("--skip-stock", action="store_true", help="skip the first table")
+    parser.add_argument(
+        "--first-audio-only", action="store_true", help="skip word timing and word error"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -292,6 +295,11 @@ async def main() -> None:
                 f"| {r['text']} | {r['syn']:.0f} | {r['syn_naive']:.0f} | {r['st']:.0f} "
                 f"| {r['st_naive']:.0f} | {r['st'] / r['st_naive']:.2f} |"
             )
+        if args.first_audio_only:
+            results["first_audio"] = first
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
+            return
         texts = [*FIRST_SENTENCES.values(), *TEXTS.values()]
         errors = word_timing_errors(piper_engine, texts)
         print(
