@@ -29,6 +29,7 @@ from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
 
 from .livekit_helpers import CapturingAudioOutput, frames_to_float, rms
+from .test_aligned import hear
 
 MULTI = (
     "The weather today is sunny with a light breeze from the west. "
@@ -43,11 +44,14 @@ class Call:
     started: float
     finished: float | None = None
     cancelled: bool = False
+    audio: list[np.ndarray] = field(default_factory=list)  # the chunks the engine yielded
+
 
 
 @dataclass
 class RecordingEngine:
-    """The real Piper engine, with a log of when each piece started and ended."""
+    """The real Piper engine, with a log of each piece: when it started and ended, and its
+    audio."""
 
     inner: PiperEngine
     calls: list[Call] = field(default_factory=list)
@@ -65,7 +69,9 @@ class RecordingEngine:
         call = Call(text=text, started=time.perf_counter())
         self.calls.append(call)
         try:
-            yield from self.inner.stream(text, voice, params, cancel)
+            for chunk in self.inner.stream(text, voice, params, cancel):
+                call.audio.append(chunk)
+                yield chunk
         finally:
             call.finished = time.perf_counter()
             call.cancelled = cancel.is_set()
@@ -118,6 +124,25 @@ async def test_stream_pushed_tokens(piper_engine: PiperEngine) -> None:
     await stream.aclose()
 
 
+async def test_text_pushed_before_synthesis_starts_is_split_as_one(
+    recording: RecordingEngine,
+) -> None:
+    """Text already queued when the stream reads it (AgentSession.say, a fast LLM) is split
+    together: a short first sentence pushed in two parts is not cut as if the rest were
+    still to come."""
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    stream = tts.stream()
+    for part in ("Hello, this is the local voice", " agent.", " How can I help you today?"):
+        stream.push_text(part)
+    stream.end_input()
+    await collect(stream)
+    await stream.aclose()
+    assert [c.text for c in recording.calls] == [
+        "Hello, this is the local voice agent.",
+        "How can I help you today?",
+    ]
+
+
 async def test_auto_and_named_engine_share_one_instance() -> None:
     a = localtts.TTS(engine="piper")
     b = localtts.TTS(engine="piper")
@@ -135,6 +160,43 @@ async def test_first_audio_before_whole_text_is_synthesized(recording: Recording
     # the first piece is a short clause; the last piece started after audio was out
     assert len(recording.calls[0].text) < 70
     assert first_frame_at is not None and first_frame_at < recording.calls[-1].started
+
+
+def _sound(audio: np.ndarray) -> tuple[int, int]:
+    """(first, last + 1) sample louder than -40 dBFS."""
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    return int(loud[0]), int(loud[-1]) + 1
+
+
+async def test_a_sentence_cut_at_a_word_does_not_pause_there(recording: RecordingEngine) -> None:
+    """The first piece ends mid-sentence: the engine ends it with silence and starts the next
+    piece with more (Piper: 120-260 ms together, a sentence pause). What is heard at the cut
+    is a word gap; every sound of both pieces is played unchanged, and the transcript keeps
+    the engine's time of the first word after the cut relative to its sound."""
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    heard = await hear(tts.synthesize(MULTI), tts.sample_rate)
+    first, second = recording.calls[0], recording.calls[1]
+    assert first.text == "The weather today is sunny"  # a word cut
+    assert second.text.startswith("with a light breeze")
+    a = np.concatenate(first.audio)
+    b = np.concatenate(second.audio)
+    (_, a_end), (b_start, b_end) = _sound(a), _sound(b)
+    out = heard.audio
+    resumes = a_end + _sound(out[a_end:])[0]
+    pause_ms = (resumes - a_end) / tts.sample_rate * 1000
+    engine_pause_ms = (len(a) - a_end + b_start) / tts.sample_rate * 1000
+    print(f"pause at the cut: {pause_ms:.0f} ms (the engine's: {engine_pause_ms:.0f} ms)")
+    assert pause_ms <= 90, pause_ms
+    pcm_step = 2 / 32768  # the output is 16-bit
+    np.testing.assert_allclose(out[:a_end], a[:a_end], atol=pcm_step)
+    np.testing.assert_allclose(out[resumes : resumes + b_end - b_start], b[b_start:b_end],
+                               atol=pcm_step)  # fmt: skip
+    assert heard.text == MULTI
+    # "with": the first word of the second piece, timed by the engine from its own audio
+    engine_with = second.audio[0].words[0]  # type: ignore[attr-defined]
+    ours_with = next(t for t, _ in heard.timed if t.strip() == "with")
+    expected = (resumes - b_start) / tts.sample_rate + engine_with.start_s
+    assert abs(ours_with.start_time - expected) < 0.001, (ours_with.start_time, expected)
 
 
 async def test_stream_first_audio_while_text_still_arrives(piper_engine: PiperEngine) -> None:

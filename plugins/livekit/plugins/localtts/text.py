@@ -172,6 +172,11 @@ class Piece:
     raw: str
     offsets: tuple[int, ...]
 
+    @property
+    def ends_mid_sentence(self) -> bool:
+        """The piece was cut at a word, not after punctuation: the sentence goes on."""
+        return self.text[-1:].isalnum()
+
     def raw_words(self) -> list[str]:
         """The input cut at the start of each spoken word: one slice per word of `text`
         (`textcut.word_spans`), which together are exactly `raw` (the first slice keeps what
@@ -246,9 +251,9 @@ class TextSplitter:
 
     def _first_cut(self, mode: Literal["stream", "waited", "final"]) -> int | None:
         """Where the first piece ends in the buffer, or None: not (yet) by the first-piece
-        rules. "stream": text is still arriving, the earliest boundary wins; "waited": the
-        stream's wait ran out; "final": the buffer is all there is, and a first clause or
-        sentence of at most twice the minimum words is spoken whole (it is quick to say)."""
+        rules. A first clause or sentence of at most twice the minimum words is spoken whole
+        (it is quick to say). "stream": text is still arriving, and the earliest boundary
+        wins; "waited": the stream's wait ran out; "final": the buffer is all there is."""
         buf = self._buf
         clause = self._first_clause_end()
         # complete words within reach of a first piece: followed by a space (in a stream the
@@ -259,11 +264,15 @@ class TextSplitter:
         if mode == "waited":
             return clause if clause is not None else (ends[ok[-1]] if ok else None)
         short = 2 * self._first_words
-        if mode == "final":
-            if clause is not None and sum(end <= clause for end in ends) <= short:
-                return clause
-            if clause is None and len(ends) <= short:
-                return None  # the sentences that follow are the pieces
+        if mode == "stream" and clause is None and buf.rstrip()[-1:] in tuple(_SENTENCE_MARKS):
+            # the first sentence may be complete (its end has no space after it yet, as when a
+            # whole text is pushed at once): a short one is worth one more token's wait
+            if len(ends) + 1 <= short:
+                return None
+        if clause is not None and sum(end <= clause for end in ends) <= short:
+            return clause  # (in a stream, with the words before it arrived at once)
+        if mode == "final" and clause is None and len(ends) <= short:
+            return None  # the sentences that follow are the pieces
         first = self._first_words - 1
         word: int | None = None
         candidates = [i for i in ok if first <= i <= first + _EXTRA_WORDS]

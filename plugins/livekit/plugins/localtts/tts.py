@@ -10,6 +10,9 @@ Aligned transcripts: before the audio a word starts in, the word's slice of the 
 `TimedChunk`s gives the times (Piper: from its phoneme durations); for the others each
 piece's start is exact and its words are spread by an estimate of their length
 (`_SpeakingPace`), never ahead of the audio produced so far.
+
+Where a piece ends mid-sentence (the first piece cut at a word), the silence the engine puts
+around the cut is shortened to a word gap (`_Join`), and the next piece's times move with it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from livekit.agents import (
 )
 from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import is_given
+from livekit.agents.utils.aio.channel import ChanEmpty
 
 from .engines import (
     Engine,
@@ -430,6 +434,12 @@ class _PieceTranscript:
         self._last = start_s  # the latest start pushed: times never go back
         self._timed_by_engine = False
 
+    def shift(self, seconds: float) -> None:
+        """The engine's audio of the piece starts `seconds` later (earlier, if negative) than
+        thought; its words still start no earlier than its first sample pushed."""
+        self._start += seconds
+        self._estimate = [t + seconds for t in self._estimate]
+
     def before(self, chunk: np.ndarray, audio_end_s: float) -> list[TimedString]:
         """The words to push before `chunk`, whose audio ends at `audio_end_s`."""
         if isinstance(chunk, TimedChunk) and chunk.words:
@@ -471,6 +481,55 @@ class _PieceTranscript:
         return TimedString(self._words[k], start_time=start, end_time=max(end, start))
 
 
+_SILENCE = 0.01  # below -40 dBFS
+# silence kept at a mid-sentence join: the end of the piece cut at a word, the start of the
+# next (about a word gap in fluent speech; an engine leaves 150-180 ms there, a sentence pause)
+_JOIN_KEEP_END_S = 0.04
+_JOIN_KEEP_START_S = 0.02
+
+
+def _loud(audio: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(audio) > _SILENCE)
+
+
+class _Join:
+    """Keeps a sentence cut into pieces (the first piece's word cut, a long run cut at a
+    space) from pausing where it was cut: an engine ends every piece with silence and starts
+    the next with some. The silence at the end of a piece that ends mid-sentence is held
+    back as it arrives (only silence: no sound is delayed) and dropped but for 40 ms once the
+    piece ends; the piece after it loses its leading silence but for 20 ms. Sound is never
+    dropped or changed."""
+
+    def __init__(self, sample_rate: int, *, after_cut: bool, cut: bool) -> None:
+        self._hold = cut
+        self._held = np.zeros(0, dtype=np.float32)
+        self._keep_end = int(_JOIN_KEEP_END_S * sample_rate)
+        # leading silence still to keep; None once the piece's first sound has come
+        self._keep_start: int | None = int(_JOIN_KEEP_START_S * sample_rate) if after_cut else None
+        self.dropped = 0  # samples of leading silence dropped so far
+
+    def audio(self, chunk: np.ndarray) -> np.ndarray:
+        """What to push of the next chunk of the piece."""
+        audio = np.asarray(chunk, dtype=np.float32).view(np.ndarray)
+        if self._keep_start is not None and audio.size:
+            loud = _loud(audio)
+            lead = int(loud[0]) if loud.size else audio.size
+            kept = min(lead, self._keep_start)  # the silence right before the sound
+            audio = audio[lead - kept :]
+            self.dropped += lead - kept
+            self._keep_start = None if loud.size else self._keep_start - kept
+        if self._hold:
+            audio = np.concatenate([self._held, audio])  # held silence was a pause inside
+            loud = _loud(audio)
+            end = int(loud[-1]) + 1 if loud.size else 0
+            audio, self._held = audio[:end], audio[end:]
+        return audio
+
+    def end(self) -> np.ndarray:
+        """What to push when the piece has ended: the start of its trailing silence."""
+        return self._held[: self._keep_end]
+
+
 class _Speaker:
     """Speaks pieces of text into one emitter, with their timed transcript; shared by both
     stream kinds. The first audio of the request must come within `timeout_s` of the first
@@ -493,6 +552,7 @@ class _Speaker:
         self._first_audio_deadline: float | None = None
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
+        self._mid_sentence = False  # the last piece spoken ended mid-sentence (a word cut)
         self.pushed_samples = 0
 
     @property
@@ -529,18 +589,30 @@ class _Speaker:
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
         transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
+        join = _Join(
+            self._tts.sample_rate, after_cut=self._mid_sentence, cut=piece.ends_mid_sentence
+        )
         chunks = engine_chunks(self._tts.engine, piece.text, self._voice, self._opts.params)
         async with aclosing(chunks):  # closing stops the engine thread at once
             async for chunk in chunks:
-                if not chunk.size:
-                    continue
-                end_s = (self.pushed_samples + chunk.size) / self._tts.sample_rate
+                dropped = join.dropped
+                audio = join.audio(chunk)
+                if join.dropped > dropped:  # silence cut from the piece's start: words sooner
+                    transcript.shift((dropped - join.dropped) / self._tts.sample_rate)
+                end_s = (self.pushed_samples + audio.size) / self._tts.sample_rate
                 self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
-                self._emitter.push(_to_pcm16(chunk))
-                self.pushed_samples += int(chunk.size)
-                self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
-                first_audio.reschedule(None)
+                self._push(audio)
+                if self.pushed_samples:
+                    first_audio.reschedule(None)
+        self._push(join.end())
+        self._mid_sentence = piece.ends_mid_sentence
         self._emitter.push_timed_transcript(transcript.finish(self.audio_s))
+
+    def _push(self, audio: np.ndarray) -> None:
+        if audio.size:
+            self._emitter.push(_to_pcm16(audio))
+            self.pushed_samples += int(audio.size)
+            self._read_ahead.pushed(audio.size / self._tts.sample_rate)
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
@@ -583,6 +655,27 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
         output_emitter.flush()
 
 
+def _queued(channel: utils.aio.Chan[Any]) -> list[Any]:
+    """What is in the channel now, without waiting."""
+    items = []
+    while True:
+        try:
+            items.append(channel.recv_nowait())
+        except (ChanEmpty, utils.aio.ChanClosed):
+            return items
+
+
+def _joined(items: list[Any]) -> list[Any]:
+    """Consecutive strings joined into one; anything else (a flush) kept in its place."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str) and out and isinstance(out[-1], str):
+            out[-1] += item
+        else:
+            out.append(item)
+    return out
+
+
 class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
     """`TTS.stream()`: text arrives token by token (an LLM); audio starts with the first
     words (`text.py`: a clause, a few words, or what is there after a short wait) and
@@ -618,11 +711,14 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
                     pieces.send_nowait(piece)
 
             try:
-                async for data in self._input_ch:
-                    if isinstance(data, self._FlushSentinel):
-                        send(splitter.flush())
-                    else:
-                        send(splitter.push(data))
+                async for first in self._input_ch:
+                    # text queued together is split together: a whole sentence pushed in two
+                    # parts at once must not have its first part cut as if more were to come
+                    for data in _joined([first, *_queued(self._input_ch)]):
+                        if isinstance(data, str):
+                            send(splitter.push(data))
+                        else:
+                            send(splitter.flush())
                     if wait is None and splitter.first_piece_pending:
                         # no boundary soon (a slow LLM): speak the words there are
                         wait = asyncio.get_running_loop().call_later(
