@@ -10,8 +10,8 @@ own engine benches (bench_xtts.py, bench_chatterbox.py) with their stock paths.
 With Piper it then measures replies whose first sentence is short, long or a run-on
 (`texts.FIRST_SENTENCES`), against the naive Piper plugin behind LiveKit's `StreamAdapter`
 (`naive_piper.py`) in the same run: first audio of `synthesize()`, and of `stream()` fed
-like an LLM (a word every `--word-gap-ms`); the word start times of the aligned transcript
-against pocketsphinx forced alignment of the same audio; and how well pocketsphinx
+like an LLM (a word every `--word-gap-ms`); the word start times of `synthesize()`'s aligned
+transcript against pocketsphinx forced alignment of the audio it gave; and how well pocketsphinx
 understands the plugin's audio (first piece joined to the rest) against Piper's unsplit
 synthesis of the same text (word error rate, mean over `--asr-runs`). `--sweep 2 3 4 5 6`
 repeats first audio and word error for those `first_piece_min_words`.
@@ -112,24 +112,26 @@ async def first_sentence_rows(tts, naive, runs: int, word_gap_s: float) -> list[
     return rows
 
 
-def word_timing_errors(engine, texts: list[str]) -> list[float]:
-    """|our word start - forced alignment's| over every word of `texts` (Piper engine)."""
-    import threading
-
-    import numpy as np
-    from livekit.plugins.localtts.engines import SynthesisParams
-
+async def word_timing_errors(tts, texts: list[str]) -> tuple[list[float], int]:
+    """|word start in the aligned transcript - forced alignment's| over every word of
+    `texts`, as a caller of `tts.synthesize()` gets them (pieces joined), and how many words
+    came without a time."""
+    from tests.livekit_helpers import hear
     from tests.speech_check import align_words
 
-    errors = []
+    errors, untimed = [], 0
     for text in texts:
-        chunks = list(engine.stream(text, None, SynthesisParams(), threading.Event()))
-        ours = [w.start_s for c in chunks for w in c.words]
-        reference = align_words(np.concatenate(chunks), engine.sample_rate, text)
-        if len(reference) != len(ours):
+        heard = await hear(tts.synthesize(text))
+        if heard.text != text:
+            raise RuntimeError(f"the transcript is not the input: {heard.text!r}")
+        untimed += len(text.split()) - len(heard.timed)
+        reference = align_words(heard.audio, tts.sample_rate, text)
+        if len(reference) != len(heard.timed):
             raise RuntimeError(f"forced alignment lost words of {text!r}")
-        errors += [abs(a - b) for a, (_, b) in zip(ours, reference, strict=True)]
-    return errors
+        errors += [
+            abs(t.start_time - ref) for (t, _), (_, ref) in zip(heard.timed, reference, strict=True)
+        ]
+    return errors, untimed
 
 
 async def word_errors(tts, voice, text: str, runs: int) -> tuple[float, float]:
@@ -301,9 +303,10 @@ async def main() -> None:
                 args.json.write_text(json.dumps(results, indent=2))
             return
         texts = [*FIRST_SENTENCES.values(), *TEXTS.values()]
-        errors = word_timing_errors(piper_engine, texts)
+        errors, untimed = await word_timing_errors(tts, texts)
         print(
-            f"\nWord starts vs pocketsphinx forced alignment ({len(errors)} words): median "
+            f"\nWord starts of synthesize()'s aligned transcript vs pocketsphinx forced "
+            f"alignment of its audio ({len(errors)} words, {untimed} without a time): median "
             f"{median_ms(errors):.0f} ms, p90 {pct(errors, 0.9) * 1000:.0f} ms, "
             f"max {max(errors) * 1000:.0f} ms"
         )

@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from livekit import rtc
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 from livekit.agents.voice import io
 from livekit.plugins.localtts.engines import SynthesisParams
 from livekit.plugins.localtts.engines.piper import PiperEngine
@@ -140,6 +142,29 @@ def frames_to_float(frames: list[rtc.AudioFrame]) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     pcm = np.concatenate([np.frombuffer(bytes(f.data), dtype=np.int16) for f in frames])
     return pcm.astype(np.float32) / 32768.0
+
+
+@dataclass
+class Heard:
+    """What a caller of the TTS got: audio, and each timed string with the audio time at
+    which it arrived (the start of the frame that carried it)."""
+
+    audio: np.ndarray
+    timed: list[tuple[TimedString, float]]
+
+    @property
+    def text(self) -> str:
+        return "".join(t for t, _ in self.timed)
+
+
+async def hear(stream: Any) -> Heard:
+    """Everything a TTS stream gives: its audio and aligned transcript."""
+    frames, timed, at = [], [], 0.0
+    async for ev in stream:
+        timed += [(t, at) for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
+        frames.append(ev.frame)
+        at += ev.frame.duration
+    return Heard(frames_to_float(frames), timed)
 
 
 def rms(audio: np.ndarray) -> float:

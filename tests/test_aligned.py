@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 from livekit.agents import Agent, AgentSession
-from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import SynthesisParams, TimedChunk
 from livekit.plugins.localtts.engines.piper import PiperEngine
 from livekit.plugins.localtts.textcut import word_spans
 
-from .livekit_helpers import PlayoutAudioOutput, frames_to_float
+from .livekit_helpers import Heard, PlayoutAudioOutput, hear
 from .speech_check import align_words, spoken_words
 
 REPLY = (
@@ -30,28 +29,6 @@ REPLY = (
     "plan something outside with your friends and family."
 )
 ODD = "Dr. Smith paid **3.5** million, e.g. for the new stadium 😀 in town.Then it rained!  "
-
-
-@dataclass
-class Heard:
-    """What a caller of the TTS got: audio, and each timed string with the audio time at
-    which it arrived (the start of the frame that carried it)."""
-
-    audio: np.ndarray
-    timed: list[tuple[TimedString, float]]
-
-    @property
-    def text(self) -> str:
-        return "".join(t for t, _ in self.timed)
-
-
-async def hear(stream: Any, rate: int) -> Heard:
-    frames, timed, at = [], [], 0.0
-    async for ev in stream:
-        timed += [(t, at) for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
-        frames.append(ev.frame)
-        at += ev.frame.duration
-    return Heard(frames_to_float(frames), timed)
 
 
 def check_timing(heard: Heard, rate: int) -> None:
@@ -82,7 +59,7 @@ def test_piper_word_starts_match_forced_alignment(piper_engine: PiperEngine) -> 
 async def test_synthesize_times_the_input_text_exactly(piper_engine: PiperEngine) -> None:
     tts = localtts.TTS(engine=piper_engine)
     assert tts.capabilities.aligned_transcript
-    heard = await hear(tts.synthesize(ODD), tts.sample_rate)
+    heard = await hear(tts.synthesize(ODD))
     assert heard.text == ODD  # spaces, punctuation, markup and emoji kept for chat history
     assert len(heard.timed) == len(ODD.split())  # one timed string per word
     check_timing(heard, tts.sample_rate)
@@ -101,11 +78,20 @@ async def test_stream_times_the_pushed_text_exactly(piper_engine: PiperEngine) -
         stream.end_input()
 
     feeding = asyncio.create_task(llm())
-    heard = await hear(stream, tts.sample_rate)
+    heard = await hear(stream)
     await feeding
     await stream.aclose()
     assert heard.text == REPLY
     check_timing(heard, tts.sample_rate)
+    # what a caller gets (pieces joined, the first cut at a word) is timed as exactly as the
+    # engine's own output: every word, against forced alignment of the audio heard
+    reference = align_words(heard.audio, tts.sample_rate, REPLY)
+    assert len(heard.timed) == len(REPLY.split())
+    errors = [
+        abs(t.start_time - ref) for (t, _), (_, ref) in zip(heard.timed, reference, strict=True)
+    ]
+    assert statistics.median(errors) <= 0.05, errors
+    assert max(errors) <= 0.25, errors
 
 
 @dataclass
@@ -128,8 +114,8 @@ class UntimedEngine:
 
 async def test_an_engine_without_timings_gets_estimated_times(piper_engine: PiperEngine) -> None:
     tts = localtts.TTS(engine=UntimedEngine(piper_engine))  # type: ignore[arg-type]
-    await hear(tts.synthesize(REPLY), tts.sample_rate)  # the pace is learned as it speaks
-    heard = await hear(tts.synthesize(REPLY), tts.sample_rate)
+    await hear(tts.synthesize(REPLY))  # the pace is learned as it speaks
+    heard = await hear(tts.synthesize(REPLY))
     assert heard.text == REPLY
     check_timing(heard, tts.sample_rate)
     reference = align_words(heard.audio, tts.sample_rate, REPLY)

@@ -28,8 +28,7 @@ from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
 
-from .livekit_helpers import CapturingAudioOutput, frames_to_float, rms
-from .test_aligned import hear
+from .livekit_helpers import CapturingAudioOutput, frames_to_float, hear, rms
 
 MULTI = (
     "The weather today is sunny with a light breeze from the west. "
@@ -174,7 +173,7 @@ async def test_a_sentence_cut_at_a_word_does_not_pause_there(recording: Recordin
     is a word gap; every sound of both pieces is played unchanged, and the transcript keeps
     the engine's time of the first word after the cut relative to its sound."""
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
-    heard = await hear(tts.synthesize(MULTI), tts.sample_rate)
+    heard = await hear(tts.synthesize(MULTI))
     first, second = recording.calls[0], recording.calls[1]
     assert first.text == "The weather today is sunny"  # a word cut
     assert second.text.startswith("with a light breeze")
