@@ -58,17 +58,12 @@ class RecordingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def stream(
-        self,
-        text: str,
-        voice: VoiceConditioning | None,
-        params: SynthesisParams,
-        cancel: threading.Event,
-    ) -> Iterator[np.ndarray]:
+    def stream(self, text: str, *args: Any) -> Iterator[np.ndarray]:
+        cancel: threading.Event = args[-1]  # (text, voice, params, cancel)
         call = Call(text=text, started=time.perf_counter())
         self.calls.append(call)
         try:
-            for chunk in self.inner.stream(text, voice, params, cancel):
+            for chunk in self.inner.stream(text, *args):
                 call.audio.append(chunk)
                 yield chunk
         finally:
