@@ -215,3 +215,21 @@ def test_a_short_sentence_pushed_whole_is_not_cut() -> None:
     assert texts(splitter.push(" How")) == ["Hello, this is the local voice agent."]
     splitter = TextSplitter()
     assert texts(splitter.push(RUN_ON))[0] == "The weather today is sunny"
+
+
+def test_after_the_wait_a_sentence_end_at_the_end_of_the_buffer_is_one() -> None:
+    """An LLM pauses after a sentence (the space after its end not sent yet): once the wait
+    runs out, the sentence is spoken whole, not cut before its last word; a period after
+    an abbreviation or a digit ends nothing."""
+    splitter = TextSplitter()
+    assert splitter.push("Hello, this is the local voice agent.") == []
+    assert texts(splitter.wait_expired()) == ["Hello, this is the local voice agent."]
+    assert texts(splitter.flush(" How")) == ["How"]
+    splitter = TextSplitter()
+    assert splitter.push("Sure.") == []
+    assert texts(splitter.wait_expired()) == ["Sure."]
+    for text, first, rest in (("I met Dr.", "I met", " Smith."), ("It costs 3.", "It costs", "5.")):
+        splitter = TextSplitter()
+        assert splitter.push(text) == []
+        assert texts(splitter.wait_expired()) == [first]
+        assert texts(splitter.flush(rest)) == [(text + rest)[len(first) + 1 :]]

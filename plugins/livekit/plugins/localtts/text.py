@@ -10,7 +10,8 @@ its first sentence:
    after an article, preposition, auxiliary, title or number ("the | weather", "Dr. | Smith",
    "3.5 | million" make broken joins), at most `_EXTRA_WORDS` words later;
 3. else, for streamed text, when the stream's short wait for a boundary ran out
-   (`TextSplitter.wait_expired`): at the last complete word.
+   (`TextSplitter.wait_expired`): at a sentence end that ends the buffer, else at the last
+   complete word.
 
 Later pieces are whole sentences; no piece exceeds `max_piece_chars`.
 
@@ -261,14 +262,16 @@ class TextSplitter:
         scan = buf[: self._max + 1] if mode != "final" else buf[: self._max] + " "
         ends = [m.end() for m in re.finditer(r"\S+(?=\s)", scan) if is_speakable(m.group())]
         ok = [i for i, end in enumerate(ends) if self._may_end_on(_token_before(buf, end))]
+        # the buffer may end with the first sentence (no space after its end yet, as when a
+        # whole text is pushed at once, or the LLM paused after it)
+        sentence_at_end = clause is None and self._ends_with_sentence_mark()
         if mode == "waited":
+            if sentence_at_end:
+                return len(buf)  # waited long enough: it ended
             return clause if clause is not None else (ends[ok[-1]] if ok else None)
         short = 2 * self._first_words
-        if mode == "stream" and clause is None and buf.rstrip()[-1:] in tuple(_SENTENCE_MARKS):
-            # the first sentence may be complete (its end has no space after it yet, as when a
-            # whole text is pushed at once): a short one is worth one more token's wait
-            if len(ends) + 1 <= short:
-                return None
+        if mode == "stream" and sentence_at_end and len(ends) + 1 <= short:
+            return None  # a short one is worth one more token's wait
         if clause is not None and sum(end <= clause for end in ends) <= short:
             return clause  # (in a stream, with the words before it arrived at once)
         if mode == "final" and clause is None and len(ends) <= short:
@@ -301,6 +304,17 @@ class TextSplitter:
             if long_enough and is_speakable(buf[: m.end()]):
                 return m.end()
         return glued[0] if glued and is_speakable(buf[: glued[0]]) else None
+
+    def _ends_with_sentence_mark(self) -> bool:
+        """The buffer ends with ".!?…" after a word, not after an abbreviation, an initial or
+        a number still being written ("Dr.", "J.", "3.")."""
+        buf = self._buf
+        if not buf[-1:] or buf[-1] not in _SENTENCE_MARKS:
+            return False
+        token = _token_before(buf, len(buf) - 1)
+        if buf[-1] == "." and (_is_abbreviation(token) or token[-1:].isdigit()):
+            return False
+        return is_speakable(token)
 
     @staticmethod
     def _may_end_on(token: str) -> bool:
