@@ -57,12 +57,12 @@ VOLUME ["/home/localtts/.cache/huggingface", "/home/localtts/.cache/compile", "/
 
 COPY --chmod=755 <<'EOF' /app/.venv/bin/localtts-entrypoint
 #!/bin/sh
-# worker [ARGS]  -> the LiveKit worker (python -m agent start ARGS)
+# worker [ARGS]  -> the LiveKit worker (python -m localtts_agent start ARGS)
 # serve [ARGS]   -> the synthesis service (localtts serve ARGS)
 # anything else  -> run as given (localtts doctor, bash, ...)
 set -e
 case "${1:-worker}" in
-    worker) [ $# -gt 0 ] && shift; exec python -m agent start "$@" ;;
+    worker) [ $# -gt 0 ] && shift; exec python -m localtts_agent start "$@" ;;
     serve) exec localtts "$@" ;;
     *) exec "$@" ;;
 esac

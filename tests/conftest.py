@@ -9,7 +9,7 @@ from livekit.plugins.localtts.engines.piper import PiperEngine
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.pg", "tests.livekit_server"]
+pytest_plugins = ["tests.pg", "tests.livekit_server", "tests.service_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """LiveKit test helpers: a capturing audio output for a real AgentSession without a server,
 a listener participant that records what it hears in a real room, a microphone it can speak
-into, and speech to say (the bundled Piper voice)."""
+into, speech to say (the bundled Piper voice), and `match_heard`, which says whether what was
+heard is the audio that was sent: whole, once, in order."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 from livekit.agents.voice import io
 from livekit.plugins.localtts.engines import SynthesisParams
 from livekit.plugins.localtts.engines.piper import PiperEngine
+from scipy.signal import resample_poly  # here, not in a test: the import takes ~1 s
 
 
 class CapturingAudioOutput(io.AudioOutput):
@@ -185,6 +189,14 @@ class HeardTrack:
     sample_rate: int
     frames: list[np.ndarray] = field(default_factory=list)  # int16 mono
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame
+    levels: list[float] = field(default_factory=list)  # RMS of each frame, in [0, 1]
+
+    def add(self, frame: np.ndarray, arrival: float) -> None:
+        self.frames.append(frame)
+        self.arrivals.append(arrival)
+        # once per frame: waits re-read the levels at every frame, and a busy event loop
+        # delays the room's own audio threads (they hand frames over under the GIL)
+        self.levels.append(rms(frame.astype(np.float32) / 32768.0))
 
     def samples(self) -> np.ndarray:
         """Everything heard, float32 in [-1, 1]."""
@@ -192,17 +204,31 @@ class HeardTrack:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self.frames).astype(np.float32) / 32768.0
 
+    def seconds(self, *, after: float = 0.0) -> float:
+        """How much audio arrived at or after `after` (a time.monotonic())."""
+        n = sum(f.size for f, t in zip(self.frames, self.arrivals, strict=True) if t >= after)
+        return n / self.sample_rate
+
+    def arrival_at(self, seconds: float) -> float:
+        """When the audio `seconds` into the track arrived."""
+        position = round(seconds * self.sample_rate)
+        for arrival, frame in zip(self.arrivals, self.frames, strict=True):
+            position -= frame.size
+            if position < 0:
+                return arrival
+        raise ValueError(f"the track holds less than {seconds:.2f} s")
+
     def first_speech(self, *, after: float = 0.0, threshold: float = SPEECH_RMS) -> float | None:
         """Arrival time of the first frame after `after` louder than `threshold` (RMS)."""
-        for arrival, frame in zip(self.arrivals, self.frames, strict=True):
-            if arrival >= after and rms(frame.astype(np.float32) / 32768.0) > threshold:
+        for arrival, level in zip(self.arrivals, self.levels, strict=True):
+            if arrival >= after and level > threshold:
                 return arrival
         return None
 
     def last_speech(self, *, threshold: float = SPEECH_RMS) -> float | None:
         """Arrival time of the last frame louder than `threshold`."""
-        for arrival, frame in zip(reversed(self.arrivals), reversed(self.frames), strict=True):
-            if rms(frame.astype(np.float32) / 32768.0) > threshold:
+        for arrival, level in zip(reversed(self.arrivals), reversed(self.levels), strict=True):
+            if level > threshold:
                 return arrival
         return None
 
@@ -277,8 +303,7 @@ class RoomListener:
         stream = rtc.AudioStream(track, sample_rate=self.sample_rate, num_channels=1)
         try:
             async for event in stream:
-                heard.frames.append(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
-                heard.arrivals.append(time.monotonic())
+                heard.add(np.frombuffer(bytes(event.frame.data), dtype=np.int16), time.monotonic())
                 self._notify()
         finally:
             await stream.aclose()
@@ -300,17 +325,25 @@ class RoomListener:
             if remaining <= 0:
                 raise TimeoutError(f"{self.name}: no {what} within {timeout} s")
             changed = self._changed
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
                 await asyncio.wait_for(changed.wait(), remaining)
 
     async def wait_for_speech(
-        self, *, after: float = 0.0, participant: str | None = None, timeout: float = 20.0
+        self,
+        *,
+        after: float = 0.0,
+        participant: str | None = None,
+        timeout: float = 20.0,
+        threshold: float = SPEECH_RMS,
     ) -> float:
         """Arrival time of the first speech heard after `after` (from `participant`)."""
         found: list[float] = []
 
         def heard(listener: RoomListener) -> bool:
-            times = [t.first_speech(after=after) for t in listener.heard_from(participant)]
+            times = [
+                t.first_speech(after=after, threshold=threshold)
+                for t in listener.heard_from(participant)
+            ]
             found[:] = sorted(x for x in times if x is not None)
             return bool(found)
 
@@ -393,3 +426,210 @@ class Microphone:
                 if not done.done():
                     done.set_result(Utterance(first_sent, onset, sent))
                 first_sent = onset = None
+# --- what was heard vs what was sent -----------------------------------------------------
+
+ENVELOPE_S = 0.02  # energy envelope resolution: 20 ms windows
+_HEAD_S = 0.3  # the reference's first voiced stretch, checked frame by frame
+_LOCAL_S = 0.5  # cut or extra speech is summed over stretches this long
+_FLOOR_DB = -60.0
+_BAND_EDGES_HZ = (80, 160, 300, 500, 750, 1000, 1400, 1900, 2500, 3300, 4300, 5600, 7500)
+# alignment costs, in (20 dB)^2 per 20 ms and band: matching frames costs their spectral
+# difference; skipping a voiced frame costs as much as a 20 dB mismatch, a silent one next
+# to nothing; hearing a frame again (the jitter buffer stretching a vowel) its difference
+# from the frame it repeats and a little
+_SKIP_VOICED = 1.0
+_SKIP_SILENT = 0.05
+_STRETCH = 0.1
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited resampling (what LiveKit's resampler does, near enough for envelopes)."""
+    if from_rate == to_rate:
+        return audio.astype(np.float32, copy=False)
+    g = math.gcd(from_rate, to_rate)
+    return resample_poly(audio, to_rate // g, from_rate // g).astype(np.float32)
+
+
+def energy_envelope(audio: np.ndarray, rate: int) -> np.ndarray:
+    """RMS of each ENVELOPE_S window."""
+    n = round(rate * ENVELOPE_S)
+    k = audio.size // n
+    frames = audio[: k * n].reshape(k, n).astype(np.float64)
+    return np.sqrt(np.mean(np.square(frames), axis=1))
+
+
+def band_levels(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Each ENVELOPE_S window's level in speech bands, in units of 20 dB (a spectrogram
+    coarse enough that Opus keeps it and fine enough to tell sounds apart)."""
+    n = round(rate * ENVELOPE_S)
+    k = audio.size // n
+    windows = audio[: k * n].reshape(k, n).astype(np.float64) * np.hanning(n)
+    power = np.abs(np.fft.rfft(windows, axis=1)) ** 2 / n
+    edges = np.searchsorted(np.fft.rfftfreq(n, 1 / rate), _BAND_EDGES_HZ)
+    bands = np.stack([power[:, lo:hi].mean(axis=1) for lo, hi in itertools.pairwise(edges)], 1)
+    return np.maximum(10 * np.log10(np.maximum(bands, 1e-12)), _FLOOR_DB) / 20
+
+
+def _densest(flags: np.ndarray) -> tuple[int, int]:
+    """The most True flags within any _LOCAL_S stretch, and where that stretch starts."""
+    width = round(_LOCAL_S / ENVELOPE_S)
+    counts = np.convolve(flags.astype(int), np.ones(width, dtype=int), mode="valid")
+    if counts.size == 0:
+        return int(flags.sum()), 0
+    at = int(np.argmax(counts))
+    return int(counts[at]), at + int(np.argmax(flags[at : at + width]))
+
+
+@dataclass(frozen=True)
+class HeardMatch:
+    """How a reference (what was sent) appears in what a listener heard.
+
+    Coarse spectra are compared, not samples: Opus and the jitter buffer keep the energy
+    of speech over time and frequency, not its waveform. The reference is aligned to the
+    heard audio in order (an edit-distance alignment of 20-ms band levels): each reference
+    frame is heard once or skipped, and heard frames that match nothing are extra. Then:
+
+    - reference speech skipped: cut;
+    - extra heard speech: doubled, or the jitter buffer stretching a sound (cheap in the
+      alignment when it sounds like the frame before) or fading it out to cover a stall;
+    - extra heard silence: a gap (playback stalled: the jitter buffer ran dry; on a loaded
+      2-core machine WebRTC's threads run a few hundred ms late). The audio is still whole
+      and in order, so gaps are reported, not failed;
+    - reordered or foreign audio matches only in part: its speech is skipped, the matched
+      levels correlate poorly;
+    - the reference's first voiced frames missing: a cut start.
+    """
+
+    offset_s: float  # where the reference's first frame was heard (s into the heard audio)
+    end_s: float  # where its last frame was heard
+    r: float  # correlation of the matched frames' levels
+    worst_cut_s: float  # the most reference speech not heard within _LOCAL_S
+    cut_at_s: float  # where that starts in the reference
+    cut_s: float  # all reference speech not heard
+    worst_extra_s: float  # the most speech heard beyond the reference within _LOCAL_S
+    extra_at_s: float  # where that starts in the heard audio
+    gaps_s: float  # silence heard beyond the reference (stalls)
+    head_heard: float  # share of the reference's first voiced frames heard as voiced
+    voiced_heard_s: float  # voiced time heard from the reference's start to its end
+    voiced_reference_s: float
+
+    def problems(
+        self,
+        *,
+        min_r: float = 0.9,
+        max_cut_s: float = 0.1,
+        max_extra_s: float = 0.24,
+        duration_tolerance: float = 0.1,
+    ) -> list[str]:
+        """What is wrong, in words; empty when the reference was heard whole, once, in order.
+
+        LiveKit's frames are 200 ms, and one skipped is beyond `max_cut_s`: the jitter
+        buffer squeezes time only by a pitch period here and there. Extra speech is
+        judged more loosely: covering a stall, the jitter buffer stretches and fades out
+        the last sound, up to ~180 ms above the speech level within half a second on a
+        loaded 2-core machine, as much as one doubled 200-ms frame; two doubled frames
+        (or a repeated sentence) are beyond `max_extra_s`.
+        """
+        found = []
+        if self.r < min_r:
+            found.append(f"levels correlate {self.r:.3f} < {min_r}")
+        if self.worst_cut_s > max_cut_s + 1e-9:
+            found.append(
+                f"{self.worst_cut_s * 1000:.0f} ms of speech from {self.cut_at_s:.2f} s into "
+                "the reference not heard (cut)"
+            )
+        if self.worst_extra_s > max_extra_s + 1e-9:
+            found.append(
+                f"{self.worst_extra_s * 1000:.0f} ms of speech heard extra at "
+                f"{self.extra_at_s:.2f} s (doubled)"
+            )
+        if self.head_heard < 0.8:
+            found.append(f"start cut: {self.head_heard:.0%} of the first voiced frames heard")
+        ratio = self.voiced_heard_s / self.voiced_reference_s if self.voiced_reference_s else 0
+        if abs(ratio - 1) > duration_tolerance or self.cut_s > duration_tolerance * (
+            self.voiced_reference_s
+        ):
+            found.append(
+                f"voiced {self.voiced_heard_s:.2f} s heard vs {self.voiced_reference_s:.2f} s "
+                f"sent, {self.cut_s:.2f} s of it not heard"
+            )
+        return found
+
+
+def match_heard(
+    heard: np.ndarray, reference: np.ndarray, rate: int, *, after_s: float = 0.0
+) -> HeardMatch:
+    """Align `reference` to `heard` (both float32 at `rate`), looking from `after_s` (s into
+    `heard`) on; heard audio before and after the reference costs nothing."""
+    skip = round(after_s / ENVELOPE_S)
+    ref_env = energy_envelope(reference, rate)
+    env = energy_envelope(heard, rate)[skip:]
+    assert env.size, "nothing was heard there"
+    a, b = band_levels(reference, rate), band_levels(heard, rate)[skip:]
+    ref_voiced, heard_voiced = ref_env > SPEECH_RMS, env > SPEECH_RMS
+    assert ref_voiced.any(), "the reference has no speech"
+    skip_ref = np.where(ref_voiced, _SKIP_VOICED, _SKIP_SILENT)
+    extra = np.where(heard_voiced, _SKIP_VOICED, _SKIP_SILENT)  # heard, matching nothing
+    n, m = len(a), len(b)
+
+    # cost[i, j]: reference frames :i aligned with heard frames :j (any heard before free).
+    # Along a row, extra heard frames are a running minimum over a cumulative sum: no
+    # Python loop over columns.
+    cost = np.zeros(m + 1)
+    entered = np.zeros((n + 1, m + 1), dtype=np.int32)  # where row i was entered
+    diagonal = np.zeros((n + 1, m + 1), dtype=bool)  # entered by a match (else: ref skipped)
+    columns = np.arange(m + 1)
+    for i in range(1, n + 1):
+        difference = np.mean((b - a[i - 1]) ** 2, axis=1)
+        extra_sum = np.concatenate([[0.0], np.cumsum(np.minimum(extra, difference + _STRETCH))])
+        matched = np.full(m + 1, np.inf)
+        matched[1:] = cost[:-1] + difference
+        skipped = cost + skip_ref[i - 1]
+        diagonal[i] = matched <= skipped
+        enter = np.minimum(matched, skipped) - extra_sum
+        best = np.minimum.accumulate(enter)
+        entered[i] = np.maximum.accumulate(np.where(enter == best, columns, 0))
+        cost = best + extra_sum
+
+    # walk back from the cheapest end (any heard after the reference free)
+    j = int(np.argmin(cost))
+    end = j
+    pairs: list[tuple[int, int]] = []
+    extra_heard = np.zeros(m, dtype=bool)
+    not_heard = np.zeros(n, dtype=bool)
+    for i in range(n, 0, -1):
+        k = int(entered[i, j])
+        extra_heard[k:j] = True  # heard after ref frame i-1, matching no other
+        if diagonal[i, k]:
+            pairs.append((i - 1, k - 1))
+            j = k - 1
+        else:
+            not_heard[i - 1] = True
+            j = k
+    start = j
+    extra_heard[:start] = extra_heard[end:] = False  # before and after: not the reference's
+    pairs.reverse()
+    ref_idx = np.array([p[0] for p in pairs], dtype=int)
+    heard_idx = np.array([p[1] for p in pairs], dtype=int)
+    r = float(np.corrcoef(ref_env[ref_idx], env[heard_idx])[0, 1]) if len(pairs) > 2 else 0.0
+
+    head = np.flatnonzero(ref_voiced)
+    head = head[head < head[0] + round(_HEAD_S / ENVELOPE_S)]
+    heard_at = dict(pairs)
+    head_heard = np.mean([i in heard_at and env[heard_at[i]] > SPEECH_RMS / 2 for i in head])
+    worst_cut, cut_at = _densest(not_heard & ref_voiced)
+    worst_extra, extra_at = _densest(extra_heard & heard_voiced)
+    return HeardMatch(
+        offset_s=(skip + (heard_idx[0] if len(pairs) else start)) * ENVELOPE_S,
+        end_s=(skip + end) * ENVELOPE_S,
+        r=r if np.isfinite(r) else 0.0,
+        worst_cut_s=worst_cut * ENVELOPE_S,
+        cut_at_s=cut_at * ENVELOPE_S,
+        cut_s=float(np.sum(not_heard & ref_voiced)) * ENVELOPE_S,
+        worst_extra_s=worst_extra * ENVELOPE_S,
+        extra_at_s=(skip + extra_at) * ENVELOPE_S,
+        gaps_s=float(np.sum(extra_heard & ~heard_voiced)) * ENVELOPE_S,
+        head_heard=float(head_heard),
+        voiced_heard_s=float(np.sum(heard_voiced[start:end])) * ENVELOPE_S,
+        voiced_reference_s=float(np.sum(ref_voiced)) * ENVELOPE_S,
+    )

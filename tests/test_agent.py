@@ -1,4 +1,4 @@
-"""The worker (agent/worker.py) run in-process: real AgentSessions speaking through the real
+"""The worker (localtts_agent.worker) run in-process: real AgentSessions speaking through the real
 bundled Piper voice into a capturing audio output, with a scripted LLM in place of the
 OpenAI-compatible one. The worker in real rooms: tests/test_agent_rooms.py."""
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,21 +34,12 @@ from livekit.plugins import localtts
 from livekit.plugins.localtts.engines.piper import PiperEngine
 from livekit.plugins.localtts.vad import VAD
 
-from agent.worker import (
-    GpuLoad,
-    VoicedSpeechVAD,
-    WorkerRuntime,
-    build_llm,
-    build_server,
-    build_stt,
-    build_vad,
-    http_port,
-    missing_server_settings,
-    prewarm,
-    start_session,
-    turn_handling,
-    worker_load,
-)
+from localtts_agent.settings import AgentSettings
+from localtts_agent.worker.load import GpuLoad, worker_load
+from localtts_agent.worker.main import build_server, http_port, missing_server_settings, prewarm
+from localtts_agent.worker.runtime import WorkerRuntime
+from localtts_agent.worker.session import build_llm, build_stt, start_session
+from localtts_agent.worker.turns import VoicedSpeechVAD, build_vad, turn_handling
 
 from .livekit_helpers import CapturingAudioOutput, piper_speech, rms
 
@@ -115,13 +107,16 @@ def _user_texts(ctx: llm.ChatContext) -> list[str]:
 
 @pytest.fixture(scope="module")
 async def runtime() -> AsyncIterator[WorkerRuntime]:
-    settings = localtts.Settings(  # type: ignore[call-arg]
-        _env_file=None, engine="piper", agent_greeting=GREETING, agent_max_sessions=4
-    )
-    rt = WorkerRuntime(settings=settings)
+    settings = localtts.Settings(_env_file=None, engine="piper")  # type: ignore[call-arg]
+    agent = AgentSettings(_env_file=None, agent_greeting=GREETING, agent_max_sessions=4)  # type: ignore[call-arg]
+    rt = WorkerRuntime(settings=settings, agent_settings=agent)
     await rt.ready()
     yield rt
     rt.close()
+
+
+def _agent_settings() -> AgentSettings:
+    return AgentSettings(_env_file=None, agent_greeting=GREETING)  # type: ignore[call-arg]
 
 
 async def _greet(runtime: WorkerRuntime) -> CapturingAudioOutput:
@@ -167,7 +162,7 @@ async def test_session_greets_and_answers_through_the_engine(runtime: WorkerRunt
     # the LLM saw the instructions and the user's text; its reply became the agent's message
     (request,) = scripted.requests
     assert _user_texts(request) == ["What is the answer?"]
-    assert runtime.settings.agent_instructions in str(request.items[0].content)
+    assert runtime.agent_settings.agent_instructions in str(request.items[0].content)
     said = [ev.item.text_content for ev in result.events if ev.type == "message"]
     assert said == ["The answer is forty two, as always."]
 
@@ -313,14 +308,14 @@ def test_load_counts_the_servers_rooms(runtime: WorkerRuntime) -> None:
 def test_stt_and_llm_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
-    settings = localtts.Settings(_env_file=None, llm_model="llama3.1:8b")  # type: ignore[call-arg]
+    settings = AgentSettings(_env_file=None, llm_model="llama3.1:8b")  # type: ignore[call-arg]
     model = build_llm(settings)
     assert model.model == "llama3.1:8b"
     assert str(model._client.base_url).startswith("http://127.0.0.1:8000/v1")
     # a separate STT server overrides OPENAI_BASE_URL for STT only
     monkeypatch.setenv("LOCALTTS_STT_BASE_URL", "http://127.0.0.1:9000/v1")
     monkeypatch.setenv("LOCALTTS_STT_MODEL", "Systran/faster-whisper-small")
-    settings = localtts.Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = AgentSettings(_env_file=None)  # type: ignore[call-arg]
     transcriber = build_stt(settings)
     assert transcriber.model == "Systran/faster-whisper-small"
     assert str(transcriber._client.base_url).startswith("http://127.0.0.1:9000/v1")
@@ -329,10 +324,10 @@ def test_stt_and_llm_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_vad_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOCALTTS_VAD", raising=False)
     monkeypatch.setenv("LOCALTTS_VAD_AGGRESSIVENESS", "3")
-    vad = build_vad(localtts.Settings(_env_file=None))  # type: ignore[call-arg]
+    vad = build_vad(AgentSettings(_env_file=None))  # type: ignore[call-arg]
     assert isinstance(vad, VAD) and vad._opts.aggressiveness == 3
     monkeypatch.setenv("LOCALTTS_VAD", "silero")
-    settings = localtts.Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = AgentSettings(_env_file=None)  # type: ignore[call-arg]
     # without the extra: one clear line naming the fix (sys.modules None: not importable)
     monkeypatch.setitem(sys.modules, "livekit.plugins.silero", None)
     with pytest.raises(RuntimeError, match=r"pip install 'localtts\[silero\]'"):
@@ -348,7 +343,7 @@ def test_python_m_agent_asked_for_a_missing_silero_fails_clearly(tmp_path: Any) 
         "import sys\nsys.modules['livekit.plugins.silero'] = None\n"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "console"],
+        [sys.executable, "-m", "localtts_agent", "console"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -362,7 +357,7 @@ def test_python_m_agent_asked_for_a_missing_silero_fails_clearly(tmp_path: Any) 
 
 def test_python_m_agent_offers_the_livekit_commands() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "--help"],
+        [sys.executable, "-m", "localtts_agent", "--help"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -378,10 +373,8 @@ async def test_a_default_voice_the_engine_cannot_clone_is_ignored_loudly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Piper (the fallback) clones nothing: LOCALTTS_VOICE must not silence every reply."""
-    settings = localtts.Settings(  # type: ignore[call-arg]
-        _env_file=None, engine="piper", voice="narrator", agent_greeting=GREETING
-    )
-    rt = WorkerRuntime(settings=settings)
+    settings = localtts.Settings(_env_file=None, engine="piper", voice="narrator")  # type: ignore[call-arg]
+    rt = WorkerRuntime(settings=settings, agent_settings=_agent_settings())
     try:
         with caplog.at_level(logging.WARNING, logger="livekit.plugins.localtts"):
             await rt.ready()
@@ -412,13 +405,76 @@ async def test_a_default_voice_without_its_library_is_ignored_loudly(
     monkeypatch.setattr(PiperEngine, "supports_cloning", True)  # stands in for a cloning engine
     monkeypatch.setattr(VoiceLibrary, "from_settings", classmethod(unreachable))
     settings = localtts.Settings(_env_file=None, engine="piper", voice="narrator")  # type: ignore[call-arg]
-    rt = WorkerRuntime(settings=settings)
+    rt = WorkerRuntime(settings=settings, agent_settings=_agent_settings())
     try:
         await rt.ready()
         assert rt.voice is None
         (warning,) = rt.load_report()["warnings"]
         assert "'narrator' IS IGNORED" in warning and "database unreachable" in warning
         assert rt.new_session(llm=ScriptedLLM([]), stt=None).tts._opts.voice is None  # type: ignore[union-attr]
+    finally:
+        rt.close()
+
+
+def _tiny_xtts_settings(tmp_path: Any, database_url: str, **overrides: Any) -> localtts.Settings:
+    """A cloning engine from a checkpoint directory (tiny random weights, the real directory
+    loader; built-in voice "Ana") with its voice library on `database_url`."""
+    from .tiny_xtts import write_xtts_checkpoint
+
+    return localtts.Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        engine="xtts",
+        xtts_model=str(write_xtts_checkpoint(tmp_path / "xtts", speaker="Ana")),
+        xtts_int8=False,
+        database_url=database_url,
+        voices_dir=tmp_path / "no-voices",
+        **overrides,
+    )
+
+
+async def test_a_failed_engine_warmup_is_reported_as_the_engines(
+    tmp_path: Any, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Weights that cannot load: `ready` fails with the engine's own error and the log says
+    the engine failed; the voice library, which is fine, is not blamed (it used to be: the
+    warmup was awaited inside the library's error handling)."""
+    settings = _tiny_xtts_settings(tmp_path, database_url, voice="narrator")
+    (Path(settings.xtts_model) / "model.pth").write_bytes(b"not a checkpoint")
+    rt = WorkerRuntime(settings=settings, agent_settings=_agent_settings())
+    try:
+        with caplog.at_level(logging.INFO, logger="livekit.plugins.localtts"):
+            with pytest.raises(localtts.EngineUnavailableError, match="could not load XTTS"):
+                await rt.ready()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        assert "could not load its engine: could not load XTTS" in errors[0]
+        assert rt.library is not None and rt.library.status == "ok"
+        assert rt.voice == "narrator" and rt.warnings == []
+    finally:
+        rt.close()
+
+
+async def test_an_unreachable_voice_database_is_reported_as_the_librarys(
+    tmp_path: Any, dead_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database is down: the engine warms and the rooms are served, the log names the
+    database (not the engine), and a default voice that lives in the database is dropped
+    loudly - every reply with it would fail - for the engine's own voice."""
+    settings = _tiny_xtts_settings(tmp_path, dead_database_url, voice="narrator")
+    rt = WorkerRuntime(settings=settings, agent_settings=_agent_settings())
+    try:
+        with caplog.at_level(logging.INFO, logger="livekit.plugins.localtts"):
+            await rt.ready()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors and all("voice library" in m and "cannot reach" in m for m in errors)
+        assert rt.engine is not None and rt.engine.name == "xtts"
+        assert rt.library is not None and rt.library.status == "degraded"
+        (warning,) = rt.load_report()["warnings"]
+        assert "LOCALTTS_VOICE='narrator' IS IGNORED" in warning and "cannot reach" in warning
+        assert rt.voice is None
+        rt.engine.max_tokens = 30  # type: ignore[attr-defined]  # random weights never stop
+        output = await _greet(rt)  # with the checkpoint's own voice
+        assert sum(f.duration for f in output.frames) > 0.2
     finally:
         rt.close()
 
@@ -456,7 +512,7 @@ def test_missing_server_settings(argv: list[str], missing: list[str]) -> None:
 def test_python_m_agent_without_a_server_fails_clearly(command: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     out = subprocess.run(
-        [sys.executable, "-m", "agent", command],
+        [sys.executable, "-m", "localtts_agent", command],
         capture_output=True,
         text=True,
         timeout=60,
@@ -507,9 +563,8 @@ async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
         database_url=database_url,
         voices_dir=tmp_path / "no-voices",
         voice="narrator",
-        agent_greeting=GREETING,
     )
-    rt = WorkerRuntime(settings=settings)
+    rt = WorkerRuntime(settings=settings, agent_settings=_agent_settings())
     try:
         await rt.ready()
         assert rt.engine is not None and rt.engine.name == "xtts"
@@ -523,6 +578,7 @@ async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
             return condition(clip)
 
         rt.engine.condition = counting  # type: ignore[method-assign]
+        rt.engine.max_tokens = 30  # type: ignore[attr-defined]  # random weights never stop
         output = await _greet(rt)
         assert sum(f.duration for f in output.frames) > 0.2
         assert rms(output.samples()) > 0.0
@@ -534,8 +590,8 @@ async def test_worker_with_a_cloning_engine_speaks_a_preloaded_voice(
 def test_turn_taking_runs_locally_in_every_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under `dev` livekit would send end-of-turn and interruption detection to LiveKit
     Cloud (with this server's key); the worker pins the local choices."""
-    monkeypatch.setenv("LIVEKIT_DEV_MODE", "1")  # what `python -m agent dev` sets
-    settings = localtts.Settings(_env_file=None, agent_min_interruption_s=0.3)  # type: ignore[call-arg]
+    monkeypatch.setenv("LIVEKIT_DEV_MODE", "1")  # what `python -m localtts_agent dev` sets
+    settings = AgentSettings(_env_file=None, agent_min_interruption_s=0.3)  # type: ignore[call-arg]
     options = turn_handling(settings)
     detector = options["turn_detection"]
     assert isinstance(detector, inference.TurnDetector)
@@ -605,10 +661,10 @@ async def test_voiced_speech_vad_counts_voice_not_the_silence_after_it() -> None
 
 def test_health_port_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A second worker on the host (one per GPU) must not fight over livekit's port 8081."""
-    default = http_port(localtts.Settings(_env_file=None))  # type: ignore[call-arg]
+    default = http_port(AgentSettings(_env_file=None))  # type: ignore[call-arg]
     assert isinstance(default, ServerEnvOption)
     assert (default.dev_default, default.prod_default) == (0, 8081)  # livekit's own
-    assert http_port(localtts.Settings(_env_file=None, agent_http_port=0)) == 0  # type: ignore[call-arg]
+    assert http_port(AgentSettings(_env_file=None, agent_http_port=0)) == 0  # type: ignore[call-arg]
     monkeypatch.setenv("LOCALTTS_AGENT_HTTP_PORT", "9123")
     monkeypatch.setenv("LOCALTTS_AGENT_HTTP_HOST", "127.0.0.1")
     localtts.get_settings.cache_clear()

@@ -1,7 +1,7 @@
-"""The voice agent in real rooms: `python -m agent start` run as a subprocess, registered with
-the test's livekit-server, sent to a room by the server when a participant joins it, with STT
-and LLM from a scripted OpenAI-compatible server over real HTTP and Piper speaking. Each
-test's participant publishes a live microphone and records what it hears: that is the
+"""The voice agent in real rooms: `python -m localtts_agent start` run as a subprocess,
+registered with the test's livekit-server, sent to a room by the server when a participant
+joins it, with STT and LLM from a scripted OpenAI-compatible server over real HTTP and Piper
+speaking. Each test's participant publishes a live microphone and records what it hears: that is the
 evidence, timed with `time.monotonic()`.
 
 Interruption latency is measured from the interrupting utterance's speech onset as published
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.plugins import localtts
+
+from localtts_agent.settings import AgentSettings
 
 from .livekit_helpers import SPEECH_RMS, HeardTrack, Microphone, RoomListener, piper_speech
 from .livekit_server import LiveKitServer
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.livekit
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 24_000
 GREETING = "Hello, this is the local voice agent."
-INSTRUCTIONS = localtts.Settings.model_fields["agent_instructions"].default
+INSTRUCTIONS = AgentSettings.model_fields["agent_instructions"].default
 LOAD_TEST_AGENT = "localtts-load-test"  # the second worker takes only rooms that name it
 REGISTER_TIMEOUT_S = 90.0
 # how long a room may wait for its agent's greeting, measured from the participant's join
@@ -64,7 +65,7 @@ def _free_tcp_port() -> int:
 
 @dataclass
 class WorkerProcess:
-    """`python -m agent start`, its JSON log (what `start` writes) and its health port."""
+    """`python -m localtts_agent start`, its JSON log (what `start` writes) and its health port."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -152,7 +153,7 @@ def start_worker(
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "start"],
+            [sys.executable, "-m", "localtts_agent", "start"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agent.cli import app
+from localtts_agent.cli.app import app
 
 runner = CliRunner()
 

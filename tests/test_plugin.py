@@ -29,6 +29,7 @@ from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
 
 from .livekit_helpers import CapturingAudioOutput, frames_to_float, hear, rms
+from .recording_engine import RecordingEngine
 
 MULTI = (
     "The weather today is sunny with a light breeze from the west. "
@@ -37,38 +38,6 @@ MULTI = (
 )
 
 
-@dataclass
-class Call:
-    text: str
-    started: float
-    finished: float | None = None
-    cancelled: bool = False
-    audio: list[np.ndarray] = field(default_factory=list)  # the chunks the engine yielded
-
-
-
-@dataclass
-class RecordingEngine:
-    """The real Piper engine, with a log of each piece: when it started and ended, and its
-    audio."""
-
-    inner: PiperEngine
-    calls: list[Call] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stream(self, text: str, *args: Any) -> Iterator[np.ndarray]:
-        cancel: threading.Event = args[-1]  # (text, voice, params, cancel)
-        call = Call(text=text, started=time.perf_counter())
-        self.calls.append(call)
-        try:
-            for chunk in self.inner.stream(text, *args):
-                call.audio.append(chunk)
-                yield chunk
-        finally:
-            call.finished = time.perf_counter()
-            call.cancelled = cancel.is_set()
 
 
 @pytest.fixture
@@ -149,7 +118,7 @@ async def test_first_audio_before_whole_text_is_synthesized(recording: Recording
     first_frame_at = None
     async for _ev in tts.synthesize(MULTI):
         if first_frame_at is None:
-            first_frame_at = time.perf_counter()
+            first_frame_at = time.monotonic()  # the clock RecordingEngine stamps with
     assert len(recording.calls) >= 3, [c.text for c in recording.calls]
     # the first piece is a short clause; the last piece started after audio was out
     assert len(recording.calls[0].text) < 70
@@ -157,40 +126,77 @@ async def test_first_audio_before_whole_text_is_synthesized(recording: Recording
 
 
 def _sound(audio: np.ndarray) -> tuple[int, int]:
-    """(first, last + 1) sample louder than -40 dBFS."""
-    loud = np.flatnonzero(np.abs(audio) > 0.01)
-    return int(loud[0]), int(loud[-1]) + 1
+    """(first, last + 1) audible sample (louder than -60 dBFS)."""
+    audible = np.flatnonzero(np.abs(audio) > 1e-3)
+    return int(audible[0]), int(audible[-1]) + 1
 
 
-async def test_a_sentence_cut_at_a_word_does_not_pause_there(recording: RecordingEngine) -> None:
+async def test_a_sentence_cut_at_a_word_does_not_pause_there(piper_engine: PiperEngine) -> None:
     """The first piece ends mid-sentence: the engine ends it with silence and starts the next
     piece with more (Piper: 120-260 ms together, a sentence pause). What is heard at the cut
     is a word gap; every sound of both pieces is played unchanged, and the transcript keeps
     the engine's time of the first word after the cut relative to its sound."""
+    recording = RecordingEngine(piper_engine, keep_audio=True)
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
     heard = await hear(tts.synthesize(MULTI))
     first, second = recording.calls[0], recording.calls[1]
     assert first.text == "The weather today is sunny"  # a word cut
     assert second.text.startswith("with a light breeze")
-    a = np.concatenate(first.audio)
-    b = np.concatenate(second.audio)
-    (_, a_end), (b_start, b_end) = _sound(a), _sound(b)
+    a, b = first.samples(), second.samples()
+    (a_start, a_end), (b_start, b_end) = _sound(a), _sound(b)
+    reply_start = a_start - round(0.005 * tts.sample_rate)  # (the reply starts at its sound)
     out = heard.audio
-    resumes = a_end + _sound(out[a_end:])[0]
-    pause_ms = (resumes - a_end) / tts.sample_rate * 1000
+    a_end_out = a_end - reply_start
+    resumes = a_end_out + _sound(out[a_end_out:])[0]
+    pause_ms = (resumes - a_end_out) / tts.sample_rate * 1000
     engine_pause_ms = (len(a) - a_end + b_start) / tts.sample_rate * 1000
     print(f"pause at the cut: {pause_ms:.0f} ms (the engine's: {engine_pause_ms:.0f} ms)")
     assert pause_ms <= 90, pause_ms
     pcm_step = 2 / 32768  # the output is 16-bit
-    np.testing.assert_allclose(out[:a_end], a[:a_end], atol=pcm_step)
+    np.testing.assert_allclose(out[:a_end_out], a[reply_start:a_end], atol=pcm_step)
     np.testing.assert_allclose(out[resumes : resumes + b_end - b_start], b[b_start:b_end],
                                atol=pcm_step)  # fmt: skip
     assert heard.text == MULTI
     # "with": the first word of the second piece, timed by the engine from its own audio
-    engine_with = second.audio[0].words[0]  # type: ignore[attr-defined]
+    engine_with = second.words[0]
     ours_with = next(t for t, _ in heard.timed if t.strip() == "with")
     expected = (resumes - b_start) / tts.sample_rate + engine_with.start_s
     assert abs(ours_with.start_time - expected) < 0.001, (ours_with.start_time, expected)
+    # and the first word: the reply's leading silence is gone from its time too
+    ours_first = heard.timed[0][0]
+    expected = max(0.0, first.words[0].start_s - reply_start / tts.sample_rate)
+    assert abs(ours_first.start_time - expected) < 0.001, (ours_first.start_time, expected)
+
+
+async def test_a_reply_starts_at_its_first_sound(piper_engine: PiperEngine) -> None:
+    """Piper leads with 25-50 ms of silence a listener would wait through: a reply starts
+    5 ms before its first audible sample, and is otherwise the engine's audio exactly
+    (the pauses between its sentences included; a reply with no piece cut mid-sentence)."""
+    recording = RecordingEngine(piper_engine, keep_audio=True)
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    text = MULTI.replace("The weather today is sunny with a light breeze from the west.",
+                         "The weather is sunny today.")  # fmt: skip
+
+    def streamed() -> localtts.SynthesizeStream:
+        stream = tts.stream()
+        stream.push_text(text)
+        stream.end_input()
+        return stream
+
+    for reply in (lambda: tts.synthesize(text), streamed):
+        recording.calls.clear()
+        frames, _ = await collect(reply())
+        assert [c.text[-1] for c in recording.calls] == [".", ".", "."]  # whole sentences
+        produced = recording.produced(text)
+        first_sound = int(np.flatnonzero(np.abs(produced) > 1e-3)[0])
+        lead_in = round(0.005 * tts.sample_rate)
+        assert first_sound > 2 * lead_in  # silence to skip (else this proves nothing)
+        expected = produced[first_sound - lead_in :]
+        heard = frames_to_float(frames)
+        # (LiveKit's emitter pads the last frame to whole 10 ms and a stream's end may add
+        # a 10-ms marker frame; PCM16 rounds)
+        assert expected.size <= heard.size <= expected.size + 2 * tts.sample_rate // 100
+        np.testing.assert_allclose(heard[: expected.size], expected, atol=3 / 32768)
 
 
 async def test_stream_first_audio_while_text_still_arrives(piper_engine: PiperEngine) -> None:
@@ -213,9 +219,14 @@ async def test_cancel_mid_utterance_then_next_request(recording: RecordingEngine
     stream = tts.synthesize(MULTI * 20)
     await stream.__anext__()
     await stream.aclose()
-    await asyncio.sleep(0.5)  # the worker thread notices at its next piece boundary
-    assert len(recording.calls) < 10, "generation went on after the stream was closed"
+    # the worker thread notices at its next sentence boundary: 0.1 s on a quiet machine,
+    # over 0.5 s when other jobs share the 2 cores
+    for _ in range(100):
+        if all(c.finished is not None for c in recording.calls):
+            break
+        await asyncio.sleep(0.05)
     assert all(c.finished is not None for c in recording.calls)
+    assert len(recording.calls) < 10, "generation went on after the stream was closed"
     frames, _ = await collect(tts.synthesize("And now the next request."))
     assert rms(frames_to_float(frames)) > 0.02
 
@@ -603,7 +614,10 @@ async def test_fallback_adapter_fails_over_from_a_stalled_engine(
     primary_tts = localtts.TTS(engine=stalled)  # type: ignore[arg-type]
     backup_tts = localtts.TTS(engine=backup)  # type: ignore[arg-type]
     fallback = FallbackAdapter([primary_tts, backup_tts], max_retry_per_tts=0)
-    options = APIConnectOptions(timeout=1.0)
+    # the backup's first audio must come within the timeout too: Piper takes up to a second
+    # for it when other jobs load the 2 cores
+    timeout = 2.0
+    options = APIConnectOptions(timeout=timeout)
     firsts: list[float] = []
     try:
         for make in (
@@ -621,8 +635,8 @@ async def test_fallback_adapter_fails_over_from_a_stalled_engine(
         await fallback.aclose()
     # the first request gave up on the stalled engine at its timeout and moved on; the
     # primary is then marked unavailable, so the next goes to the backup at once
-    assert 1.0 <= firsts[0] < 1.0 + 2.0, firsts
-    assert firsts[1] < 1.0, firsts
+    assert timeout <= firsts[0] < timeout + 2.0, firsts
+    assert firsts[1] < timeout, firsts
 
 
 async def test_a_slow_llm_gets_its_first_words_spoken_after_a_short_wait(

@@ -2,7 +2,8 @@
 
 HTTP goes through httpx against the ASGI app, or through uvicorn on 127.0.0.1 where
 streaming matters (httpx's ASGI transport buffers whole responses). Rooms are exercised
-without a server: the publisher's track is read back through `rtc.AudioStream`.
+here without a server (the publisher's track is read back through `rtc.AudioStream`);
+tests/test_service_rooms.py speaks into real rooms on a real LiveKit server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import socket
 import struct
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,10 +28,20 @@ from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import create_engine
 from livekit.plugins.localtts.voices import VoiceLibrary
 
-from agent.rooms import LiveKitConnector, PlaybackReport, RoomJoinError, RoomPublishers
-from agent.service import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, OPENAI_SAMPLE_RATE, create_app
+from localtts_agent.service.app import create_app
+from localtts_agent.service.models import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
+from localtts_agent.service.room_publisher import (
+    LiveKitConnector,
+    PlaybackReport,
+    RoomJoinError,
+    RoomPublishers,
+)
+from localtts_agent.service.routers.speech import OPENAI_SAMPLE_RATE
+from localtts_agent.settings import ServiceSettings
 
 from .livekit_helpers import frames_to_float, rms
+from .recording_engine import RecordingEngine
+from .service_fixtures import running_app
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,28 +55,6 @@ LONG_TEXT = (
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def piper_settings() -> localtts.Settings:
-    return localtts.Settings(engine="piper", voice=None, api_key=None)
-
-
-@pytest.fixture(scope="session")
-async def piper_tts(piper_settings: localtts.Settings) -> localtts.TTS:
-    """The process's engine, loaded once for the whole session (as in a real service)."""
-    tts = localtts.TTS(engine="piper", settings=piper_settings)
-    await tts.warmup()
-    return tts
-
-
-@pytest.fixture
-async def library(database_url: str, tmp_path: Any) -> AsyncIterator[VoiceLibrary]:
-    lib = VoiceLibrary(database_url=database_url, voices_dir=None, data_dir=tmp_path)
-    await lib.start()
-    assert lib.status == "ok", lib.status_detail
-    yield lib
-    await lib.aclose()
 
 
 class CapturedRoom:
@@ -117,33 +105,6 @@ class CapturingConnector:
 
     def room(self, name: str) -> CapturedRoom:
         return next(r for r in reversed(self.rooms) if r.room_name == name)
-
-
-@asynccontextmanager
-async def running_app(
-    settings: localtts.Settings,
-    tts: localtts.TTS,
-    library: VoiceLibrary | None,
-    *,
-    connector: Any = None,
-    wait: bool = True,
-    room_idle_timeout: float = 60.0,
-) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    app = create_app(
-        settings,
-        tts=tts,
-        voice_library=library,
-        room_connector=connector,
-        room_idle_timeout=room_idle_timeout,
-    )
-    async with app.router.lifespan_context(app):
-        if wait:
-            await app.state.service.wait_started()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://service", timeout=60
-        ) as client:
-            yield app, client
 
 
 @pytest.fixture
@@ -197,34 +158,18 @@ CLIP_TEXT = (
 )
 
 
-class PieceLog:
-    """The real engine, noting when each text piece started (hashable: the plugin keys
-    warmups by engine)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.started: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stream(self, text: str, *args: Any) -> Any:
-        self.started.append(time.perf_counter())
-        return self.inner.stream(text, *args)
-
-
 # ---------------------------------------------------------------------------- /v1/audio/speech
 
 
 async def test_speech_streams_audio_while_the_text_is_still_being_spoken(
     piper_settings: localtts.Settings, piper_tts: localtts.TTS, library: VoiceLibrary
 ) -> None:
-    engine = PieceLog(piper_tts.engine)
-    tts = localtts.TTS(engine=engine, settings=piper_settings)
+    engine = RecordingEngine(piper_tts.engine)
+    tts = localtts.TTS(engine=engine, settings=piper_settings)  # type: ignore[arg-type]
     app = create_app(piper_settings, tts=tts, voice_library=library)
     async with uvicorn_server(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         await app.state.service.wait_started()
-        engine.started.clear()  # warmup's
+        engine.calls.clear()  # warmup's
         arrivals: list[tuple[float, int]] = []  # (when, bytes so far)
         received = bytearray()
         async with client.stream(
@@ -235,9 +180,9 @@ async def test_speech_streams_audio_while_the_text_is_still_being_spoken(
             assert response.headers["x-sample-rate"] == str(OPENAI_SAMPLE_RATE)
             async for chunk in response.aiter_bytes():
                 received.extend(chunk)
-                arrivals.append((time.perf_counter(), len(received)))
-    assert len(engine.started) >= 3
-    last_piece_started = engine.started[-1]
+                arrivals.append((time.monotonic(), len(received)))
+    assert len(engine.calls) >= 3
+    last_piece_started = engine.calls[-1].started
     before_last = max((n for t, n in arrivals if t < last_piece_started), default=0)
     # a whole second of audio was in the client's hands before the engine even began the
     # last sentence: the reply streams, it is not sent when done
@@ -447,8 +392,10 @@ async def test_voices_crud(service: tuple[Any, httpx.AsyncClient], piper_tts: lo
 async def test_bearer_token_guards_synthesis_and_voices(
     piper_settings: localtts.Settings, piper_tts: localtts.TTS, library: VoiceLibrary
 ) -> None:
-    settings = piper_settings.model_copy(update={"api_key": "s3cret-token"})
-    async with running_app(settings, piper_tts, library) as (_, client):
+    service_settings = ServiceSettings(_env_file=None, api_key="s3cret-token")  # type: ignore[call-arg]
+    async with running_app(
+        piper_settings, piper_tts, library, service_settings=service_settings
+    ) as (_, client):
         speech = {"model": "tts-1", "input": "Hi."}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
             response = await client.post("/v1/audio/speech", json=speech, headers=headers)
@@ -769,67 +716,18 @@ async def test_livekit_token_and_an_unreachable_server(
     assert claims.video.room_join and claims.video.can_publish
     assert not claims.video.can_subscribe
 
-    settings = piper_settings.model_copy(
-        update={
-            "livekit_url": f"ws://127.0.0.1:{port}",
-            "livekit_api_key": "devkey",
-            "livekit_api_secret": secret,
-        }
+    service_settings = ServiceSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        livekit_url=f"ws://127.0.0.1:{port}",
+        livekit_api_key="devkey",
+        livekit_api_secret=secret,
     )
-    async with running_app(settings, piper_tts, library) as (_, client):
+    async with running_app(
+        piper_settings, piper_tts, library, service_settings=service_settings
+    ) as (_, client):
         assert (await client.get("/health")).json()["livekit_configured"] is True
         response = await client.post("/api/tts/synthesize", json={"text": "Hi.", "room_name": "r"})
         assert response.status_code == 502
         assert "could not join LiveKit room 'r'" in response.json()["error"]["message"]
         ok = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Still fine."})
         assert ok.status_code == 200
-
-
-@pytest.mark.livekit
-@pytest.mark.skipif(not os.environ.get("LIVEKIT_URL"), reason="needs a LiveKit server")
-async def test_real_room_receives_the_speech(
-    piper_tts: localtts.TTS, library: VoiceLibrary
-) -> None:
-    from livekit import api
-
-    settings = localtts.Settings(engine="piper")  # LIVEKIT_* from the environment
-    assert settings.livekit_api_key and settings.livekit_api_secret
-    room_name = f"localtts-test-{uuid.uuid4().hex[:8]}"
-    token = (
-        api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
-        .with_identity("listener")
-        .with_grants(api.VideoGrants(room_join=True, room=room_name, can_publish=False))
-        .to_jwt()
-    )
-    listener = rtc.Room()
-    heard: list[rtc.AudioFrame] = []
-    got_track = asyncio.Event()
-    got_speech = asyncio.Event()
-    readers: set[asyncio.Task[None]] = set()
-
-    async def read(track: rtc.Track) -> None:
-        async for event in rtc.AudioStream.from_track(track=track, sample_rate=24_000):
-            heard.append(event.frame)
-            if rms(frames_to_float(heard[-50:])) > 0.01:
-                got_speech.set()
-
-    @listener.on("track_subscribed")
-    def _on_track(track: rtc.Track, *_: Any) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
-            got_track.set()
-            readers.add(asyncio.ensure_future(read(track)))
-
-    await listener.connect(settings.livekit_url, token)
-    try:
-        async with running_app(settings, piper_tts, library) as (_, client):
-            response = await client.post(
-                "/api/tts/synthesize",
-                json={"text": "Hello room, this is the service speaking.", "room_name": room_name},
-            )
-            assert response.status_code == 200, response.text
-            await asyncio.wait_for(got_track.wait(), 10)
-            await asyncio.wait_for(got_speech.wait(), 10)
-    finally:
-        for reader in readers:
-            reader.cancel()
-        await listener.disconnect()

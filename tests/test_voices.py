@@ -309,7 +309,7 @@ def test_cli_says_how_to_replace_a_voice(
     from livekit.plugins.localtts.settings import get_settings
     from typer.testing import CliRunner
 
-    from agent.voices_cli import voices_app
+    from localtts_agent.cli.voices import voices_app
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LOCALTTS_VOICES_DIR", str(tmp_path / "no-voices"))
@@ -335,9 +335,9 @@ def test_cli_says_how_to_replace_a_voice(
 
 
 def test_service_says_how_to_replace_a_voice() -> None:
-    from agent.service import _voice_error
+    from localtts_agent.service.errors import voice_error
 
-    error = _voice_error(
+    error = voice_error(
         VoiceExistsError("voice 'dup' already exists; remove it first or replace it explicitly")
     )
     assert (error.status, error.code) == (409, "voice_exists")

@@ -331,13 +331,7 @@ def test_hub_id_not_in_cache_is_a_clear_error(offline: Path) -> None:
 
 
 def test_loads_a_checkpoint_directory_with_its_speakers(offline: Path) -> None:
-    directory = write_xtts_checkpoint(offline / "ckpt")
-    gen = torch.Generator().manual_seed(0)
-    torch.save(
-        {"Ana Florence": {"gpt_cond_latent": torch.randn(1, 32, 256, generator=gen),
-                          "speaker_embedding": torch.randn(1, 512, 1, generator=gen)}},
-        directory / "speakers_xtts.pth",
-    )
+    directory = write_xtts_checkpoint(offline / "ckpt", speaker="Ana Florence")
     settings = _settings(str(directory))
     assert XTTSEngine.availability(settings) is None
     engine = XTTSEngine.from_settings(settings)

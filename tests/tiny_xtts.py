@@ -118,8 +118,11 @@ def build_xtts(
     return model
 
 
-def write_xtts_checkpoint(directory: Path, size: ModelSize = "tiny", seed: int = 0) -> Path:
-    """Write config.json, model.pth and vocab.json of a random-weight model into `directory`."""
+def write_xtts_checkpoint(
+    directory: Path, size: ModelSize = "tiny", seed: int = 0, *, speaker: str | None = None
+) -> Path:
+    """Write config.json, model.pth and vocab.json of a random-weight model into `directory`;
+    with `speaker`, also speakers_xtts.pth holding that one built-in voice (random latents)."""
     import torch
 
     directory = Path(directory)
@@ -130,6 +133,14 @@ def write_xtts_checkpoint(directory: Path, size: ModelSize = "tiny", seed: int =
     skip = ("gpt.gpt_inference.", "gpt.gpt.wte.")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     torch.save({"model": state}, directory / "model.pth")
+    if speaker is not None:
+        gen = torch.Generator().manual_seed(seed)
+        width = model.args.gpt_n_model_channels
+        latents = {
+            "gpt_cond_latent": torch.randn(1, 32, width, generator=gen),
+            "speaker_embedding": torch.randn(1, 512, 1, generator=gen),
+        }
+        torch.save({speaker: latents}, directory / "speakers_xtts.pth")
     return directory
 
 

@@ -1,10 +1,11 @@
-"""Every setting of localtts, read from the environment (`LOCALTTS_*`, `DATABASE_URL`,
-`LIVEKIT_*`) or a `.env` file.
+"""The plugin's settings, read from the environment (`LOCALTTS_*`, `DATABASE_URL`) or a
+`.env` file.
 
 Each part owns the settings it reads: `EngineSettings` (what a loaded engine depends on: two
 engines built from equal `EngineSettings` are interchangeable, see `engines.shared_engine`)
-and `VoiceLibrarySettings`. `Settings` is all of them plus the plugin's, the service's and
-the agent's own, flat, so every variable keeps its one `LOCALTTS_*` name.
+and `VoiceLibrarySettings`. `Settings` is both plus the plugin's own (engine choice, default
+voice, text), flat, so every variable keeps its one `LOCALTTS_*` name. The app's service and
+agent settings are the app's (`localtts_agent.settings`), under the same kind of names.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class VoiceLibrarySettings(_DataDirSettings):
 
 
 class Settings(EngineSettings, VoiceLibrarySettings):
-    """Every setting: the parts' above, and those of the plugin, the service and the agent."""
+    """The plugin's settings: the parts' above and the plugin's own."""
 
     model_config = _CONFIG
 
@@ -114,18 +115,6 @@ class Settings(EngineSettings, VoiceLibrarySettings):
 
     # the plugin's default voice
     voice: str | None = Field(None, description="default voice id")
-
-    # LiveKit (worker and room publisher)
-    livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL"))
-    livekit_api_key: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_API_KEY"))
-    livekit_api_secret: str | None = Field(
-        None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
-    )
-
-    # synthesis service
-    api_key: str | None = Field(
-        None, description="bearer token required by the service's synthesis and voice endpoints"
-    )
 
     # text
     first_clause_min_chars: int = Field(
@@ -144,53 +133,6 @@ class Settings(EngineSettings, VoiceLibrarySettings):
         10.0, gt=0, description="seconds of audio synthesis may run ahead of its listener"
     )
     max_piece_chars: int = Field(300, description="longest text piece handed to an engine at once")
-
-    # voice agent (agent/worker.py); STT/LLM also read OPENAI_API_KEY / OPENAI_BASE_URL
-    agent_instructions: str = Field(
-        "You are a helpful voice assistant. Answer briefly, in plain spoken sentences.",
-        description="the LLM's system prompt",
-    )
-    agent_greeting: str | None = Field(
-        "Hello! How can I help you?", description="said when a participant joins; empty: none"
-    )
-    llm_model: str = Field("gpt-4o-mini", description="LLM model name (OpenAI-compatible API)")
-    llm_base_url: str | None = Field(
-        None, description="OpenAI-compatible LLM server; default OPENAI_BASE_URL"
-    )
-    stt_model: str = Field(
-        "gpt-4o-mini-transcribe", description="STT model name (OpenAI-compatible API)"
-    )
-    stt_base_url: str | None = Field(
-        None, description="OpenAI-compatible STT server; default OPENAI_BASE_URL"
-    )
-    stt_language: str = Field("en", description="language spoken to the agent")
-    agent_max_sessions: int = Field(
-        4, ge=1, description="rooms one worker process serves at full load (load = rooms / this)"
-    )
-    vad: Literal["webrtc", "silero"] = Field(
-        "webrtc",
-        description="turn-taking VAD: webrtc (localtts.VAD) or silero (pip install "
-        "'localtts[silero]')",
-    )
-    vad_aggressiveness: int = Field(
-        2, ge=0, le=3, description="webrtcvad aggressiveness, 0 (least) to 3 (most)"
-    )
-    agent_min_interruption_s: float = Field(
-        0.2,
-        ge=0.0,
-        description="voiced speech (s) over the agent's voice that interrupts it; sounds "
-        "with less voice (a click, a short 'uh') do not",
-    )
-    agent_http_host: str = Field(
-        "", description="address of the worker's health endpoint; empty: every interface"
-    )
-    agent_http_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="port of the worker's health endpoint; None: 8081 for `start`, any free "
-        "port for `dev`; 0: any free port",
-    )
 
 
 @lru_cache(maxsize=1)

@@ -11,8 +11,9 @@ Aligned transcripts: before the audio a word starts in, the word's slice of the 
 piece's start is exact and its words are spread by an estimate of their length
 (`_SpeakingPace`), never ahead of the audio produced so far.
 
-Where a piece ends mid-sentence (the first piece cut at a word), the silence the engine puts
-around the cut is shortened to a word gap (`_Join`), and the next piece's times move with it.
+A reply starts at its first sound, and where a piece ends mid-sentence (the first piece cut
+at a word) the silence the engine puts around the cut is shortened to a word gap
+(`_PieceEdges`); word times move with the silence dropped.
 """
 
 from __future__ import annotations
@@ -481,53 +482,62 @@ class _PieceTranscript:
         return TimedString(self._words[k], start_time=start, end_time=max(end, start))
 
 
-_SILENCE = 0.01  # below -40 dBFS
-# silence kept at a mid-sentence join: the end of the piece cut at a word, the start of the
-# next (about a word gap in fluent speech; an engine leaves 150-180 ms there, a sentence pause)
+_AUDIBLE = 1e-3  # -60 dBFS: quieter is silence
+# A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
+# listener would wait through before hearing anything), less a few ms for the onset's ramp
+_REPLY_LEAD_IN_S = 0.005
+# Silence kept at a mid-sentence join: the end of the piece cut at a word, the start of the
+# next (a word gap in fluent speech; an engine leaves 120-260 ms there, a sentence pause)
 _JOIN_KEEP_END_S = 0.04
 _JOIN_KEEP_START_S = 0.02
 
 
-def _loud(audio: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.abs(audio) > _SILENCE)
+def _audible(audio: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(audio) > _AUDIBLE)
 
 
-class _Join:
-    """Keeps a sentence cut into pieces (the first piece's word cut, a long run cut at a
-    space) from pausing where it was cut: an engine ends every piece with silence and starts
-    the next with some. The silence at the end of a piece that ends mid-sentence is held
-    back as it arrives (only silence: no sound is delayed) and dropped but for 40 ms once the
-    piece ends; the piece after it loses its leading silence but for 20 ms. Sound is never
-    dropped or changed."""
+class _PieceEdges:
+    """Drops the silence an engine puts at the edges of a piece where a listener would hear
+    it as a wait: before the reply's first sound (all but `_REPLY_LEAD_IN_S`), and around a
+    cut mid-sentence (the first piece cut at a word), where the piece's trailing silence is
+    held back as it arrives and all but `_JOIN_KEEP_END_S` of it dropped once the piece
+    ends, and the next piece's leading silence all but `_JOIN_KEEP_START_S`. Only silence
+    is held or dropped: no sound is delayed or changed. `dropped` counts the samples cut
+    from the piece's start, by which its word times move earlier."""
 
-    def __init__(self, sample_rate: int, *, after_cut: bool, cut: bool) -> None:
-        self._hold = cut
-        self._held = np.zeros(0, dtype=np.float32)
-        self._keep_end = int(_JOIN_KEEP_END_S * sample_rate)
-        # leading silence still to keep; None once the piece's first sound has come
-        self._keep_start: int | None = int(_JOIN_KEEP_START_S * sample_rate) if after_cut else None
-        self.dropped = 0  # samples of leading silence dropped so far
+    def __init__(self, sample_rate: int, *, keep_lead_s: float | None, cut: bool) -> None:
+        # leading silence to keep; None once the piece's first sound has come
+        self._keep_lead = None if keep_lead_s is None else round(keep_lead_s * sample_rate)
+        self._lead_held = np.zeros(0, dtype=np.float32)
+        self._hold_tail = cut
+        self._tail_held = np.zeros(0, dtype=np.float32)
+        self._keep_tail = round(_JOIN_KEEP_END_S * sample_rate)
+        self.dropped = 0
 
     def audio(self, chunk: np.ndarray) -> np.ndarray:
         """What to push of the next chunk of the piece."""
         audio = np.asarray(chunk, dtype=np.float32).view(np.ndarray)
-        if self._keep_start is not None and audio.size:
-            loud = _loud(audio)
-            lead = int(loud[0]) if loud.size else audio.size
-            kept = min(lead, self._keep_start)  # the silence right before the sound
-            audio = audio[lead - kept :]
-            self.dropped += lead - kept
-            self._keep_start = None if loud.size else self._keep_start - kept
-        if self._hold:
-            audio = np.concatenate([self._held, audio])  # held silence was a pause inside
-            loud = _loud(audio)
-            end = int(loud[-1]) + 1 if loud.size else 0
-            audio, self._held = audio[:end], audio[end:]
+        if self._keep_lead is not None and audio.size:
+            sound = _audible(audio)
+            lead = int(sound[0]) if sound.size else audio.size
+            silence = np.concatenate([self._lead_held, audio[:lead]])
+            kept = silence[len(silence) - min(self._keep_lead, len(silence)) :]
+            self.dropped += len(silence) - len(kept)
+            if not sound.size:  # silence so far: keep holding the end of it
+                self._lead_held = kept
+                return audio[:0]
+            audio = np.concatenate([kept, audio[lead:]])
+            self._keep_lead = None
+        if self._hold_tail:
+            audio = np.concatenate([self._tail_held, audio])  # held silence was a pause inside
+            sound = _audible(audio)
+            end = int(sound[-1]) + 1 if sound.size else 0
+            audio, self._tail_held = audio[:end], audio[end:]
         return audio
 
     def end(self) -> np.ndarray:
         """What to push when the piece has ended: the start of its trailing silence."""
-        return self._held[: self._keep_end]
+        return self._tail_held[: self._keep_tail]
 
 
 class _Speaker:
@@ -589,22 +599,26 @@ class _Speaker:
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
         transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
-        join = _Join(
-            self._tts.sample_rate, after_cut=self._mid_sentence, cut=piece.ends_mid_sentence
+        if self.pushed_samples == 0:
+            keep_lead_s: float | None = _REPLY_LEAD_IN_S  # the reply starts at its first sound
+        else:  # a sentence goes on after a cut; else the engine's pause between sentences
+            keep_lead_s = _JOIN_KEEP_START_S if self._mid_sentence else None
+        edges = _PieceEdges(
+            self._tts.sample_rate, keep_lead_s=keep_lead_s, cut=piece.ends_mid_sentence
         )
         chunks = engine_chunks(self._tts.engine, piece.text, self._voice, self._opts.params)
         async with aclosing(chunks):  # closing stops the engine thread at once
             async for chunk in chunks:
-                dropped = join.dropped
-                audio = join.audio(chunk)
-                if join.dropped > dropped:  # silence cut from the piece's start: words sooner
-                    transcript.shift((dropped - join.dropped) / self._tts.sample_rate)
+                dropped = edges.dropped
+                audio = edges.audio(chunk)
+                if edges.dropped > dropped:  # silence cut from the piece's start: words sooner
+                    transcript.shift((dropped - edges.dropped) / self._tts.sample_rate)
                 end_s = (self.pushed_samples + audio.size) / self._tts.sample_rate
                 self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
                 self._push(audio)
                 if self.pushed_samples:
                     first_audio.reschedule(None)
-        self._push(join.end())
+        self._push(edges.end())
         self._mid_sentence = piece.ends_mid_sentence
         self._emitter.push_timed_transcript(transcript.finish(self.audio_s))
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -307,6 +307,42 @@ def _mono(frame: rtc.AudioFrame) -> np.ndarray:
     return data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
 
 
+@dataclass
+class _Segment:
+    """One segment of a stream (a flush starts the next): audio not yet classified, and the
+    turn so far. "pub_" values are what the events report."""
+
+    resampler: rtc.AudioResampler | None
+    pending_in: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # input rate
+    # at the inference rate, not yet classified
+    pending_inf: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    copy_fract: float = 0.0  # keeps input/inference alignment exact for non-integer ratios
+    speaking: bool = False
+    pub_speech_s: float = 0.0
+    pub_silence_s: float = 0.0
+    pub_sample: int = 0
+    pub_time: float = 0.0
+    raw_speech_s: float = 0.0
+    raw_silence_s: float = 0.0
+
+    def take(self, mono: np.ndarray, input_rate: int) -> None:
+        """Queue a frame's samples, as they are and at the inference rate."""
+        self.pending_in = np.concatenate([self.pending_in, mono])
+        if self.resampler is None:
+            self.pending_inf = np.concatenate([self.pending_inf, mono])
+            return
+        mono_frame = rtc.AudioFrame(
+            data=mono.tobytes(),
+            sample_rate=input_rate,
+            num_channels=1,
+            samples_per_channel=mono.size,
+        )
+        for out in self.resampler.push(mono_frame):
+            self.pending_inf = np.concatenate(
+                [self.pending_inf, np.frombuffer(out.data, dtype=np.int16)]
+            )
+
+
 class VADStream(vad.VADStream):
     def __init__(self, vad_: VAD, opts: _VADOptions) -> None:
         import webrtcvad  # C extension; imported here so `import localtts` stays light
@@ -326,50 +362,20 @@ class VADStream(vad.VADStream):
     @utils.log_exceptions(logger=logger)
     async def _main_task(self) -> None:
         input_rate = 0
-        resampler: rtc.AudioResampler | None = None
         window = 0  # samples per window at the inference rate
         window_s = 0.0
-        pending_in = np.zeros(0, np.int16)  # input rate, not yet matched to a window
-        pending_inf = np.zeros(0, np.int16)  # inference rate, not yet classified
-        copy_fract = 0.0  # keeps input/inference alignment exact for non-integer ratios
-
-        # "pub_" values are what the events report
-        speaking = False
-        pub_speech_s = pub_silence_s = 0.0
-        pub_sample = 0
-        pub_time = 0.0
-        raw_speech_s = raw_silence_s = 0.0
-
-        def reset() -> None:
-            nonlocal resampler, pending_in, pending_inf, copy_fract, speaking
-            nonlocal pub_speech_s, pub_silence_s, pub_sample, pub_time, raw_speech_s
-            nonlocal raw_silence_s
-            resampler = self._new_resampler(input_rate)
-            pending_in = np.zeros(0, np.int16)
-            pending_inf = np.zeros(0, np.int16)
-            copy_fract = 0.0
-            speaking = False
-            pub_speech_s = pub_silence_s = pub_time = 0.0
-            pub_sample = 0
-            raw_speech_s = raw_silence_s = 0.0
-            if input_rate:
-                self._features = FeatureTracker(
-                    self._opts.sample_rate, window, self._opts.noise_floor_s
-                )
-                self._speech = _SpeechBuffer(
-                    input_rate, self._opts.prefix_padding_duration, self._opts.max_buffered_speech
-                )
-
+        segment = self._new_segment(input_rate, window)
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
-                reset()  # a hard segment boundary: the next frame starts afresh
+                # a hard segment boundary: the next frame starts afresh
+                segment = self._new_segment(input_rate, window)
                 continue
             frame = item
             if not input_rate:
                 input_rate = frame.sample_rate
                 window = self._opts.sample_rate * self._opts.frame_duration_ms // 1000
                 window_s = window / self._opts.sample_rate
-                reset()
+                segment = self._new_segment(input_rate, window)
             elif frame.sample_rate != input_rate:
                 logger.error(
                     "VAD input changed sample rate (%d -> %d Hz): frame dropped",
@@ -377,113 +383,129 @@ class VADStream(vad.VADStream):
                     frame.sample_rate,
                 )
                 continue
-            speech = self._speech
-            assert speech is not None
+            segment.take(_mono(frame), input_rate)
+            while segment.pending_inf.size >= window:
+                self._run_window(segment, input_rate, window, window_s)
 
-            mono = _mono(frame)
-            pending_in = np.concatenate([pending_in, mono])
-            if resampler is None:
-                pending_inf = np.concatenate([pending_inf, mono])
-            else:
-                mono_frame = rtc.AudioFrame(
-                    data=mono.tobytes(),
-                    sample_rate=input_rate,
-                    num_channels=1,
-                    samples_per_channel=mono.size,
+    def _new_segment(self, input_rate: int, window: int) -> _Segment:
+        """A fresh segment (at the first frame, and after each flush)."""
+        if input_rate:
+            self._features = FeatureTracker(
+                self._opts.sample_rate, window, self._opts.noise_floor_s
+            )
+            self._speech = _SpeechBuffer(
+                input_rate, self._opts.prefix_padding_duration, self._opts.max_buffered_speech
+            )
+        return _Segment(resampler=self._new_resampler(input_rate))
+
+    def _run_window(self, seg: _Segment, input_rate: int, window: int, window_s: float) -> None:
+        """Classify the next window of `seg`, report it (INFERENCE_DONE), then move the
+        turn on (START/END_OF_SPEECH)."""
+        speech = self._speech
+        assert speech is not None
+        started = time.perf_counter()
+        samples = seg.pending_inf[:window]
+        # raw_speech_s > 0: the window before was voiced
+        voiced = self._classify(samples, seg.speaking and seg.raw_speech_s > 0)
+        inference_s = time.perf_counter() - started
+        seg.pending_inf = seg.pending_inf[window:]
+
+        # the input-rate audio this window covers (the resampler lags a little)
+        ratio = input_rate / self._opts.sample_rate
+        to_copy = window * ratio + seg.copy_fract
+        n_in = int(to_copy)
+        seg.copy_fract = to_copy - n_in
+        window_in, seg.pending_in = seg.pending_in[:n_in], seg.pending_in[n_in:]
+        speech.append(window_in)
+
+        seg.pub_sample += window
+        seg.pub_time += window_s
+        if seg.speaking:
+            seg.pub_speech_s += window_s
+        else:
+            seg.pub_silence_s += window_s
+
+        window_frame = rtc.AudioFrame(
+            data=window_in.tobytes(),
+            sample_rate=input_rate,
+            num_channels=1,
+            samples_per_channel=window_in.size,
+        )
+        self._send(
+            seg,
+            vad.VADEventType.INFERENCE_DONE,
+            speech_duration=seg.pub_speech_s,
+            silence_duration=seg.pub_silence_s,
+            frame=window_frame,
+            probability=1.0 if voiced else 0.0,
+            inference_duration=inference_s,
+            raw_accumulated_silence=seg.raw_silence_s,
+            raw_accumulated_speech=seg.raw_speech_s,
+        )
+        self._advance_turn(seg, voiced, window_s, speech)
+
+    def _advance_turn(
+        self, seg: _Segment, voiced: bool, window_s: float, speech: _SpeechBuffer
+    ) -> None:
+        """Start or end the turn after one more window of `seg`."""
+        seg.raw_speech_s = seg.raw_speech_s + window_s if voiced else 0.0
+        # within a turn, one stray voiced window (a noise burst) does not restart
+        # the silence count: min_resume_duration of voice does
+        resumed = seg.raw_speech_s >= self._opts.min_resume_duration - 1e-9  # float sums
+        if voiced and (not seg.speaking or resumed):
+            seg.raw_silence_s = 0.0
+            if not seg.speaking and seg.raw_speech_s >= self._opts.min_speech_duration:
+                seg.speaking = True
+                seg.pub_silence_s = 0.0
+                seg.pub_speech_s = seg.raw_speech_s
+                self._send(
+                    seg,
+                    vad.VADEventType.START_OF_SPEECH,
+                    speech_duration=seg.pub_speech_s,
+                    silence_duration=0.0,
+                    frame=speech.frame(),
                 )
-                for out in resampler.push(mono_frame):
-                    pending_inf = np.concatenate(
-                        [pending_inf, np.frombuffer(out.data, dtype=np.int16)]
-                    )
+            return
+        seg.raw_silence_s += window_s
+        if not seg.speaking:
+            speech.keep_prefix()
+        elif seg.raw_silence_s >= self._opts.min_silence_duration + self._noise_tail():
+            seg.speaking = False
+            seg.pub_silence_s = seg.raw_silence_s
+            self._send(
+                seg,
+                vad.VADEventType.END_OF_SPEECH,
+                # the trailing silence is not speech
+                speech_duration=max(0.0, seg.pub_speech_s - seg.raw_silence_s),
+                silence_duration=seg.pub_silence_s,
+                frame=speech.frame(),
+            )
+            seg.pub_speech_s = 0.0
+            speech.keep_prefix()
 
-            ratio = input_rate / self._opts.sample_rate
-            while pending_inf.size >= window:
-                started = time.perf_counter()
-                samples = pending_inf[:window]
-                # raw_speech_s > 0: the window before was voiced
-                voiced = self._classify(samples, speaking and raw_speech_s > 0)
-                inference_s = time.perf_counter() - started
-                pending_inf = pending_inf[window:]
-
-                # the input-rate audio this window covers (the resampler lags a little)
-                to_copy = window * ratio + copy_fract
-                n_in = int(to_copy)
-                copy_fract = to_copy - n_in
-                window_in, pending_in = pending_in[:n_in], pending_in[n_in:]
-                speech.append(window_in)
-
-                pub_sample += window
-                pub_time += window_s
-                if speaking:
-                    pub_speech_s += window_s
-                else:
-                    pub_silence_s += window_s
-
-                self._event_ch.send_nowait(
-                    vad.VADEvent(
-                        type=vad.VADEventType.INFERENCE_DONE,
-                        samples_index=pub_sample,
-                        timestamp=pub_time,
-                        speech_duration=pub_speech_s,
-                        silence_duration=pub_silence_s,
-                        frames=[
-                            rtc.AudioFrame(
-                                data=window_in.tobytes(),
-                                sample_rate=input_rate,
-                                num_channels=1,
-                                samples_per_channel=window_in.size,
-                            )
-                        ],
-                        probability=1.0 if voiced else 0.0,
-                        inference_duration=inference_s,
-                        speaking=speaking,
-                        raw_accumulated_silence=raw_silence_s,
-                        raw_accumulated_speech=raw_speech_s,
-                    )
-                )
-
-                raw_speech_s = raw_speech_s + window_s if voiced else 0.0
-                # within a turn, one stray voiced window (a noise burst) does not restart
-                # the silence count: min_resume_duration of voice does
-                resumed = raw_speech_s >= self._opts.min_resume_duration - 1e-9  # float sums
-                if voiced and (not speaking or resumed):
-                    raw_silence_s = 0.0
-                    if not speaking and raw_speech_s >= self._opts.min_speech_duration:
-                        speaking = True
-                        pub_silence_s = 0.0
-                        pub_speech_s = raw_speech_s
-                        self._event_ch.send_nowait(
-                            vad.VADEvent(
-                                type=vad.VADEventType.START_OF_SPEECH,
-                                samples_index=pub_sample,
-                                timestamp=pub_time,
-                                speech_duration=pub_speech_s,
-                                silence_duration=0.0,
-                                frames=[speech.frame()],
-                                speaking=True,
-                            )
-                        )
-                else:
-                    raw_silence_s += window_s
-                    if not speaking:
-                        speech.keep_prefix()
-                    elif raw_silence_s >= self._opts.min_silence_duration + self._noise_tail():
-                        speaking = False
-                        pub_silence_s = raw_silence_s
-                        self._event_ch.send_nowait(
-                            vad.VADEvent(
-                                type=vad.VADEventType.END_OF_SPEECH,
-                                samples_index=pub_sample,
-                                timestamp=pub_time,
-                                # the trailing silence is not speech
-                                speech_duration=max(0.0, pub_speech_s - raw_silence_s),
-                                silence_duration=pub_silence_s,
-                                frames=[speech.frame()],
-                                speaking=False,
-                            )
-                        )
-                        pub_speech_s = 0.0
-                        speech.keep_prefix()
+    def _send(
+        self,
+        seg: _Segment,
+        type_: vad.VADEventType,
+        *,
+        speech_duration: float,
+        silence_duration: float,
+        frame: rtc.AudioFrame,
+        **extra: float,
+    ) -> None:
+        """Emit an event at `seg`'s current position and speaking state."""
+        self._event_ch.send_nowait(
+            vad.VADEvent(
+                type=type_,
+                samples_index=seg.pub_sample,
+                timestamp=seg.pub_time,
+                speech_duration=speech_duration,
+                silence_duration=silence_duration,
+                frames=[frame],
+                speaking=seg.speaking,
+                **extra,
+            )
+        )
 
     def _noise_tail(self) -> float:
         """Silence added to min_silence_duration in noise: decisions there rest on pitch, so

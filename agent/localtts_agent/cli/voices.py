@@ -1,4 +1,4 @@
-"""`localtts voices ...`: manage the voice library (mounted in agent/cli.py).
+"""`localtts voices ...`: manage the voice library (mounted in `cli.app`).
 
 Changes go to PostgreSQL (DATABASE_URL, else the embedded server under the data directory)
 and reach running workers through LISTEN/NOTIFY: no restart needed.

@@ -8,6 +8,12 @@ name, so different rooms play in parallel while one room never talks over itself
 Joining is a `RoomConnector`: `LiveKitConnector` connects to a server with a token minted
 from the API key and secret; tests pass their own connector and read the published track
 through `rtc.AudioStream`, with no server.
+
+Memory: a publisher holds no audio of its own. It hands each frame to the room as the
+utterance's stream yields it; `capture_frame` blocks once the source holds
+`SOURCE_QUEUE_MS`, which paces the reader to real time, and the plugin's stream keeps
+synthesis within `LOCALTTS_READ_AHEAD_S` of that reader. A 10,000-character text is never
+held whole.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -30,10 +36,13 @@ logger = logging.getLogger("localtts.rooms")
 
 # where a publisher's audio waits before the room takes it: capture_frame blocks beyond this,
 # which paces a fast engine to real time without holding a whole reply in the source
-_SOURCE_QUEUE_MS = 1000
+SOURCE_QUEUE_MS = 1000
 _JOIN_TIMEOUT_S = 15.0
+# a listener already in the room subscribes to a new track within ~100 ms on a LAN; audio
+# sent before that never reaches it (the first syllable of a room's first utterance)
+_SUBSCRIBE_WAIT_S = 3.0
 
-AudioFactory = Callable[[], AsyncIterator[rtc.AudioFrame]]
+AudioFactory = Callable[[], AsyncGenerator[rtc.AudioFrame, None]]
 """Starts one utterance's synthesis when its turn comes; yields frames as they exist."""
 
 
@@ -62,17 +71,15 @@ class RoomClosedError(Exception):
 
 @dataclass(frozen=True)
 class PlaybackReport:
+    """How one utterance went into its room. How long synthesis took is the stream's to
+    say (the plugin's `TTSMetrics`): frames reach the room paced to real time."""
+
     room_name: str
     queued_s: float  # waiting for earlier utterances in the same room
-    first_audio_s: float | None  # from this utterance's turn to its first frame
-    synthesis_s: float  # from this utterance's turn to its last frame
+    first_audio_s: float | None  # from this utterance's turn to its first frame in the room
     audio_s: float
     started_at: float  # time.monotonic() when its turn came
     finished_at: float  # time.monotonic() when its last frame was in the room
-
-    @property
-    def real_time_factor(self) -> float | None:
-        return self.synthesis_s / self.audio_s if self.audio_s > 0 else None
 
 
 class LiveKitConnector:
@@ -122,9 +129,15 @@ class LiveKitConnector:
             await room.connect(
                 self._url, self.token(room_name), options=rtc.RoomOptions(auto_subscribe=False)
             )
-            await room.local_participant.publish_track(
+            publication = await room.local_participant.publish_track(
                 track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             )
+            if any(p.permissions.can_subscribe for p in room.remote_participants.values()):
+                # someone is there to hear it: speak once the track reaches them
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        publication.wait_for_subscription(), _SUBSCRIBE_WAIT_S
+                    )
         except BaseException:
             with contextlib.suppress(Exception):
                 await room.disconnect()
@@ -149,11 +162,6 @@ class _Utterance:
     audio: AudioFactory
     future: asyncio.Future[PlaybackReport]
     submitted_at: float
-
-
-@dataclass
-class _Failed:
-    error: BaseException
 
 
 class RoomPublisher:
@@ -221,7 +229,7 @@ class RoomPublisher:
             while True:
                 try:
                     utterance = await asyncio.wait_for(self._queue.get(), self._idle_timeout)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                     if self._queue.empty():
                         await self.wait_for_playout()  # never cut the last words off
                     if self._queue.empty():
@@ -260,7 +268,7 @@ class RoomPublisher:
             self._link = None
             self._set_joined(False)
         if self._source is None:
-            self._source = rtc.AudioSource(self._sample_rate, 1, queue_size_ms=_SOURCE_QUEUE_MS)
+            self._source = rtc.AudioSource(self._sample_rate, 1, queue_size_ms=SOURCE_QUEUE_MS)
             self._track = rtc.LocalAudioTrack.create_audio_track(
                 f"localtts-{self.room_name}", self._source
             )
@@ -285,43 +293,21 @@ class RoomPublisher:
             self._metrics.rooms_joined.dec()
 
     async def _play(self, utterance: _Utterance) -> PlaybackReport:
-        """Synthesis runs ahead into a buffer while capture_frame paces playback."""
+        """Each frame goes to the room as the stream yields it (see the module's Memory)."""
         assert self._source is not None
         started = time.monotonic()
         first: float | None = None
-        produced_until = started
         samples = 0
-        buffer: asyncio.Queue[rtc.AudioFrame | _Failed | None] = asyncio.Queue()
-
-        async def produce() -> None:
-            nonlocal first, produced_until, samples
-            try:
-                async for frame in utterance.audio():
-                    if first is None:
-                        first = time.monotonic() - started
-                    samples += frame.samples_per_channel
-                    produced_until = time.monotonic()
-                    buffer.put_nowait(frame)
-            except Exception as e:
-                buffer.put_nowait(_Failed(e))
-                return
-            buffer.put_nowait(None)
-
-        producer = asyncio.create_task(produce())
-        try:
-            while (item := await buffer.get()) is not None:
-                if isinstance(item, _Failed):
-                    raise item.error
-                await self._source.capture_frame(item)
-        finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+        async with contextlib.aclosing(utterance.audio()) as frames:  # closing stops synthesis
+            async for frame in frames:
+                if first is None:
+                    first = time.monotonic() - started
+                samples += frame.samples_per_channel
+                await self._source.capture_frame(frame)
         return PlaybackReport(
             room_name=self.room_name,
             queued_s=started - utterance.submitted_at,
             first_audio_s=first,
-            synthesis_s=produced_until - started,
             audio_s=samples / self._sample_rate,
             started_at=started,
             finished_at=time.monotonic(),

@@ -1,4 +1,4 @@
-"""`localtts serve`: run the synthesis service (agent/service.py) with uvicorn."""
+"""`localtts serve`: run the synthesis service (`service.app.create_app`) with uvicorn."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def serve(
 
     import uvicorn
 
-    from .service import create_app
+    from ..service.app import create_app
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

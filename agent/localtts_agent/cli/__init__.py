@@ -1,0 +1,1 @@
+"""The `localtts` command line (`app.app`, the console script)."""

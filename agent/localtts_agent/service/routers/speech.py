@@ -1,0 +1,125 @@
+"""POST /v1/audio/speech: OpenAI's audio endpoint, streaming as the engine speaks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from livekit.plugins.localtts.engines import UnknownVoiceError
+from livekit.plugins.localtts.models import ENGINE_NAMES
+
+from ..audio import AudioStreamResponse, resampled, streaming_wav_header, synthesis_frames
+from ..auth import PROTECTED
+from ..errors import ServiceError, synthesis_error
+from ..models import SpeechRequest
+from ..state import ServiceState, State
+
+logger = logging.getLogger("localtts.service")
+
+OPENAI_SAMPLE_RATE = 24_000  # OpenAI's pcm is 24 kHz mono s16le; its clients assume it
+# OpenAI's stock voices: clients always send one; unless the library has a voice of that
+# name, they mean "the default voice" here, so an OpenAI client works unchanged
+OPENAI_VOICE_NAMES = frozenset(
+    {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
+     "sage", "shimmer", "verse"}
+)  # fmt: skip
+
+router = APIRouter(tags=["speech"], dependencies=PROTECTED)
+
+
+@router.post(
+    "/v1/audio/speech",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"audio/pcm": {}, "audio/wav": {}}}},
+)
+async def openai_speech(body: SpeechRequest, state: State) -> StreamingResponse:
+    """OpenAI's `audio/speech`: 24 kHz 16-bit mono audio streams out as it is made.
+    `model` may name the loaded engine or any OpenAI model name (both mean the loaded
+    engine); `voice` omitted, "default" or an OpenAI stock voice name (alloy, ash...)
+    is the default voice, anything else a voice id of the library."""
+    engine_name = state.engine.name
+    if body.model in ENGINE_NAMES and body.model != engine_name:
+        raise ServiceError(
+            400,
+            "model_not_loaded",
+            f"model {body.model!r} is not loaded: this service runs {engine_name} "
+            f"(LOCALTTS_ENGINE); ask for {engine_name!r} or an OpenAI model name",
+        )
+    state.require_ready()
+    voice = await openai_voice(state, body.voice)
+    await state.check_voice(voice)
+    tts_ = state.request_tts(voice=voice, language=body.language, speed=body.speed)
+    started = time.perf_counter()
+    frames = resampled(synthesis_frames(tts_, body.input), tts_.sample_rate, OPENAI_SAMPLE_RATE)
+    try:  # the first frame before the 200: a failing engine still gets a proper status
+        first = await frames.__anext__()  # type: ignore[attr-defined]
+    except StopAsyncIteration:
+        first = None
+    except Exception as e:
+        await frames.aclose()  # type: ignore[attr-defined]
+        raise synthesis_error(e, engine_name) from e
+    first_audio_s = time.perf_counter() - started
+
+    async def body_bytes() -> AsyncIterator[bytes]:
+        gauge = state.metrics.active_streams.labels("speech")
+        gauge.inc()
+        samples = 0
+        completed = False
+        try:
+            if body.response_format == "wav":
+                yield streaming_wav_header(OPENAI_SAMPLE_RATE)
+            if first is not None:
+                samples += first.samples_per_channel
+                yield bytes(first.data)
+            async for frame in frames:
+                samples += frame.samples_per_channel
+                yield bytes(frame.data)
+            completed = True
+        except Exception:
+            # the 200 is out: the client sees a short body; the log says why
+            state.metrics.error("engine")
+            logger.exception("speech stream failed after its first audio")
+        finally:
+            gauge.dec()
+            await frames.aclose()  # type: ignore[attr-defined]
+            if completed:
+                state.metrics.observe_synthesis(
+                    "speech",
+                    first_audio_s=first_audio_s,
+                    synthesis_s=time.perf_counter() - started,
+                    audio_s=samples / OPENAI_SAMPLE_RATE,
+                )
+
+    media_type = "audio/wav" if body.response_format == "wav" else "audio/pcm"
+    return AudioStreamResponse(
+        body_bytes(),
+        close=frames.aclose,  # type: ignore[attr-defined]
+        media_type=media_type,
+        headers={
+            "X-Sample-Rate": str(OPENAI_SAMPLE_RATE),
+            "X-Engine": engine_name,
+            "X-Voice": voice or "default",
+            "Cache-Control": "no-store",
+        },
+    )
+
+# ------------------------------------------------------------ voices
+
+
+async def openai_voice(state: ServiceState, requested: str | None) -> str | None:
+    """The voice an OpenAI-style `voice` field means here (see OPENAI_VOICE_NAMES)."""
+    if requested in (None, "", "default"):
+        return state.settings.voice
+    if requested in OPENAI_VOICE_NAMES:
+        try:
+            if state.voice_library is not None:
+                await state.voice_library.get(requested)
+                return requested
+        except UnknownVoiceError:
+            pass
+        return state.settings.voice
+    return requested
+

@@ -1,0 +1,76 @@
+"""/api/voices: list, add (multipart upload of a reference clip), get and remove voices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from livekit.plugins.localtts.engines import VoiceError
+from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
+
+from ..auth import PROTECTED
+from ..errors import ServiceError, voice_error
+from ..models import LANGUAGE_PATTERN, MAX_UPLOAD_BYTES, VOICES_PATH
+from ..state import ServiceState, State
+
+if TYPE_CHECKING:
+    from livekit.plugins.localtts.voices import VoiceLibrary
+
+router = APIRouter(tags=["voices"], dependencies=PROTECTED)
+
+
+@router.get(VOICES_PATH)
+async def list_voices(state: State) -> dict[str, Any]:
+    """Every voice (database and directory)."""
+    library = _library(state)
+    return {"voices": [v.to_dict() for v in await library.list()]}
+
+
+@router.post(VOICES_PATH, status_code=201)
+async def add_voice(
+    state: State,
+    voice_id: Annotated[str, Form(min_length=1, max_length=128)],
+    file: Annotated[UploadFile, File(description="reference clip: wav, flac, ogg, mp3")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    language: Annotated[str | None, Form(pattern=LANGUAGE_PATTERN, max_length=32)] = None,
+    replace: Annotated[bool, Form()] = False,
+) -> dict[str, Any]:
+    """Upload a reference clip (multipart) as voice `voice_id`."""
+    library = _library(state)
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ServiceError(413, "payload_too_large", f"the clip exceeds {MAX_UPLOAD_BYTES} bytes")
+    if not data:
+        raise ServiceError(400, "invalid_voice", "the uploaded clip is empty")
+    try:
+        info = await library.add(
+            voice_id, data, name=name or None, language=language or None, replace=replace
+        )
+    except (VoiceError, DatabaseUnavailableError) as e:
+        raise voice_error(e) from e
+    return info.to_dict()
+
+
+@router.get(VOICES_PATH + "/{voice_id}")
+async def get_voice(voice_id: str, state: State) -> dict[str, Any]:
+    library = _library(state)
+    try:
+        return (await library.get(voice_id)).to_dict()
+    except (VoiceError, DatabaseUnavailableError) as e:
+        raise voice_error(e) from e
+
+
+@router.delete(VOICES_PATH + "/{voice_id}", status_code=204)
+async def delete_voice(voice_id: str, state: State) -> Response:
+    library = _library(state)
+    try:
+        await library.remove(voice_id)
+    except (VoiceError, DatabaseUnavailableError) as e:
+        raise voice_error(e) from e
+    return Response(status_code=204)
+
+
+def _library(state: ServiceState) -> VoiceLibrary:
+    if state.voice_library is None:
+        raise ServiceError(503, "warming_up", "the voice library is not started yet")
+    return state.voice_library

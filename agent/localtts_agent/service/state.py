@@ -1,0 +1,265 @@
+"""The process's state: the one engine, voice library and room publishers of the service,
+its warm-up (model and voices in parallel) and its health."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, Request
+from livekit.plugins import localtts
+from livekit.plugins.localtts.engines import VoiceError
+from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
+
+from ..settings import ServiceSettings
+from .errors import ServiceError, voice_error
+from .metrics import ServiceMetrics
+from .room_publisher import LiveKitConnector, RoomConnector, RoomPublishers
+
+if TYPE_CHECKING:
+    from livekit.plugins.localtts.voices import VoiceLibrary
+
+logger = logging.getLogger("localtts.service")
+
+ROOM_IDLE_TIMEOUT_S = 60.0
+_WARMING_RETRY_AFTER_S = 2
+
+
+class ServiceState:
+    """The one engine, voice library and room publishers of this process."""
+
+    def __init__(
+        self,
+        settings: localtts.Settings,
+        service_settings: ServiceSettings,
+        *,
+        tts: localtts.TTS | None,
+        voice_library: VoiceLibrary | None,
+        room_connector: RoomConnector | None,
+        room_idle_timeout: float,
+    ) -> None:
+        self.settings = settings  # the plugin's: engine, default voice, voice library
+        self.service_settings = service_settings  # API key, LiveKit
+        self.metrics = ServiceMetrics()
+        self._tts = tts
+        self.voice_library = voice_library
+        self._owns_library = False
+        self._room_connector = room_connector
+        self._room_idle_timeout = room_idle_timeout
+        self.rooms: RoomPublishers | None = None
+        self.warming = True
+        self.engine_error: str | None = None
+        self.problems: list[str] = []
+        self.preload: Any = None  # PreloadReport
+        self.started_at = time.monotonic()
+        self.ready_after_s: float | None = None
+        self._startup: asyncio.Task[None] | None = None
+
+    @property
+    def tts(self) -> localtts.TTS:
+        assert self._tts is not None, "the service has not started"
+        return self._tts
+
+    @property
+    def engine(self) -> localtts.Engine:
+        return self.tts.engine
+
+    async def open(self) -> None:
+        """Build what was not injected and start warming in the background."""
+        if self._tts is None:
+            # engine choice is quick; a `strict` failure here stops the service at once
+            self._tts = localtts.TTS(engine=self.settings.engine, settings=self.settings)
+        if self.voice_library is None:
+            from livekit.plugins.localtts.voices import VoiceLibrary
+
+            self.voice_library = VoiceLibrary.from_settings(self.settings)
+            self._owns_library = True
+        connector = self._room_connector or _livekit_connector(self.service_settings)
+        if connector is not None:
+            self.rooms = RoomPublishers(
+                connector=connector,
+                sample_rate=self.engine.sample_rate,
+                idle_timeout=self._room_idle_timeout,
+                metrics=self.metrics,
+            )
+        self._startup = asyncio.create_task(self._warm_up(), name="localtts-warmup")
+
+    async def _warm_up(self) -> None:
+        started = time.perf_counter()
+
+        async def engine() -> None:
+            try:
+                await self.tts.warmup()
+            except Exception as e:
+                self.engine_error = f"{type(e).__name__}: {e}"
+                logger.exception("the %s engine failed to load", self.engine.name)
+
+        async def voices() -> None:
+            library = self.voice_library
+            assert library is not None
+            if self._owns_library:
+                try:
+                    await library.start()
+                except Exception as e:
+                    self.problems.append(f"voice library failed to start: {e}")
+                    logger.exception("voice library failed to start")
+                    return
+            try:
+                self.preload = await library.preload(self.engine)
+            except Exception as e:
+                self.problems.append(f"voice preload failed: {type(e).__name__}: {e}")
+                logger.exception("voice preload failed")
+
+        await asyncio.gather(engine(), voices())
+        self.ready_after_s = time.perf_counter() - started
+        self.warming = False
+        logger.info("service %s after %.2f s", self.status(), self.ready_after_s)
+
+    async def wait_started(self) -> None:
+        """Until warmup and preload are done (tests, and `serve` logging)."""
+        if self._startup is not None:
+            await asyncio.shield(self._startup)
+
+    async def aclose(self) -> None:
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            await asyncio.gather(self._startup, return_exceptions=True)
+        if self.rooms is not None:
+            await self.rooms.aclose()
+        if self._tts is not None:
+            await self._tts.aclose()
+        if self._owns_library and self.voice_library is not None:
+            await self.voice_library.aclose()
+
+    # ------------------------------------------------------------ health
+
+    def status(self) -> Literal["ready", "warming", "degraded"]:
+        if self.warming:
+            return "warming"
+        if self.engine_error or self.problems or self.degradations():
+            return "degraded"
+        return "ready"
+
+    def degradations(self) -> list[str]:
+        found = []
+        selection = self.tts.selection
+        if selection is not None:
+            found.extend(selection.warnings)  # e.g. Piper standing in for missing weights
+        library = self.voice_library
+        if library is not None and library.status != "ok" and not self.warming:
+            found.append(f"voice library degraded: {library.status_detail}")
+        if self.preload is not None and self.preload.failed:
+            failed = sorted(self.preload.failed)
+            shown = ", ".join(repr(v) for v in failed[:5]) + (", ..." if len(failed) > 5 else "")
+            found.append(f"{len(failed)} voice(s) failed to preload: {shown} (see voices.failed)")
+        return found
+
+    def require_ready(self) -> None:
+        if self.warming:
+            raise ServiceError(
+                503,
+                "warming_up",
+                "the engine is warming up; retry in a moment (GET /health says when ready)",
+                headers={"Retry-After": str(_WARMING_RETRY_AFTER_S)},
+            )
+        if self.engine_error:
+            raise ServiceError(
+                503, "engine_unavailable", f"the engine failed to load: {self.engine_error}"
+            )
+
+    async def health(self) -> dict[str, Any]:
+        info = self.engine.info()
+        library = self.voice_library
+        known = len(await library.list()) if library is not None else 0
+        preload = self.preload
+        return {
+            "status": self.status(),
+            "problems": ([self.engine_error] if self.engine_error else [])
+            + self.problems
+            + self.degradations(),
+            "engine": info.engine,
+            "device": info.device,
+            "dtype": info.dtype,
+            "optimizations": list(info.optimizations),
+            "sample_rate": self.engine.sample_rate,
+            "model_revision": info.model_revision,
+            "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
+            "voices": {
+                "known": known,
+                "loaded": len(preload.ready) if preload is not None else 0,
+                "failed": dict(preload.failed) if preload is not None else {},
+                "note": preload.skipped if preload is not None else None,
+            },
+            "database": {
+                "status": library.status if library else "absent",
+                "detail": library.status_detail if library else "no voice library",
+            },
+            "gpu_memory": _gpu_memory(info.device),
+            "rooms": self.rooms.rooms if self.rooms is not None else [],
+            "livekit_configured": self.rooms is not None,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s else None,
+        }
+
+    # ------------------------------------------------------------ synthesis
+
+    async def check_voice(self, voice_id: str | None) -> None:
+        """Fail before any audio (or room join) when the voice cannot be spoken."""
+        if voice_id is None:
+            return
+        if self.voice_library is None:
+            raise ServiceError(404, "unknown_voice", f"unknown voice {voice_id!r}")
+        try:
+            await self.voice_library.conditioning(voice_id, self.engine)
+        except (VoiceError, DatabaseUnavailableError) as e:
+            raise voice_error(e) from e
+
+    def request_tts(self, *, voice: str | None, **params: Any) -> localtts.TTS:
+        """A TTS for one request: its own options, the process's engine and voices."""
+        return localtts.TTS(
+            engine=self.engine,
+            voice=voice,
+            voice_library=self.voice_library,
+            settings=self.settings,
+            **params,
+        )
+
+
+def _livekit_connector(settings: ServiceSettings) -> LiveKitConnector | None:
+    if settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret:
+        return LiveKitConnector(
+            url=settings.livekit_url,
+            api_key=settings.livekit_api_key,
+            api_secret=settings.livekit_api_secret,
+        )
+    return None
+
+
+def _gpu_memory(device: str) -> dict[str, Any] | None:
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return {
+            "device_name": torch.cuda.get_device_name(),
+            "allocated_bytes": torch.cuda.memory_allocated(),
+            "reserved_bytes": torch.cuda.memory_reserved(),
+            "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "free_bytes": free,
+            "total_bytes": total,
+        }
+    except Exception as e:  # health must answer even when the driver does not
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def service_state(request: Request) -> ServiceState:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+# a route's parameter of this type receives the app's ServiceState
+State = Annotated[ServiceState, Depends(service_state)]
