@@ -186,6 +186,13 @@ class ServiceState:
             "optimizations": list(info.optimizations),
             "sample_rate": self.engine.sample_rate,
             "model_revision": info.model_revision,
+            # streams kept at real time, and how many speak or wait now (past it: 503)
+            "capacity": info.capacity,
+            "engine_streams": {
+                "speaking": self.engine.scheduler.admission.active,
+                "waiting": self.engine.scheduler.admission.waiting,
+                "rejected": self.engine.scheduler.admission.rejected,
+            },
             "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
             "voices": {
                 "known": known,
@@ -224,6 +231,7 @@ class ServiceState:
             voice=voice,
             voice_library=self.voice_library,
             settings=self.settings,
+            limit_to_capacity=True,  # past it: 503 + Retry-After, not a slower voice for all
             **params,
         )
 

@@ -1,8 +1,11 @@
 """The LiveKit face of localtts: `TTS`, `ChunkedStream`, `SynthesizeStream`.
 
-The engine runs in a worker thread and yields float32 chunks; each chunk is handed to
-the event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the
-moment it exists. Nothing here knows about tensors.
+The engine computes on its scheduler thread (batched with every other stream of the
+process) and yields float32 chunks to a waiting worker thread; each chunk is handed to the
+event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the moment it
+exists. A stream holds an admission lease on the engine while it speaks (the engine's load);
+with `limit_to_capacity`, past the engine's capacity it waits a bounded time, then fails as
+"busy" (retryable). Nothing here knows about tensors.
 
 Aligned transcripts: before the audio a word starts in, the word's slice of the input text
 (spaces, punctuation and markup kept: it becomes the chat history) is pushed as a
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,14 +61,15 @@ from .engines import (
     availability,
     shared_engine,
 )
+from .engines.scheduler import Lease, StreamTimes, stream_context
 from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
 from .text import Piece, TextSplitter
 
-# Engine work runs here; engines serialize model access themselves, so this only bounds
-# how many streams can wait on an engine at once.
+# Threads here only wait: for an engine's chunks (its scheduler thread computes them), for an
+# admission lease, for a load or warmup to finish.
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
 
@@ -129,6 +134,7 @@ class TTS(tts.TTS):
         cfg_weight: float | None = None,
         seed: int | None = None,
         settings: Settings | None = None,
+        limit_to_capacity: bool = False,
     ) -> None:
         """A LiveKit TTS speaking with a self-hosted model.
 
@@ -142,6 +148,10 @@ class TTS(tts.TTS):
             language, speed, temperature, exaggeration, cfg_weight, seed: synthesis knobs;
                 engines ignore the ones they do not have.
             settings: defaults to the environment (`LOCALTTS_*`).
+            limit_to_capacity: past the engine's capacity (streams it keeps at real time),
+                wait in line up to `LOCALTTS_ENGINE_WAIT_S`, then fail with a retryable
+                503 "busy" (a service's choice). False (default, agents): a room already
+                here is always served; its stream still counts towards the engine's load.
         """
         self._settings = settings or get_settings()
         if isinstance(engine, str):
@@ -176,6 +186,7 @@ class TTS(tts.TTS):
             read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
+        self._limit_to_capacity = limit_to_capacity
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
         self._pace = _SpeakingPace()
 
@@ -265,6 +276,29 @@ class TTS(tts.TTS):
         return await self._voice_library.conditioning(voice_id, self._engine)
 
 
+async def _admitted(engine: Engine, *, limit: bool) -> Lease:
+    """The engine's admission lease (see `TTS(limit_to_capacity=)`), waited for in a worker
+    thread; a caller that gives up (cancellation) leaves no lease behind."""
+    admission = engine.scheduler.admission
+    if not limit:
+        return admission.acquire(limit=False)  # counted only: never waits
+    cancel = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(
+        _executor, lambda: admission.acquire(cancel=cancel)
+    )
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+
+        def release(done: asyncio.Future[Lease]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().release()
+
+        future.add_done_callback(release)
+        raise
+
+
 def _to_pcm16(chunk: np.ndarray) -> bytes:
     return (np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
@@ -279,12 +313,20 @@ class _Failed:
 
 
 async def engine_chunks(
-    engine: Engine, text: str, voice: VoiceConditioning | None, params: SynthesisParams
+    engine: Engine,
+    text: str,
+    voice: VoiceConditioning | None,
+    params: SynthesisParams,
+    times: list[StreamTimes] | None = None,
+    *,
+    continues_at: float | None = None,
 ) -> AsyncIterator[np.ndarray]:
-    """Run `engine.stream` in a worker thread; yield its chunks on the event loop.
+    """Consume `engine.stream` in a worker thread; yield its chunks on the event loop.
 
     Closing the iterator (cancellation, aclose) sets the engine's cancel event, so the
-    model stops at its next step and is free for the next request.
+    model stops at its next step and is free for the next request. `times` receives the
+    stream's `StreamTimes` (how long it waited for the engine); `continues_at`: see
+    `engines.scheduler.stream_context`.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -299,8 +341,11 @@ async def engine_chunks(
     def work() -> None:
         try:
             # closed here, not left to the garbage collector: the engine's generator holds
-            # its lock (and buffers) until it is closed
-            with closing(engine.stream(text, voice, params, cancel)) as chunks:
+            # its stream (cache slot, buffers) until it is closed
+            context = stream_context([] if times is None else times, continues_at=continues_at)
+            with context, closing(
+                engine.stream(text, voice, params, cancel)
+            ) as chunks:
                 for chunk in chunks:
                     if cancel.is_set():
                         break
@@ -330,14 +375,17 @@ def _api_error(e: Exception, engine: Engine, *, audio_started: bool) -> APIError
     inside a model included, is the engine's."""
     if isinstance(e, UnknownVoiceError):
         return APIStatusError(str(e), status_code=404, retryable=False)
+    if isinstance(e, EngineBusyError):  # at capacity: try again later (or elsewhere)
+        # (once audio is out a retry would start the text again from its first word)
+        return APIStatusError(str(e), status_code=503, retryable=not audio_started,
+                              body={"retry_after_s": e.retry_after_s})  # fmt: skip
     if isinstance(e, (VoiceError, InvalidRequestError)):
         return APIStatusError(str(e), status_code=400, retryable=False)
     if isinstance(e, EngineUnavailableError):
         return APIError(str(e), retryable=False)
     message = f"{engine.name} engine failed: {type(e).__name__}: {e}"
     # torch.cuda.OutOfMemoryError (a RuntimeError), named so torch is never imported here
-    if isinstance(e, (EngineBusyError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":
-        # once audio is out a retry would start the text again from its first word
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
         return APIConnectionError(message, retryable=not audio_started)
     return APIError(message, retryable=False)
 
@@ -563,7 +611,10 @@ class _Speaker:
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
         self._mid_sentence = False  # the last piece spoken ended mid-sentence (a word cut)
+        self._lease: Lease | None = None
+        self._first_audio: float | None = None  # time.monotonic() of the reply's first chunk
         self.pushed_samples = 0
+        self.waited_s = 0.0  # for the engine: admission, then each piece's queue
 
     @property
     def audio_s(self) -> float:
@@ -598,6 +649,9 @@ class _Speaker:
         if not self._voice_resolved:  # once, and only when there is something to say
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
+        if self._lease is None:  # one lease for the whole reply: its pieces never queue
+            self._lease = await _admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
+            self.waited_s += self._lease.waited_s
         transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
         if self.pushed_samples == 0:
             keep_lead_s: float | None = _REPLY_LEAD_IN_S  # the reply starts at its first sound
@@ -606,24 +660,41 @@ class _Speaker:
         edges = _PieceEdges(
             self._tts.sample_rate, keep_lead_s=keep_lead_s, cut=piece.ends_mid_sentence
         )
-        chunks = engine_chunks(self._tts.engine, piece.text, self._voice, self._opts.params)
-        async with aclosing(chunks):  # closing stops the engine thread at once
-            async for chunk in chunks:
-                dropped = edges.dropped
-                audio = edges.audio(chunk)
-                if edges.dropped > dropped:  # silence cut from the piece's start: words sooner
-                    transcript.shift((dropped - edges.dropped) / self._tts.sample_rate)
-                end_s = (self.pushed_samples + audio.size) / self._tts.sample_rate
-                self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
-                self._push(audio)
-                if self.pushed_samples:
-                    first_audio.reschedule(None)
-        self._push(edges.end())
+        times: list[StreamTimes] = []
+        continues_at = None  # a later piece is due when the audio pushed so far runs out
+        if self._first_audio is not None:
+            continues_at = self._first_audio + self.audio_s
+        chunks = engine_chunks(
+            self._tts.engine, piece.text, self._voice, self._opts.params, times,
+            continues_at=continues_at,
+        )  # fmt: skip
+        try:
+            async with aclosing(chunks):  # closing stops the engine's stream at once
+                async for chunk in chunks:
+                    dropped = edges.dropped
+                    audio = edges.audio(chunk)
+                    if edges.dropped > dropped:  # silence cut from the piece's start
+                        transcript.shift((dropped - edges.dropped) / self._tts.sample_rate)
+                    end_s = (self.pushed_samples + audio.size) / self._tts.sample_rate
+                    self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
+                    self._push(audio)
+                    if self.pushed_samples:
+                        first_audio.reschedule(None)
+            self._push(edges.end())
+        finally:
+            self.waited_s += sum(t.waited_s for t in times)
         self._mid_sentence = piece.ends_mid_sentence
         self._emitter.push_timed_transcript(transcript.finish(self.audio_s))
 
+    def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
     def _push(self, audio: np.ndarray) -> None:
         if audio.size:
+            if self._first_audio is None:
+                self._first_audio = time.monotonic()
             self._emitter.push(_to_pcm16(audio))
             self.pushed_samples += int(audio.size)
             self._read_ahead.pushed(audio.size / self._tts.sample_rate)
@@ -665,6 +736,11 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
             raise
         except Exception as e:
             raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
+        finally:
+            speaker.close()
+            # LiveKit's "time to acquire the connection": here, the time waiting for the
+            # engine (admission and queue), so TTSMetrics shows it apart from synthesis
+            self._acquire_time = speaker.waited_s
         speaker.pad_if_silent(self._input_text)
         output_emitter.flush()
 
@@ -747,7 +823,10 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
         async def speak() -> None:
             async for piece in pieces:
                 self._mark_started()
-                await speaker.speak(piece)
+                try:
+                    await speaker.speak(piece)
+                finally:
+                    self._acquire_time = speaker.waited_s  # see ChunkedStream._run
 
         tasks = [asyncio.create_task(read_input()), asyncio.create_task(speak())]
         try:
@@ -758,5 +837,6 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
             raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
         finally:
             await utils.aio.cancel_and_wait(*tasks)
+            speaker.close()
         speaker.pad_if_silent(self._pushed_text)
         output_emitter.end_segment()

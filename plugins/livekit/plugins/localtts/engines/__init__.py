@@ -14,7 +14,6 @@ from ..models import ENGINE_NAMES, EngineName
 from ..settings import EngineSettings
 from .base import (
     Engine,
-    EngineBusyError,
     EngineError,
     EngineInfo,
     EngineUnavailableError,
@@ -30,12 +29,14 @@ from .base import (
     VoiceSource,
     WordTiming,
 )
+from .scheduler import EngineBusyError, EngineScheduler
 
 __all__ = [
     "Engine",
     "EngineBusyError",
     "EngineError",
     "EngineInfo",
+    "EngineScheduler",
     "EngineUnavailableError",
     "InvalidRequestError",
     "KVCacheOverflowError",
