@@ -173,7 +173,9 @@ async def test_speech_streams_audio_while_the_text_is_still_being_spoken(
         arrivals: list[tuple[float, int]] = []  # (when, bytes so far)
         received = bytearray()
         async with client.stream(
-            "POST", "/v1/audio/speech", json={"model": "tts-1", "input": LONG_TEXT}
+            "POST",
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": LONG_TEXT, "response_format": "pcm"},
         ) as response:
             assert response.status_code == 200
             assert response.headers["content-type"] == "audio/pcm"
@@ -304,7 +306,10 @@ async def test_health_degraded_without_database_yet_still_speaks(
             assert body["status"] == "degraded"
             assert body["database"]["status"] == "degraded"
             assert any("voice library degraded" in p for p in body["problems"])
-            speech = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+            speech = await client.post(
+                "/v1/audio/speech",
+                json={"model": "tts-1", "input": "Hi.", "response_format": "pcm"},
+            )
             assert speech.status_code == 200 and rms(pcm_audio(speech.content)) > 0.01
             upload = await client.post(
                 "/api/voices", data={"voice_id": "x"}, files={"file": ("x.wav", b"RIFF")}
@@ -319,8 +324,10 @@ async def test_metrics_report_latency_rtf_and_errors(
     service: tuple[Any, httpx.AsyncClient],
 ) -> None:
     _, client = service
-    assert (await client.post("/v1/audio/speech", json={"model": "x", "input": "Hi."})).is_success
-    assert (await client.post("/v1/audio/speech", json={"model": "x", "input": ""})).status_code
+    assert (
+        await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+    ).is_success
+    assert (await client.post("/v1/audio/speech", json={"model": "tts-1", "input": ""})).status_code
     text = (await client.get("/metrics")).text
     assert 'localtts_first_audio_seconds_count{endpoint="speech"} 1.0' in text
     assert 'localtts_real_time_factor_count{endpoint="speech"} 1.0' in text
@@ -427,7 +434,8 @@ BAD_SPEECH: list[tuple[str, Any, int, str]] = [
     ("no input", {"model": "tts-1"}, 422, "input"),
     ("input not text", {"model": "tts-1", "input": ["a"]}, 422, "input"),
     ("unknown voice", {"model": "tts-1", "input": "Hi.", "voice": "ghost"}, 404, "ghost"),
-    ("mp3", {"model": "tts-1", "input": "Hi.", "response_format": "mp3"}, 422, "pcm"),
+    ("format", {"model": "tts-1", "input": "Hi.", "response_format": "ogg"}, 422, "mp3, opus"),
+    ("unknown model", {"model": "gpt-9", "input": "Hi."}, 400, "unknown model 'gpt-9'"),
     ("speed too high", {"model": "tts-1", "input": "Hi.", "speed": 9}, 422, "speed"),
     ("speed text", {"model": "tts-1", "input": "Hi.", "speed": "fast"}, 422, "speed"),
     ("other engine", {"model": "chatterbox", "input": "Hi."}, 400, "not loaded"),
@@ -491,11 +499,19 @@ async def test_bad_inputs_get_clear_4xx_and_the_service_keeps_serving(
 
         # control characters inside real text are dropped, the rest is spoken
         mixed = await client.post(
-            "/v1/audio/speech", json={"model": "tts-1", "input": "Hello\x00 there\x07, friend."}
+            "/v1/audio/speech",
+            json={
+                "model": "tts-1",
+                "input": "Hello\x00 there\x07, friend.",
+                "response_format": "pcm",
+            },
         )
         assert mixed.status_code == 200 and rms(pcm_audio(mixed.content)) > 0.02
         # and after all that, a plain request still works
-        ok = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Still here."})
+        ok = await client.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": "Still here.", "response_format": "pcm"},
+        )
         assert ok.status_code == 200 and rms(pcm_audio(ok.content)) > 0.02
         assert (await client.get("/health")).json()["status"] == "ready"
 

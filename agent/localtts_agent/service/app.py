@@ -12,6 +12,8 @@ says "warming" while the model warms up and voices preload (in parallel), synthe
     errors.py          the JSON error shape, error mapping, exception handlers
     auth.py            the bearer token (LOCALTTS_API_KEY)
     middleware.py      body size limits
+    request_id.py      X-Request-Id on every response
+    encoding.py        OpenAI's speech formats (PyAV), encoded as the audio streams
     audio.py           synthesis frames, resampling, WAV header, streaming response
     room_publisher.py  speaking into LiveKit rooms: one publisher per room
     metrics.py         Prometheus instruments
@@ -30,6 +32,7 @@ from ..settings import ServiceSettings
 from .errors import install_error_handlers
 from .middleware import BodySizeLimit
 from .models import body_limit
+from .request_id import RequestId
 from .room_publisher import RoomConnector
 from .routers import health, rooms, speech, voices
 from .state import ROOM_IDLE_TIMEOUT_S, ServiceState
@@ -86,6 +89,7 @@ def create_app(
     app.state.service = state  # what the routes' `State` parameters receive
     install_error_handlers(app, state.metrics)
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(RequestId)  # outermost: even a 413 from the size limit carries one
     for router in (health.router, rooms.router, speech.router, voices.router):
         app.include_router(router)
     return app

@@ -8,6 +8,8 @@ from livekit.plugins.localtts.text import is_speakable, normalize
 from livekit.plugins.localtts.voices.audio import MAX_AUDIO_BYTES
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .encoding import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS
+
 MAX_TEXT_CHARS = 10_000  # ~10 minutes of speech; longer texts belong in several requests
 MAX_JSON_BODY_BYTES = 256 * 1024  # a maximal text, escaped, fits several times over
 MAX_UPLOAD_BYTES = MAX_AUDIO_BYTES  # the voice library's own bound on a reference clip
@@ -73,7 +75,7 @@ class SpeechRequest(_Synthesis):
     model: Annotated[str, Field(min_length=1, max_length=128)] = "localtts"
     input: str
     voice: Annotated[str | None, Field(max_length=128)] = None
-    response_format: str = "pcm"
+    response_format: str = DEFAULT_SPEECH_FORMAT
     language: Annotated[str | None, Field(pattern=LANGUAGE_PATTERN, max_length=32)] = None
 
     @field_validator("input")
@@ -84,9 +86,10 @@ class SpeechRequest(_Synthesis):
     @field_validator("response_format")
     @classmethod
     def _format(cls, value: str) -> str:
-        if value not in ("pcm", "wav"):
+        if value not in SPEECH_FORMATS:
             raise ValueError(
-                f"response_format {value!r} is not supported: use pcm (24 kHz 16-bit mono) or wav"
+                f"response_format {value!r} is not supported: use one of "
+                f"{', '.join(SPEECH_FORMATS)} (default {DEFAULT_SPEECH_FORMAT})"
             )
         return value
 
