@@ -48,6 +48,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from livekit import rtc  # noqa: E402
 from livekit.plugins import localtts  # noqa: E402
+from livekit.plugins.localtts.engines import EngineInfo  # noqa: E402
 from livekit.plugins.localtts.voices import VoiceLibrary  # noqa: E402
 from texts import SENTENCE  # noqa: E402
 
@@ -236,7 +237,7 @@ def build_tts(engine: str, xtts_tokens: int) -> localtts.TTS:
 
 async def bench_engine(
     engine: str, server: LiveKitServer, args: argparse.Namespace
-) -> tuple[Runs, dict]:
+) -> tuple[Runs, EngineInfo]:
     runs, text = args.runs, args.text
     tts = build_tts(engine, args.xtts_tokens)
     await tts.warmup()
@@ -286,7 +287,7 @@ async def bench_engine(
     return result, info
 
 
-def summary(engine: str, r: Runs, info: dict) -> list[dict]:
+def summary(engine: str, r: Runs, info: EngineInfo) -> list[dict]:
     def row(path: str, values: list[float]) -> dict:
         return {
             "engine": engine,
@@ -320,7 +321,7 @@ def summary(engine: str, r: Runs, info: dict) -> list[dict]:
                 "runs": 1,
             }
         )
-    rows[0]["optimizations"] = info.get("optimizations", [])
+    rows[0]["optimizations"] = list(info.optimizations)
     return rows
 
 

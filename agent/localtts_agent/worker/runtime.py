@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from livekit.agents import AgentServer, AgentSession, llm, stt, utils
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.plugins import localtts
-from livekit.plugins.localtts.engines import Engine
+from livekit.plugins.localtts.engines import Engine, VoiceConditioning
 from livekit.plugins.localtts.log import logger
 
 from ..settings import AgentSettings
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 class _LibraryOnLoop:
-    """A VoiceLibrary used from any event loop, run on the loop that owns it.
+    """A VoiceLibrary used from any event loop, run on the loop that owns it: the
+    `VoiceSource` of every room's TTS.
 
     Each room runs its own event loop (thread executor); the library's database pool is
     bound to the loop that opened it, so every call is handed to that loop.
@@ -35,15 +36,11 @@ class _LibraryOnLoop:
         self._library = library
         self._loop = loop
 
-    async def conditioning(self, voice_id: str, engine: Engine) -> Any:
+    async def conditioning(self, voice_id: str, engine: Engine) -> VoiceConditioning:
         future = asyncio.run_coroutine_threadsafe(
             self._library.conditioning(voice_id, engine), self._loop
         )
         return await asyncio.wrap_future(future)
-
-    @property
-    def status(self) -> Any:
-        return self._library.status
 
 
 class WorkerRuntime:
