@@ -212,11 +212,14 @@ def test_say_with_an_unusable_default_voice_speaks_and_says_why(
     assert '"voice": null' in result.output
 
     get_settings.cache_clear()
-    explicit = runner.invoke(app, ["say", "Hi.", "--voice", "ghost"], env=env)
+    out = fresh_settings / "out" / "hello.wav"
+    explicit = runner.invoke(app, ["say", "Hi.", "--voice", "ghost", "--out", str(out)], env=env)
     assert explicit.exit_code == 2  # asked for by name: an error, in one plain line
     assert lines(explicit.output) == [lines(explicit.output)[0]]
     assert explicit.output.startswith("error: unknown voice 'ghost'")
     assert "status_code=" not in explicit.output
+    # a failed --out leaves nothing behind (it used to leave a 44-byte header)
+    assert not out.exists() and list(out.parent.iterdir()) == []
 
 
 async def test_the_service_with_an_unusable_default_voice_speaks_and_says_why(

@@ -151,15 +151,12 @@ def import_dir(
 
 def _read(path: Path) -> bytes:
     """The file's bytes; a file over the size bound is refused before it is read."""
-    from livekit.plugins.localtts.voices import MAX_AUDIO_BYTES
+    from livekit.plugins.localtts.voices.audio import MAX_AUDIO_BYTES, oversize
 
     try:
         size = path.stat().st_size
         if size > MAX_AUDIO_BYTES:
-            raise OSError(
-                f"{size / 1e6:.1f} MB, over the {MAX_AUDIO_BYTES / 1e6:.1f} MB limit for a "
-                "reference clip (5-30 s of speech is enough)"
-            )
+            raise OSError(oversize(size))
         return path.read_bytes()
     except OSError as e:
         raise OSError(f"cannot use {path}: {e.strerror or e}") from e

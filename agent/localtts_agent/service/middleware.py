@@ -14,15 +14,16 @@ class _PayloadTooLarge(HTTPException):
     """Raised from `receive` while a body is read: an HTTPException, so FastAPI's body
     parsing lets it through instead of turning it into a generic 400."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes")
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 class BodySizeLimit:
     """Bounds every request body before it is read into memory or spooled to disk:
     by Content-Length up front, and by counting bytes for chunked uploads."""
 
-    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], tuple[int, str]]) -> None:
+        """`limit_for(path)`: (the most bytes a body may have, what to say beyond it)."""
         self.app = app
         self.limit_for = limit_for
 
@@ -30,7 +31,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit, message = self.limit_for(scope["path"])
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -38,9 +39,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1
                 if declared > limit:
-                    response = error_response(
-                        413, "payload_too_large", f"request body exceeds {limit} bytes"
-                    )
+                    response = error_response(413, "payload_too_large", message)
                     await response(scope, receive, send)
                     return
         received = 0
@@ -51,7 +50,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _PayloadTooLarge(limit)
+                    raise _PayloadTooLarge(message)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from livekit.plugins.localtts.text import is_speakable, normalize
-from livekit.plugins.localtts.voices.audio import MAX_AUDIO_BYTES
+from livekit.plugins.localtts.voices.audio import CLIP_RULES, MAX_AUDIO_BYTES, format_size
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .encoding import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS
@@ -20,11 +20,14 @@ LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
 _NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
-def body_limit(path: str) -> int:
-    """The largest body a request to `path` may send (checked by `BodySizeLimit`)."""
+def body_limit(path: str) -> tuple[int, str]:
+    """The largest body a request to `path` may send, and what to say beyond it (checked by
+    `BodySizeLimit`); an upload's limit is stated as the clip's, from `CLIP_RULES`."""
     if path.rstrip("/") == VOICES_PATH:
-        return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD
-    return MAX_JSON_BODY_BYTES
+        return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD, (
+            f"the upload is over the {format_size(MAX_UPLOAD_BYTES)} limit. {CLIP_RULES}"
+        )
+    return MAX_JSON_BODY_BYTES, f"request body exceeds {MAX_JSON_BODY_BYTES // 1024} KiB"
 
 
 class _Synthesis(BaseModel):

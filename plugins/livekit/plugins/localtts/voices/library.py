@@ -249,8 +249,9 @@ class VoiceLibrary:
         language: str | None = None,
         replace: bool = False,
     ) -> VoiceInfo:
-        """Validate `audio` and store it as voice `voice_id` (VoiceError says what is wrong)."""
-        check_voice_id(voice_id)
+        """Validate `audio` and store it as voice `voice_id` (VoiceError says what is wrong);
+        the id is stored normalized (`check_voice_id`)."""
+        voice_id = check_voice_id(voice_id)
         store = self._require_store()
         catalog = self._catalog
         if not replace and voice_id in catalog.dir and voice_id not in catalog.db:
@@ -286,6 +287,8 @@ class VoiceLibrary:
 
     async def remove(self, voice_id: str) -> None:
         store = self._require_store()
+        if (entry := self._catalog.entry(voice_id)) is not None:
+            voice_id = entry.info.voice_id  # as stored: exact, or the normalized form
         async with database_errors(f"remove voice {voice_id!r}"):
             deleted = await store.delete_voice(voice_id)
         if not deleted:
