@@ -281,3 +281,37 @@ def test_allow_download_without_network_doctor_is_truthful_and_say_falls_back(
     assert say.returncode == 0, say.stderr
     assert '"engine": "piper"' in say.stdout
     assert time.monotonic() - started < 30  # was ~25 s of hub retries, then a failure
+
+
+# ---------------------------------------------------------------------------- 12: /health counts
+
+
+async def test_health_counts_the_voices_as_they_are_now(
+    library: VoiceLibrary, piper_tts: localtts.TTS
+) -> None:
+    """A cloning engine (tiny random-weight XTTS): a voice added after startup is counted
+    known, then loaded once its conditioning is ready; removed, it is counted no more."""
+    import asyncio
+
+    from .test_service import CLIP_TEXT, piper_clip
+    from .tiny_xtts import make_tiny_xtts_engine
+
+    clip = await piper_clip(piper_tts, CLIP_TEXT)
+    engine = make_tiny_xtts_engine()
+    settings = localtts.Settings(_env_file=None, voice=None)  # type: ignore[call-arg]
+    tts = localtts.TTS(engine=engine, settings=settings)
+    async with running_app(settings, tts, library) as (_, client):
+        assert (await client.get("/health")).json()["voices"]["known"] == 0
+        added = await client.post(
+            "/api/voices", data={"voice_id": "narrator"}, files={"file": ("n.wav", clip)}
+        )
+        assert added.status_code == 201, added.text
+        for _ in range(200):  # prepared in the background for the running engine
+            voices = (await client.get("/health")).json()["voices"]
+            if voices["loaded"]:
+                break
+            await asyncio.sleep(0.05)
+        assert voices["known"] == 1 and voices["loaded"] == 1, voices
+        assert (await client.delete("/api/voices/narrator")).status_code == 204
+        voices = (await client.get("/health")).json()["voices"]
+        assert voices["known"] == 0 and voices["loaded"] == 0, voices

@@ -203,8 +203,15 @@ class ServiceState:
 
     async def health(self) -> dict[str, Any]:
         library = self.voice_library
-        known = len(await library.list()) if library is not None else 0
+        known = [v.voice_id for v in await library.list()] if library is not None else []
+        # now, not at startup: voices are added, replaced and removed while the service runs
+        ready = library.ready_voices(self.engine) if library and self._tts else []
         preload = self.preload
+        failed = {
+            voice_id: why
+            for voice_id, why in (preload.failed.items() if preload is not None else ())
+            if voice_id in known and voice_id not in ready
+        }
         return {
             "status": self.status(),
             "problems": ([self.engine_error] if self.engine_error else [])
@@ -213,9 +220,9 @@ class ServiceState:
             **self._engine_health(),
             "speech_sample_rate": OPENAI_SAMPLE_RATE,  # what /v1/audio/speech answers at
             "voices": {
-                "known": known,
-                "loaded": len(preload.ready) if preload is not None else 0,
-                "failed": dict(preload.failed) if preload is not None else {},
+                "known": len(known),
+                "loaded": len(ready),
+                "failed": failed,
                 "note": preload.skipped if preload is not None else None,
             },
             "database": {

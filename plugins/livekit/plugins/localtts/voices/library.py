@@ -235,6 +235,10 @@ class VoiceLibrary:
     async def get(self, voice_id: str) -> VoiceInfo:
         return self._require(voice_id).info
 
+    def ready_voices(self, engine: Engine) -> list[str]:
+        """The voices `engine` can speak with at once now (conditioning in memory)."""
+        return self._cache.ready(engine)
+
     async def list(self) -> list[VoiceInfo]:
         return [self._require(v).info for v in self._catalog.ids()]
 
