@@ -315,3 +315,35 @@ async def test_health_counts_the_voices_as_they_are_now(
         assert (await client.delete("/api/voices/narrator")).status_code == 204
         voices = (await client.get("/health")).json()["voices"]
         assert voices["known"] == 0 and voices["loaded"] == 0, voices
+
+
+# ---------------------------------------------------------------------------- 14: the worker CLI
+
+
+def _worker(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "LOCALTTS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "localtts_agent", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_worker_help_explains_start_and_connect() -> None:
+    result = _worker("--help")
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout[result.stdout.index("Commands") :]
+    assert "register with the LiveKit" in commands  # start
+    assert "Join one room now" in commands  # connect
+
+
+def test_console_without_portaudio_is_one_line() -> None:
+    try:
+        import sounddevice  # noqa: F401
+
+        pytest.skip("PortAudio is installed here: the console would open the audio devices")
+    except OSError:
+        pass
+    result = _worker("console")
+    assert result.returncode == 1
+    assert len(lines(result.stderr)) == 1, result.stderr
+    assert "needs the PortAudio library" in result.stderr and "console --text" in result.stderr
