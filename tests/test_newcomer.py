@@ -347,3 +347,35 @@ def test_console_without_portaudio_is_one_line() -> None:
     assert result.returncode == 1
     assert len(lines(result.stderr)) == 1, result.stderr
     assert "needs the PortAudio library" in result.stderr and "console --text" in result.stderr
+
+
+async def test_serve_logs_one_line_per_startup_phase_with_its_time(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import re
+
+    from localtts_agent.service.app import create_app
+
+    settings = localtts.Settings(  # type: ignore[call-arg]
+        _env_file=None, engine="piper", database_url=database_url, voices_dir=None,
+        data_dir=tmp_path,
+    )  # fmt: skip
+    app_ = create_app(
+        settings,
+        service_settings=ServiceSettings(_env_file=None, api_key=None),  # type: ignore[call-arg]
+    )
+    with caplog.at_level(logging.INFO, logger="localtts.service"):
+        async with app_.router.lifespan_context(app_):
+            await app_.state.service.wait_started()
+    phases = [r.getMessage() for r in caplog.records if r.getMessage().startswith("startup: ")]
+    expected = [
+        "engine piper chosen (asked for by LOCALTTS_ENGINE)",
+        "piper engine loaded and warm",
+        "voice library ok: postgresql",
+        "voices prepared: piper",
+        "service ready",
+    ]
+    for what in expected:
+        line = next((p for p in phases if p.startswith(f"startup: {what}")), None)
+        assert line is not None and re.search(r", after \d+\.\d\d s$", line), (what, phases)

@@ -72,6 +72,7 @@ class ServiceState:
     async def open(self) -> None:
         """Build what was not injected and start warming in the background."""
         if self._tts is None:
+            started = time.perf_counter()
             try:  # engine choice is quick: weights are looked for, not loaded
                 self._tts = localtts.TTS(settings=self.settings)
             except APIError as e:
@@ -80,6 +81,13 @@ class ServiceState:
                 # the service stays up and says why on /health (503) and on every request
                 self.engine_error = e.message
                 logger.error("no engine: %s", e.message)
+            else:
+                selection = self._tts.selection
+                _phase_done(
+                    f"engine {self.engine.name} chosen"
+                    + (f" ({selection.reason})" if selection else ""),
+                    started,
+                )
         if self.voice_library is None:
             from livekit.plugins.localtts.voices import VoiceLibrary
 
@@ -103,6 +111,7 @@ class ServiceState:
                 return
             try:
                 await self.tts.warmup()
+                _phase_done(f"{self.engine.name} engine loaded and warm", started)
             except Exception as e:
                 self.engine_error = f"{type(e).__name__}: {e}"
                 logger.exception("the %s engine failed to load", self.engine.name)
@@ -117,10 +126,12 @@ class ServiceState:
                     self.problems.append(f"voice library failed to start: {e}")
                     logger.exception("voice library failed to start")
                     return
+                _phase_done(f"voice library {library.status}: {library.status_detail}", started)
             if self._tts is None:
                 return  # nothing to prepare voices for
             try:
                 self.preload = await library.preload(self.engine)
+                _phase_done(f"voices prepared: {self.preload.summary()}", started)
             except Exception as e:
                 self.problems.append(f"voice preload failed: {type(e).__name__}: {e}")
                 logger.exception("voice preload failed")
@@ -129,7 +140,7 @@ class ServiceState:
         await asyncio.gather(engine(), voices())
         self.ready_after_s = time.perf_counter() - started
         self.warming = False
-        logger.info("service %s after %.2f s", self.status(), self.ready_after_s)
+        _phase_done(f"service {self.status()}", started)
 
     async def _check_default_voice(self) -> None:
         """LOCALTTS_VOICE means the same here as in the worker and `localtts say`: the voice
@@ -278,6 +289,12 @@ class ServiceState:
             settings=self.settings,
             **params,
         )
+
+
+def _phase_done(what: str, started: float) -> None:
+    """One log line per startup phase, with the seconds since startup began (the phases of
+    warm-up run in parallel: each line says when its phase was done)."""
+    logger.info("startup: %s, after %.2f s", what, time.perf_counter() - started)
 
 
 def _livekit_connector(settings: ServiceSettings) -> LiveKitConnector | None:
