@@ -55,7 +55,12 @@ def _explain(error: Exception) -> str:
 
 @voices_app.command("add")
 def add(
-    voice_id: Annotated[str, typer.Argument(metavar="ID", help="voice id (any text)")],
+    voice_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="voice id: printable text without /, stored NFKC-normalized"
+        ),
+    ],
     path: Annotated[Path, typer.Argument(help="reference clip: WAV, FLAC, OGG or MP3")],
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     language: Annotated[str | None, typer.Option(help="language code, e.g. en")] = None,
