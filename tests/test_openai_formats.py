@@ -6,7 +6,6 @@ OpenAI format (mp3 by default), encoded as the audio streams and decodable by FF
 from __future__ import annotations
 
 import io
-import time
 import wave
 from typing import Any
 
@@ -23,8 +22,7 @@ from localtts_agent.service.app import create_app
 from localtts_agent.service.routers.speech import OPENAI_SAMPLE_RATE
 
 from .livekit_helpers import frames_to_float, rms
-from .recording_engine import RecordingEngine
-from .test_service import LONG_TEXT, pcm_audio, uvicorn_server
+from .test_service import pcm_audio, stream_long_speech, uvicorn_server
 
 TEXT = "Hello there. How are you today?"
 
@@ -117,23 +115,11 @@ async def test_encoded_formats_stream_while_the_text_is_still_being_spoken(
     library: VoiceLibrary,
     response_format: str,
 ) -> None:
-    engine = RecordingEngine(piper_tts.engine)
-    tts = localtts.TTS(engine=engine, settings=piper_settings)  # type: ignore[arg-type]
-    app = create_app(piper_settings, tts=tts, voice_library=library)
-    async with uvicorn_server(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
-        await app.state.service.wait_started()
-        engine.calls.clear()
-        arrivals: list[tuple[float, bytes]] = []
-        body = {"model": "tts-1", "input": LONG_TEXT, "response_format": response_format}
-        async with client.stream("POST", "/v1/audio/speech", json=body) as response:
-            async for chunk in response.aiter_bytes():
-                arrivals.append((time.monotonic(), chunk))
-    last_piece_started = engine.calls[-1].started
-    early = b"".join(chunk for t, chunk in arrivals if t < last_piece_started)
+    speech = await stream_long_speech(piper_settings, piper_tts, library, response_format)
     # what had arrived before the last sentence began already decodes to seconds of speech
-    audio, rate = decoded(early)
+    audio, rate = decoded(speech.before_last_piece())
     assert len(audio) / rate > 1.0, len(audio) / rate
-    whole, rate = decoded(b"".join(chunk for _, chunk in arrivals))
+    whole, rate = decoded(speech.whole())
     assert len(whole) / rate > 8.0
 
 
