@@ -163,14 +163,14 @@ def main() -> None:
             "and LIVEKIT_API_SECRET (the LiveKit server to register with) in the environment, "
             f"or pass --url/--api-key/--api-secret; `{PROGRAM} console` needs none"
         )
-    if (problem := console_problem(sys.argv[1:])) is not None:
-        sys.exit(f"{PROGRAM}: {problem}")
     try:
         settings = load_settings(AgentSettings)
     except SettingsError as e:
         sys.exit(f"{PROGRAM}: {e}")
     if (problem := vad_problem(settings)) is not None:
         sys.exit(f"{PROGRAM}: {problem}")  # now, not in the first room
+    if (problem := console_problem(sys.argv[1:])) is not None:
+        sys.exit(f"{PROGRAM}: {problem}")
     if settings.vad == "silero":
         # on the main thread: a plugin registers itself when first imported, livekit refuses
         # that on any other thread, and build_vad runs in job threads
