@@ -322,8 +322,9 @@ async def test_health_counts_the_voices_as_they_are_now(
 # ---------------------------------------------------------------------------- 14: the worker CLI
 
 
-def _worker(*args: str) -> subprocess.CompletedProcess[str]:
+def _worker(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "LOCALTTS_"))}
+    env |= settings
     return subprocess.run(
         [sys.executable, "-m", "localtts_agent", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -381,3 +382,13 @@ async def test_serve_logs_one_line_per_startup_phase_with_its_time(
     for what in expected:
         line = next((p for p in phases if p.startswith(f"startup: {what}")), None)
         assert line is not None and re.search(r", after \d+\.\d\d s$", line), (what, phases)
+
+
+def test_the_worker_names_an_invalid_setting_in_one_line() -> None:
+    result = _worker("console", LOCALTTS_DEVICE="mps")
+    assert result.returncode == 1
+    assert lines(result.stderr) == [
+        "python -m localtts_agent: LOCALTTS_DEVICE='mps' is not valid: MPS is not used: XTTS "
+        "on Apple Silicon runs on the CPU (slower and it hangs on MPS); set LOCALTTS_DEVICE="
+        "auto or cpu"
+    ]

@@ -27,7 +27,7 @@ from typing import Any
 from livekit.agents import AgentServer, CloseEvent, JobContext, JobExecutorType, JobProcess
 from livekit.agents.worker import ServerEnvOption
 from livekit.plugins.localtts.log import logger
-from livekit.plugins.localtts.settings import SettingsError, load_settings
+from livekit.plugins.localtts.settings import SettingsError, get_settings, load_settings
 
 from ..settings import AgentSettings
 from .runtime import WorkerRuntime
@@ -165,6 +165,7 @@ def main() -> None:
         )
     try:
         settings = load_settings(AgentSettings)
+        get_settings()  # the plugin's (LOCALTTS_ENGINE...): read in every room, checked now
     except SettingsError as e:
         sys.exit(f"{PROGRAM}: {e}")
     if (problem := vad_problem(settings)) is not None:

@@ -96,9 +96,13 @@ async def openai_speech(body: SpeechRequest, state: State) -> StreamingResponse:
                     audio_s=samples / OPENAI_SAMPLE_RATE,
                 )
 
+    async def close() -> None:  # also when the body never started (client gone at once)
+        encoder.close()
+        await frames.aclose()  # type: ignore[attr-defined]
+
     return AudioStreamResponse(
         body_bytes(),
-        close=frames.aclose,  # type: ignore[attr-defined]
+        close=close,
         media_type=encoder.format.media_type,
         headers={
             "X-Sample-Rate": str(OPENAI_SAMPLE_RATE),
