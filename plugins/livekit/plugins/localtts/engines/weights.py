@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ def weights_problem(spec: WeightsSpec, model: str, *, allow_download: bool) -> s
 
 
 _HUB_PROBE_TIMEOUT_S = 2.0
+_HUB_PROBE_TTL_S = 30.0  # one probe serves every engine checked at startup or by `doctor`
+_hub_probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, answer)
 
 
 def hub_unreachable() -> str | None:
@@ -119,13 +122,18 @@ def hub_unreachable() -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    probed = _hub_probes.get(constants.ENDPOINT)
+    if probed is not None and time.monotonic() - probed[0] < _HUB_PROBE_TTL_S:
+        return probed[1]
     endpoint = urlsplit(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    answer = None
     try:
         socket.create_connection((endpoint.hostname or "", port), _HUB_PROBE_TIMEOUT_S).close()
     except OSError as e:
-        return f"the hub {constants.ENDPOINT} cannot be reached ({e.strerror or e})"
-    return None
+        answer = f"the hub {constants.ENDPOINT} cannot be reached ({e.strerror or e})"
+    _hub_probes[constants.ENDPOINT] = (time.monotonic(), answer)
+    return answer
 
 
 def hub_snapshot(
