@@ -9,18 +9,17 @@ off on both sides unless `--watermark` (Perth's first call JIT-compiles for ~20 
 
     python bench/bench_chatterbox.py                       # real size on this CPU
     python bench/bench_chatterbox.py --device cuda         # bf16 + compile + CUDA graph
-    python bench/bench_chatterbox.py --device cuda --pipeline --flow-dtype float16 --runs 5
+    python bench/bench_chatterbox.py --device cuda --flow-dtype float16 --runs 5
     python bench/bench_chatterbox.py --tiny                # smoke run: 2-layer T3, seconds
 
 Columns: first-chunk latency (stock: the whole utterance, it does not stream), T3 tokens per
-second (decode; real time needs 25), RTF (wall time / audio duration). `--pipeline` adds a
-column for T3 decoding in its own thread (and CUDA stream) while S3Gen renders.
+second (decode; real time needs 25), RTF (wall time / audio duration). One stream at a time;
+`bench_concurrency.py` measures many at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -128,8 +127,7 @@ def bench_stock(parts: dict[str, Any], conds: Any, args: argparse.Namespace) -> 
 def bench_engine(parts: dict[str, Any], conds: Any, args: argparse.Namespace) -> tuple[
     dict[str, list[Run]], dict[str, Any]
 ]:
-    """Runs of the engine, one entry per variant: one thread, and with --pipeline T3 in a
-    thread (and CUDA stream) of its own while S3Gen renders."""
+    """Runs of the engine, one stream at a time."""
     options = ChatterboxOptions(
         device=args.device, max_new_tokens=args.tokens, n_cfm_timesteps=args.cfm_steps,
         watermark=args.watermark, warmup=True, first_chunk_tokens=args.first_chunk_tokens,
@@ -138,10 +136,8 @@ def bench_engine(parts: dict[str, Any], conds: Any, args: argparse.Namespace) ->
     )
     engine = ChatterboxEngine(options=options, conds=conds, revision="bench-random", **parts)
     engine.load()
-    variants = {"localtts": False} | ({"pipelined": True} if args.pipeline else {})
     results: dict[str, list[Run]] = {}
-    for name, pipeline in variants.items():
-        engine.options = dataclasses.replace(options, pipeline=pipeline)
+    for name in ("localtts",):
         runs = results[name] = []
         for i in range(args.runs):
             t0 = time.perf_counter()
@@ -172,8 +168,6 @@ def main() -> None:
     parser.add_argument("--voice-seconds", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--watermark", action="store_true")
-    parser.add_argument("--pipeline", action="store_true",
-                        help="also run the engine with T3 decoding in its own thread")
     parser.add_argument("--flow-dtype", default="float32",
                         choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
@@ -208,7 +202,7 @@ def main() -> None:
           f"tokens<={args.tokens}, CFM steps={args.cfm_steps}, voice {args.voice_seconds:.0f}s, "
           f"runs={args.runs}, build {build_s:.1f}s")
     print(f"engine: dtype={info['dtype']} flow={info['flow_dtype']} "
-          f"static_kv_cache={info['static_kv_cache']} compiled={info['compiled']} "
+          f"kv_cache_slots={info['kv_cache_slots']} compiled={info['compiled']} "
           f"cuda_graph={info['cuda_graph']} first_chunk_tokens={args.first_chunk_tokens} "
           f"watermark={info['watermark']}")
     rows = [

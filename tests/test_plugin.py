@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, APIError, APIStatusError
+from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError, APIStatusError
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
@@ -447,3 +447,93 @@ def test_piper_fulfils_the_engine_contract(piper_engine: PiperEngine) -> None:
     piper_engine.set_default_voice(None)
     with pytest.raises(UnsupportedVoiceError):
         piper_engine.set_default_voice(VoiceConditioning("v", "xtts", "r", None))
+
+
+# -- many streams on one engine (engines/scheduler.py) -------------------------------------
+
+
+@dataclass
+class FirstChunks:
+    """The real Piper engine, noting when each piece's first chunk reached its caller."""
+
+    inner: PiperEngine
+    firsts: list[tuple[str, float]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, text: str, *args: Any) -> Iterator[np.ndarray]:
+        first = True
+        for chunk in self.inner.stream(text, *args):
+            if first:
+                self.firsts.append((text, time.perf_counter()))
+                first = False
+            yield chunk
+
+
+async def test_every_streams_first_piece_goes_before_any_later_piece(
+    piper_engine: PiperEngine,
+) -> None:
+    engine = FirstChunks(piper_engine)
+    tts = localtts.TTS(engine=engine)  # type: ignore[arg-type]
+    texts = [f"Room {n} is on the line. " + MULTI for n in ("one", "two", "three", "four")]
+    results = await asyncio.gather(*(collect(tts.synthesize(t)) for t in texts))
+    assert all(rms(frames_to_float(frames)) > 0.02 for frames, _ in results)
+    firsts = [t for text, t in engine.firsts if text.startswith("Room")]
+    later = [t for text, t in engine.firsts if not text.startswith("Room")]
+    assert len(firsts) == 4 and later
+    assert max(firsts) < min(later)  # no stream's second piece before every first piece
+
+
+async def test_past_capacity_callers_wait_then_get_a_retryable_busy() -> None:
+    from livekit.agents.metrics import TTSMetrics
+    from livekit.plugins.localtts.engines import EngineScheduler
+
+    engine = PiperEngine(scheduler=EngineScheduler("piper", capacity=1, max_waiting=1,
+                                                   wait_s=30.0))
+    engine.warmup()
+    assert engine.info().capacity == 1  # configured: the warmup did not override it
+    tts = localtts.TTS(engine=engine, limit_to_capacity=True)
+    seen: list[TTSMetrics] = []
+    tts.on("metrics_collected", seen.append)
+    first = tts.synthesize(MULTI)
+    await first.__anext__()  # speaking: holds the one lease
+    waiting = asyncio.create_task(collect(tts.synthesize("I waited for my turn.")))
+    await asyncio.sleep(0.2)
+    assert engine.scheduler.admission.waiting == 1
+    with pytest.raises(APIStatusError) as busy:  # the line (1) is full: at once
+        once = APIConnectOptions(max_retry=0)
+        await collect(tts.synthesize("No room for me.", conn_options=once))
+    assert busy.value.status_code == 503 and busy.value.retryable
+    assert busy.value.body == {"retry_after_s": 30.0}
+    async for _ev in first:
+        pass
+    await first.aclose()
+    frames, _ = await waiting
+    assert rms(frames_to_float(frames)) > 0.02
+    await asyncio.sleep(0.1)
+    acquire = {m.characters_count: m.acquire_time for m in seen}
+    # the time waiting for the engine is reported apart from synthesis (LiveKit's
+    # acquire_time): the second waited at least while we held the first; the first not at all
+    assert acquire[len("I waited for my turn.")] >= 0.2
+    assert acquire[len(MULTI)] < 0.1
+    # without the limit (an agent's rooms, already dispatched here): counted, never refused
+    counted = localtts.TTS(engine=engine)
+    holder = engine.scheduler.admission.acquire()
+    frames, _ = await collect(counted.synthesize("Served anyway."))
+    assert rms(frames_to_float(frames)) > 0.02
+    holder.release()
+    assert engine.scheduler.admission.active == 0
+
+
+async def test_only_the_piper_scheduler_thread_runs_piper(monkeypatch) -> None:
+    engine = PiperEngine()
+    threads: set[int] = set()
+    speak = engine._speak_sentence
+    monkeypatch.setattr(engine, "_speak_sentence",
+                        lambda *a: (threads.add(threading.get_ident()), speak(*a))[1])
+    tts = localtts.TTS(engine=engine)
+    await tts.warmup()
+    await asyncio.gather(*(collect(tts.synthesize(f"Caller {i} says hello.")) for i in range(3)))
+    assert threads == {engine.scheduler.thread_ident}
+    assert engine.info().capacity is not None and engine.info().capacity >= 1

@@ -247,6 +247,36 @@ async def test_openai_plugin_speaks_through_the_service(
     assert rms(audio) > 0.02
 
 
+async def test_past_the_engines_capacity_speech_is_a_503_with_retry_after(
+    piper_settings: localtts.Settings, library: VoiceLibrary
+) -> None:
+    """Past capacity the caller gets a clear "busy" at once (or after the engine's wait),
+    not a slower voice for everyone; the next request after a stream ends works."""
+    from livekit.plugins.localtts.engines import EngineScheduler
+    from livekit.plugins.localtts.engines.piper import PiperEngine
+
+    engine = PiperEngine(scheduler=EngineScheduler("piper", capacity=1, max_waiting=1,
+                                                   wait_s=0.5))
+    tts = localtts.TTS(engine=engine, settings=piper_settings)
+    async with running_app(piper_settings, tts, library) as (_, client):
+        speaking = engine.scheduler.admission.acquire()  # another caller is speaking
+        health = (await client.get("/health")).json()
+        assert health["capacity"] == 1
+        assert health["engine_streams"] == {"speaking": 1, "waiting": 0, "rejected": 0}
+        started = time.perf_counter()
+        busy = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+        waited = time.perf_counter() - started
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "engine_busy"
+        assert "busy" in busy.json()["error"]["message"]
+        assert 0.5 <= waited < 3.0  # it waited its turn (0.5 s), once: no retries
+        speaking.release()
+        ok = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+        assert ok.status_code == 200 and rms(pcm_audio(ok.content)) > 0.02
+        assert (await client.get("/health")).json()["engine_streams"]["rejected"] == 1
+
+
 async def test_speech_wav_has_a_streaming_header_and_real_audio(
     service: tuple[Any, httpx.AsyncClient],
 ) -> None:

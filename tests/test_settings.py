@@ -31,7 +31,10 @@ CHANGED: dict[str, object] = {
     "xtts_vocoder_bf16": True,
     "chatterbox_cfm_steps": 4,
     "chatterbox_watermark": False,
-    "chatterbox_pipeline": True,
+    "batching": False,
+    "engine_capacity": 3,
+    "engine_max_waiting": 7,
+    "engine_wait_s": 1.5,
 }
 
 
@@ -136,7 +139,10 @@ READS: dict[str, tuple[str, type[BaseSettings], str, object]] = {
     "LOCALTTS_XTTS_VOCODER_BF16": ("true", Settings, "xtts_vocoder_bf16", True),
     "LOCALTTS_CHATTERBOX_CFM_STEPS": ("4", Settings, "chatterbox_cfm_steps", 4),
     "LOCALTTS_CHATTERBOX_WATERMARK": ("false", Settings, "chatterbox_watermark", False),
-    "LOCALTTS_CHATTERBOX_PIPELINE": ("true", Settings, "chatterbox_pipeline", True),
+    "LOCALTTS_BATCHING": ("false", Settings, "batching", False),
+    "LOCALTTS_ENGINE_CAPACITY": ("3", Settings, "engine_capacity", 3),
+    "LOCALTTS_ENGINE_MAX_WAITING": ("2", Settings, "engine_max_waiting", 2),
+    "LOCALTTS_ENGINE_WAIT_S": ("1.5", Settings, "engine_wait_s", 1.5),
     "LOCALTTS_VOICE": ("narrator", Settings, "voice", "narrator"),
     "LOCALTTS_VOICES_DIR": ("/voices", Settings, "voices_dir", Path("/voices")),
     "LOCALTTS_DATA_DIR": ("/data", Settings, "data_dir", Path("/data")),

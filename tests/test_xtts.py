@@ -26,6 +26,7 @@ from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
 )
 from livekit.plugins.localtts.settings import Settings  # noqa: E402
 
+from tests.concurrency import assert_cancel_stops_within_a_step  # noqa: E402
 from tests.tiny_xtts import (  # noqa: E402
     build_xtts,
     make_test_clip,
@@ -53,12 +54,13 @@ def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 class _ForwardCounter:
-    """Counts GPT trunk forward passes (one per generated token)."""
+    """Counts GPT trunk passes (its final layer norm ends each: one per generated token of a
+    stream alone, one per batched step)."""
 
     def __init__(self, engine: XTTSEngine, on_call=None) -> None:
         self.calls = 0
         self._on_call = on_call
-        self._handle = engine._model.gpt.gpt.register_forward_hook(self._hook)
+        self._handle = engine._model.gpt.gpt.ln_f.register_forward_hook(self._hook)
 
     def _hook(self, *_):
         self.calls += 1
@@ -133,7 +135,7 @@ def test_own_loop_samples_exactly_like_coquis_generator(engine: XTTSEngine) -> N
     torch.manual_seed(123)
     torch.multinomial = spy
     try:
-        list(engine._stream_piece("hello world", "en", voice, sampling, 1.0, threading.Event()))
+        list(engine.stream("hello world", None, SynthesisParams(), threading.Event()))
     finally:
         torch.multinomial = original
     torch.manual_seed(123)
@@ -156,11 +158,9 @@ def test_cancel_between_chunks_stops_at_once_and_next_request_works(engine: XTTS
     counter = _ForwardCounter(engine)
     try:
         stream = engine.stream("Hello there, how are you?", None, SynthesisParams(seed=0), cancel)
-        next(stream)
-        steps = counter.calls
-        cancel.set()
-        assert list(stream) == []
-        assert counter.calls == steps  # not one more token
+        assert_cancel_stops_within_a_step(
+            stream, cancel, lambda: counter.calls, engine.scheduler
+        )
     finally:
         counter.remove()
     assert sum(len(c) for c in _collect(engine)) == frames_for_tokens(MAX_TOKENS) * HOP
@@ -391,12 +391,11 @@ async def test_a_mid_reply_sentence_is_one_model_run(engine: XTTSEngine) -> None
 
     prefills: list[int] = []
 
-    def count_prefill(_module, args, kwargs) -> None:
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is not None and embeds.shape[1] > 1:  # a prompt, not one decoded token
-            prefills.append(embeds.shape[1])
+    def count_prefill(_module, args) -> None:
+        if args[0].shape[1] > 1:  # a prompt, not one decoded token
+            prefills.append(args[0].shape[1])
 
-    handle = engine._model.gpt.gpt.register_forward_pre_hook(count_prefill, with_kwargs=True)
+    handle = engine._model.gpt.gpt.ln_f.register_forward_pre_hook(count_prefill)
     try:
         tts = localtts.TTS(engine=engine, seed=0)
         text = "Hello there, my friend. Tomorrow brings clouds, and perhaps some rain later."

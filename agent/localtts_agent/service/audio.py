@@ -10,14 +10,19 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 from livekit import rtc
+from livekit.agents import APIConnectOptions
 from livekit.plugins import localtts
 from starlette.types import Receive, Scope, Send
+
+# a busy engine is the client's to retry (503 + Retry-After), not the plugin's: LiveKit's
+# default retries would hold the request for several of the engine's waits first
+_NO_RETRY = APIConnectOptions(max_retry=0)
 
 
 async def synthesis_frames(tts: localtts.TTS, text: str) -> AsyncGenerator[rtc.AudioFrame, None]:
     """The plugin's audio for `text`, frame by frame, as the engine produces it."""
     try:
-        async with tts.synthesize(text) as stream:
+        async with tts.synthesize(text, conn_options=_NO_RETRY) as stream:
             async for event in stream:
                 yield event.frame
     finally:

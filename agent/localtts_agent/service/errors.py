@@ -4,6 +4,7 @@ the plugin's and the voice library's errors to statuses, and the app's exception
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from typing import Any
 
@@ -71,6 +72,10 @@ def synthesis_error(e: Exception, engine_name: str) -> ServiceError:
         return voice_error(e)
     if isinstance(e, APIStatusError) and e.status_code == 404:
         return ServiceError(404, "unknown_voice", e.message)
+    if isinstance(e, APIStatusError) and e.status_code == 503:  # the engine at capacity
+        retry_after = (e.body or {}).get("retry_after_s", 1.0)
+        return ServiceError(503, "engine_busy", e.message,
+                            headers={"Retry-After": str(math.ceil(retry_after))})
     if isinstance(e, APIStatusError) and 400 <= e.status_code < 500:
         return ServiceError(400, "invalid_request", e.message)
     if isinstance(e, APIError):

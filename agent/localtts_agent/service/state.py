@@ -250,8 +250,8 @@ class ServiceState:
         """The engine's part of /health; all None when no engine could be chosen."""
         if self._tts is None:
             return dict.fromkeys(
-                ("engine", "device", "dtype", "sample_rate", "model_revision", "selection",
-                 "gpu_memory"),
+                ("engine", "device", "dtype", "sample_rate", "model_revision", "capacity",
+                 "engine_streams", "selection", "gpu_memory"),
                 None,
             ) | {"optimizations": []}  # fmt: skip
         info = self.engine.info()
@@ -263,6 +263,13 @@ class ServiceState:
             "optimizations": list(info.optimizations),
             "sample_rate": self.engine.sample_rate,  # the engine's: rooms, the plugin
             "model_revision": info.model_revision,
+            # streams kept at real time, and how many speak or wait now (past it: 503)
+            "capacity": info.capacity,
+            "engine_streams": {
+                "speaking": self.engine.scheduler.admission.active,
+                "waiting": self.engine.scheduler.admission.waiting,
+                "rejected": self.engine.scheduler.admission.rejected,
+            },
             "selection": dataclasses.asdict(selection) if selection else None,
             "gpu_memory": _gpu_memory(info.device),
         }
@@ -287,6 +294,7 @@ class ServiceState:
             voice=voice,
             voice_library=self.voice_library,
             settings=self.settings,
+            limit_to_capacity=True,  # past it: 503 + Retry-After, not a slower voice for all
             **params,
         )
 

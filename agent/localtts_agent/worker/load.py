@@ -2,7 +2,9 @@
 
 Each worker computes its load (`WorkerRuntime.load`, the AgentServer's `load_fnc`) every
 0.5 s and reports it every 2.5 s: the larger of rooms / max sessions
-(LOCALTTS_AGENT_MAX_SESSIONS), GPU utilisation and GPU memory in use. At 1.0 the worker
+(LOCALTTS_AGENT_MAX_SESSIONS), the engine's streams (speaking or waiting to) / its capacity
+(streams it keeps at real time, measured at warmup or LOCALTTS_ENGINE_CAPACITY), GPU
+utilisation and GPU memory in use. At 1.0 the worker
 reports itself full and LiveKit sends new rooms to other workers registered under the same
 agent name; with none left, a new room gets no agent at all (livekit-server dispatches once,
 at room creation). Adding capacity = starting another worker (container) against the same
@@ -37,9 +39,20 @@ def gpu_load() -> GpuLoad | None:
     return GpuLoad(memory_used=1.0 - free / total, utilisation=utilisation)
 
 
-def worker_load(rooms: int, max_sessions: int, gpu: GpuLoad | None) -> float:
-    """The load LiveKit's dispatcher sees, 0..1: the scarcest resource wins."""
+def worker_load(
+    rooms: int,
+    max_sessions: int,
+    gpu: GpuLoad | None,
+    *,
+    streams: int = 0,
+    capacity: int | None = None,
+) -> float:
+    """The load LiveKit's dispatcher sees, 0..1: the scarcest resource wins. `streams`
+    (speaking or waiting to) against the engine's `capacity` (streams it keeps at real time):
+    at 1.0 new rooms go elsewhere before callers here hear gaps."""
     parts = [rooms / max_sessions]
+    if capacity:
+        parts.append(streams / capacity)
     if gpu is not None:
         parts.append(gpu.memory_used)
         if gpu.utilisation is not None:

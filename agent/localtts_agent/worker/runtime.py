@@ -255,14 +255,26 @@ class WorkerRuntime:
     # load ------------------------------------------------------------------------------------
 
     def load(self, server: AgentServer | None = None) -> float:
-        """`load_fnc` for AgentServer: rooms (jobs) and GPU, see `worker_load`."""
+        """`load_fnc` for AgentServer: rooms (jobs), the engine's streams and GPU, see
+        `worker_load`."""
         rooms = len(server.active_jobs) if server is not None else self.active_sessions
         gpu = gpu_load()
         if gpu is not None and gpu.utilisation is not None:
             # utilisation swings between words; the average is what a new room meets
             self._gpu_utilisation.add_sample(gpu.utilisation)
             gpu = GpuLoad(gpu.memory_used, self._gpu_utilisation.get_avg())
-        return worker_load(rooms, self.agent_settings.agent_max_sessions, gpu)
+        streams, capacity = self._engine_streams()
+        return worker_load(
+            rooms, self.agent_settings.agent_max_sessions, gpu, streams=streams,
+            capacity=capacity,
+        )
+
+    def _engine_streams(self) -> tuple[int, int | None]:
+        """(streams speaking or waiting, capacity) of the engine's admission."""
+        if self.engine is None:
+            return 0, None
+        admission = self.engine.scheduler.admission
+        return admission.active + admission.waiting, admission.capacity
 
     def load_report(self) -> dict[str, Any]:
         gpu = gpu_load()
@@ -273,6 +285,8 @@ class WorkerRuntime:
             "rooms": self.active_sessions,
             "speaking": self.active_streams,
             "max_sessions": self.agent_settings.agent_max_sessions,
+            "engine_streams": self._engine_streams()[0],
+            "engine_capacity": self._engine_streams()[1],
             "gpu_memory_used": gpu.memory_used if gpu else None,
             "gpu_utilisation": gpu.utilisation if gpu else None,
             "load": self.load(),

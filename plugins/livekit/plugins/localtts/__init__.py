@@ -8,6 +8,7 @@ from livekit.agents import Plugin
 
 from .engines import (
     Engine,
+    EngineBusyError,
     EngineError,
     EngineInfo,
     EngineUnavailableError,
@@ -33,6 +34,7 @@ __all__ = [
     "VAD",
     "ChunkedStream",
     "Engine",
+    "EngineBusyError",
     "EngineError",
     "EngineInfo",
     "EngineSelection",

@@ -86,8 +86,21 @@ class EngineSettings(_DataDirSettings):
         10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
     )
     chatterbox_watermark: bool = Field(True, description="Perth watermark (not on chunk 1)")
-    chatterbox_pipeline: bool = Field(
-        False, description="decode T3 in a thread (own CUDA stream) while S3Gen renders"
+
+    # how streams share the engine (engines/scheduler.py)
+    batching: bool = Field(
+        True,
+        description="decode every active stream's next token as one batch; False: one stream "
+        "per step (the serialized path, kept to compare against)",
+    )
+    engine_capacity: int | None = Field(
+        None, ge=1, description="streams the engine keeps at real time; None: measured at warmup"
+    )
+    engine_max_waiting: int | None = Field(
+        None, ge=0, description="callers that may wait past capacity; None: as many as capacity"
+    )
+    engine_wait_s: float = Field(
+        5.0, ge=0, description="how long a caller waits past capacity before 'busy' (503)"
     )
 
     def engine_settings(self) -> EngineSettings:

@@ -1,14 +1,18 @@
 """The LiveKit face of localtts: `TTS`, `ChunkedStream`, `SynthesizeStream`.
 
-The engine runs in a worker thread and yields float32 chunks; each chunk is handed to
-the event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the
-moment it exists. Nothing here knows about tensors.
+The engine computes on its scheduler thread (batched with every other stream of the
+process) and yields float32 chunks to a waiting worker thread; each chunk is handed to the
+event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` the moment it
+exists. A stream holds an admission lease on the engine while it speaks (the engine's load);
+with `limit_to_capacity`, past the engine's capacity it waits a bounded time, then fails as
+"busy" (retryable). Nothing here knows about tensors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +34,7 @@ from livekit.agents.utils import is_given
 
 from .engines import (
     Engine,
+    EngineBusyError,
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
@@ -40,14 +45,15 @@ from .engines import (
     availability,
     shared_engine,
 )
+from .engines.scheduler import Lease, StreamTimes, stream_context
 from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
 from .text import TextSplitter
 
-# Engine work runs here; engines serialize model access themselves, so this only bounds
-# how many streams can wait on an engine at once.
+# Threads here only wait: for an engine's chunks (its scheduler thread computes them), for an
+# admission lease, for a load or warmup to finish.
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
 # A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
@@ -125,6 +131,7 @@ class TTS(tts.TTS):
         cfg_weight: float | None = None,
         seed: int | None = None,
         settings: Settings | None = None,
+        limit_to_capacity: bool = False,
     ) -> None:
         """A LiveKit TTS speaking with a self-hosted model.
 
@@ -139,6 +146,10 @@ class TTS(tts.TTS):
             language, speed, temperature, exaggeration, cfg_weight, seed: synthesis knobs;
                 engines ignore the ones they do not have.
             settings: defaults to the environment (`LOCALTTS_*`).
+            limit_to_capacity: past the engine's capacity (streams it keeps at real time),
+                wait in line up to `LOCALTTS_ENGINE_WAIT_S`, then fail with a retryable
+                503 "busy" (a service's choice). False (default, agents): a room already
+                here is always served; its stream still counts towards the engine's load.
 
         Raises `APIError(retryable=False)` when the engine cannot run here (naming what is
         missing and where the choice came from), `APIStatusError(400)` for a bad argument.
@@ -176,6 +187,7 @@ class TTS(tts.TTS):
             read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
+        self._limit_to_capacity = limit_to_capacity
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
 
     @property
@@ -267,6 +279,29 @@ class TTS(tts.TTS):
         return await self._voice_library.conditioning(voice_id, self._engine)
 
 
+async def _admitted(engine: Engine, *, limit: bool) -> Lease:
+    """The engine's admission lease (see `TTS(limit_to_capacity=)`), waited for in a worker
+    thread; a caller that gives up (cancellation) leaves no lease behind."""
+    admission = engine.scheduler.admission
+    if not limit:
+        return admission.acquire(limit=False)  # counted only: never waits
+    cancel = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(
+        _executor, lambda: admission.acquire(cancel=cancel)
+    )
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+
+        def release(done: asyncio.Future[Lease]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().release()
+
+        future.add_done_callback(release)
+        raise
+
+
 def _to_pcm16(chunk: np.ndarray) -> bytes:
     return (np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
@@ -281,12 +316,20 @@ class _Failed:
 
 
 async def engine_chunks(
-    engine: Engine, text: str, voice: VoiceConditioning | None, params: SynthesisParams
+    engine: Engine,
+    text: str,
+    voice: VoiceConditioning | None,
+    params: SynthesisParams,
+    times: list[StreamTimes] | None = None,
+    *,
+    continues_at: float | None = None,
 ) -> AsyncIterator[np.ndarray]:
-    """Run `engine.stream` in a worker thread; yield its chunks on the event loop.
+    """Consume `engine.stream` in a worker thread; yield its chunks on the event loop.
 
     Closing the iterator (cancellation, aclose) sets the engine's cancel event, so the
-    model stops at its next step and is free for the next request.
+    model stops at its next step and is free for the next request. `times` receives the
+    stream's `StreamTimes` (how long it waited for the engine); `continues_at`: see
+    `engines.scheduler.stream_context`.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -301,8 +344,11 @@ async def engine_chunks(
     def work() -> None:
         try:
             # closed here, not left to the garbage collector: the engine's generator holds
-            # its lock (and buffers) until it is closed
-            with closing(engine.stream(text, voice, params, cancel)) as chunks:
+            # its stream (cache slot, buffers) until it is closed
+            context = stream_context([] if times is None else times, continues_at=continues_at)
+            with context, closing(
+                engine.stream(text, voice, params, cancel)
+            ) as chunks:
                 for chunk in chunks:
                     if cancel.is_set():
                         break
@@ -330,6 +376,9 @@ def _api_error(e: Exception, engine: Engine) -> APIError:
     else, a ValueError from deep inside a model included, is the engine's."""
     if isinstance(e, UnknownVoiceError):
         return APIStatusError(str(e), status_code=404, retryable=False)
+    if isinstance(e, EngineBusyError):  # at capacity: try again later (or elsewhere)
+        return APIStatusError(str(e), status_code=503, retryable=True,
+                              body={"retry_after_s": e.retry_after_s})
     if isinstance(e, (VoiceError, InvalidRequestError)):
         return APIStatusError(str(e), status_code=400, retryable=False)
     if isinstance(e, EngineUnavailableError):
@@ -397,22 +446,45 @@ class _Speaker:
         self._read_ahead = read_ahead
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
+        self._lease: Lease | None = None
+        self._first_audio: float | None = None  # time.monotonic() of the reply's first chunk
         self.pushed_samples = 0
+        self.waited_s = 0.0  # for the engine: admission, then each piece's queue
 
     async def speak(self, piece: str) -> None:
         await self._read_ahead.wait()
         if not self._voice_resolved:  # once, and only when there is something to say
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
-        chunks = engine_chunks(self._tts.engine, piece, self._voice, self._opts.params)
-        async with aclosing(chunks):  # closing stops the engine thread at once
-            async for chunk in chunks:
-                if self.pushed_samples == 0:
-                    chunk = self._from_first_sound(chunk)
-                if chunk.size:
-                    self._emitter.push(_to_pcm16(chunk))
-                    self.pushed_samples += int(chunk.size)
-                    self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
+        if self._lease is None:  # one lease for the whole reply: its pieces never queue
+            self._lease = await _admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
+            self.waited_s += self._lease.waited_s
+        times: list[StreamTimes] = []
+        continues_at = None  # a later piece is due when the audio pushed so far runs out
+        if self._first_audio is not None:
+            continues_at = self._first_audio + self.pushed_samples / self._tts.sample_rate
+        chunks = engine_chunks(
+            self._tts.engine, piece, self._voice, self._opts.params, times,
+            continues_at=continues_at,
+        )
+        try:
+            async with aclosing(chunks):  # closing stops the engine's stream at once
+                async for chunk in chunks:
+                    if self.pushed_samples == 0:
+                        chunk = self._from_first_sound(chunk)
+                    if chunk.size:
+                        if self._first_audio is None:
+                            self._first_audio = time.monotonic()
+                        self._emitter.push(_to_pcm16(chunk))
+                        self.pushed_samples += int(chunk.size)
+                        self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
+        finally:
+            self.waited_s += sum(t.waited_s for t in times)
+
+    def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def _from_first_sound(self, chunk: np.ndarray) -> np.ndarray:
         audible = np.flatnonzero(np.abs(chunk) > _AUDIBLE)
@@ -455,6 +527,11 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
             raise
         except Exception as e:
             raise _api_error(e, self._tts.engine) from e
+        finally:
+            speaker.close()
+            # LiveKit's "time to acquire the connection": here, the time waiting for the
+            # engine (admission and queue), so TTSMetrics shows it apart from synthesis
+            self._acquire_time = speaker.waited_s
         speaker.pad_if_silent(self._input_text)
         output_emitter.flush()
 
@@ -500,7 +577,10 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
         async def speak() -> None:
             async for piece in pieces:
                 self._mark_started()
-                await speaker.speak(piece)
+                try:
+                    await speaker.speak(piece)
+                finally:
+                    self._acquire_time = speaker.waited_s  # see ChunkedStream._run
 
         tasks = [asyncio.create_task(read_input()), asyncio.create_task(speak())]
         try:
@@ -511,5 +591,6 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
             raise _api_error(e, self._tts.engine) from e
         finally:
             await utils.aio.cancel_and_wait(*tasks)
+            speaker.close()
         speaker.pad_if_silent(self._pushed_text)
         output_emitter.end_segment()

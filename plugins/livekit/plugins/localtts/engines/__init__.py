@@ -27,11 +27,14 @@ from .base import (
     VoiceError,
     VoiceSource,
 )
+from .scheduler import EngineBusyError, EngineScheduler
 
 __all__ = [
     "Engine",
+    "EngineBusyError",
     "EngineError",
     "EngineInfo",
+    "EngineScheduler",
     "EngineUnavailableError",
     "InvalidRequestError",
     "KVCacheOverflowError",

@@ -16,6 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..settings import EngineSettings
+    from .scheduler import EngineScheduler
 
 
 class EngineError(Exception):
@@ -133,6 +134,7 @@ class EngineInfo:
     loaded: bool
     default_voice: str | None = None  # the voice spoken when a request names none
     optimizations: tuple[str, ...] = ()
+    capacity: int | None = None  # streams kept at real time (None: not measured yet)
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,6 +149,7 @@ class EngineInfo:
             "loaded": self.loaded,
             "default_voice": self.default_voice,
             "optimizations": list(self.optimizations),
+            "capacity": self.capacity,
         }
         return {**common, **self.details}
 
@@ -155,15 +158,17 @@ class EngineInfo:
 class Engine(Protocol):
     """A loaded (or loadable) TTS model. One instance per process serves every stream.
 
-    Implementations must be safe to call `stream` from several threads at once (they may
-    serialize internally) and must return from `stream` promptly after `cancel` is set:
-    at the latest one decoding step / one sentence later. Closing the generator `stream`
+    `stream` may be called from many threads at once; every model computation (load,
+    warmup, conditioning, each stream's steps) runs on the engine's `scheduler` thread,
+    which batches concurrent streams. `stream` returns promptly after `cancel` is set: at
+    the latest one decoding step / one sentence later. Closing the generator `stream`
     returned releases whatever it holds at once.
     """
 
     name: str
     sample_rate: int
     supports_cloning: bool
+    scheduler: EngineScheduler  # its thread, its batching, its capacity and admission
 
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> Engine:

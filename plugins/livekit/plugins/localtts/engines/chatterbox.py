@@ -1,9 +1,12 @@
 """Chatterbox (Resemble AI, chatterbox-tts): the CUDA engine, streaming inside the sentence.
 
-T3 (Llama, text -> 25 Hz speech tokens) decodes with a static KV cache and a compiled /
-CUDA-graph-captured step (`chatterbox_t3`); S3Gen (flow + HiFT, tokens -> 24 kHz audio)
-renders chunks while T3 continues (`chatterbox_s3gen`). On CPU the same decode loop runs
-eagerly in fp32 without graphs, which is what the tests exercise.
+T3 (Llama, text -> 25 Hz speech tokens) decodes every active stream in one batched step over
+static KV cache slots, compiled and captured as a CUDA graph per batch size
+(`chatterbox_t3`); S3Gen (flow + HiFT, tokens -> 24 kHz audio) renders each stream's chunks
+between those steps (`chatterbox_s3gen`); one stream's steps are `chatterbox_stream`'s. All
+of it runs on the engine's scheduler thread, which puts new streams' first chunks first
+(`scheduler`). On CPU the same step runs eagerly in fp32 without graphs, which is what the
+tests exercise.
 
 Weights come from a local directory or the Hugging Face cache (`ResembleAI/chatterbox`); the
 hub is only contacted when `allow_download` is set.
@@ -15,11 +18,10 @@ import importlib.util
 import io
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,14 @@ from .base import (
     reference_audio,
 )
 from .chatterbox_checkpoint import DEFAULT_VOICE_FILE, WEIGHTS, load_parts
-from .chatterbox_options import ChatterboxOptions, StreamStats
+from .chatterbox_options import SAMPLE_RATE, ChatterboxOptions, StreamStats
+from .chatterbox_stream import ChatterboxStreamWork, SlotProbe, decode_batch, sampling_params
+from .scheduler import EngineScheduler, capacity_probes
 from .weights import DIGEST_CACHE_FILE, resolve_weights, weights_problem, weights_revision
 
 logger = logging.getLogger("livekit.plugins.localtts.chatterbox")
 
-SAMPLE_RATE = 24_000  # chatterbox S3GEN_SR; known without importing torch
+_TOKENS_PER_SECOND = 25  # speech tokens per second of audio (real time)
 _ENC_COND_SECONDS = 6  # T3 speech prompt (upstream ChatterboxTTS.ENC_COND_LEN)
 _DEC_COND_SECONDS = 10  # S3Gen reference (upstream DEC_COND_LEN)
 _MIN_CLIP_SECONDS = 1.0
@@ -78,11 +82,14 @@ class ChatterboxEngine:
         conds: Any = None,
         revision: str | None = None,
         digest_cache: Path | None = None,
+        scheduler: EngineScheduler | None = None,
     ) -> None:
         """Either `model` (a checkpoint directory or Hugging Face repo id), or a built
         `ChatterboxTTS` (`tts`), or its parts (`t3`, `s3gen`, `ve`, `tokenizer`, optional
         default-voice `conds`): tests and benches inject random-weight models this way.
-        `digest_cache`: where the weights' content digests are remembered (weights.py)."""
+        `digest_cache`: where the weights' content digests are remembered (weights.py).
+        `scheduler`: how streams share the model (default: batched, capacity measured at
+        warmup; its `max_batch` is capped by `options.max_streams`)."""
         if tts is not None:
             t3, s3gen, ve, tokenizer = tts.t3, tts.s3gen, tts.ve, tts.tokenizer
             conds = conds if conds is not None else tts.conds
@@ -100,11 +107,9 @@ class ChatterboxEngine:
         )
         self._revision = revision
         self._digest_cache = digest_cache
-        self._load_lock = threading.Lock()
-        # The static KV cache, the captured CUDA graph and the decode buffers are ONE stream's
-        # state: an utterance holds this lock from prefill to its last chunk, so concurrent
-        # streams (rooms) sharing the engine take turns, whole utterances at a time.
-        self._generate_lock = threading.Lock()
+        # every stream, the load and the conditioning run on this thread; T3 steps are batched
+        self.scheduler = scheduler or EngineScheduler(self.name)
+        self.scheduler.decode_batch = lambda works: decode_batch(self, works)
         self._loaded = False
         self._device: Any = None
         self._t3: Any = None
@@ -131,7 +136,6 @@ class ChatterboxEngine:
             compile=settings.compile,
             n_cfm_timesteps=settings.chatterbox_cfm_steps,
             watermark=settings.chatterbox_watermark,
-            pipeline=settings.chatterbox_pipeline,
             compile_cache_dir=Path(settings.data_dir) / "torch-compile-cache",
             **(
                 {"first_chunk_tokens": settings.first_chunk_tokens}
@@ -144,6 +148,7 @@ class ChatterboxEngine:
             allow_download=settings.allow_download,
             options=options,
             digest_cache=settings.data_dir / DIGEST_CACHE_FILE,
+            scheduler=EngineScheduler.from_settings("chatterbox", settings),
         )
 
     @staticmethod
@@ -192,51 +197,58 @@ class ChatterboxEngine:
         return _dtype(default_precision(self.name, use_cuda=on_cuda, bf16=bf16)[0])
 
     def load(self) -> None:
-        with self._load_lock:
-            if self._loaded:
-                return
-            started = time.perf_counter()
-            try:
-                import torch
+        """Load (and, with `options.warmup`, warm up) on the scheduler thread. Idempotent."""
+        if not self._loaded or (self.options.warmup and self._warmup_s is None):
+            self.scheduler.call(self._load_and_warm, self.options.warmup)
 
-                from .chatterbox_s3gen import S3GenStreamer
-            except ImportError as e:
-                raise EngineUnavailableError(
-                    f"the chatterbox engine needs torch and chatterbox-tts: "
-                    f"pip install 'localtts[chatterbox]' ({e})"
-                ) from e
-            self._device = torch.device(self.options.device)
-            if self._device.type == "cuda" and not torch.cuda.is_available():
-                raise EngineUnavailableError(
-                    f"device {self.options.device!r} given but torch sees no CUDA GPU "
-                    f"(torch {torch.__version__}); use LOCALTTS_DEVICE=cpu or auto"
+    def _load_and_warm(self, warm: bool) -> None:
+        self._load()
+        if warm:
+            self._warm()
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        started = time.perf_counter()
+        try:
+            import torch
+
+            from .chatterbox_s3gen import S3GenStreamer
+        except ImportError as e:
+            raise EngineUnavailableError(
+                f"the chatterbox engine needs torch and chatterbox-tts: "
+                f"pip install 'localtts[chatterbox]' ({e})"
+            ) from e
+        self._device = torch.device(self.options.device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineUnavailableError(
+                f"device {self.options.device!r} given but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use LOCALTTS_DEVICE=cpu or auto"
+            )
+        parts = self._parts
+        if parts is None:
+            directory = self._checkpoint()
+            if self._revision is None:
+                self._revision = weights_revision(
+                    WEIGHTS, directory, digest_cache=self._digest_cache
                 )
-            parts = self._parts
-            if parts is None:
-                directory = self._checkpoint()
-                if self._revision is None:
-                    self._revision = weights_revision(
-                        WEIGHTS, directory, digest_cache=self._digest_cache
-                    )
-                parts = load_parts(directory)
-            self._place(parts)
-            self._streamer = S3GenStreamer(self._s3gen, config=self.options.streaming_config())
-            if self.options.watermark:
-                try:
-                    import perth
+            parts = load_parts(directory)
+        self._place(parts)
+        self._streamer = S3GenStreamer(self._s3gen, config=self.options.streaming_config())
+        if self.options.watermark:
+            try:
+                import perth
 
-                    self._watermarker = perth.PerthImplicitWatermarker(device=str(self._device))
-                except Exception as e:
-                    raise EngineUnavailableError(
-                        f"the Perth watermarker (resemble-perth) failed to load: {e}; "
-                        "install it or turn the watermark off"
-                    ) from e
-            self._build_decoder()
-            self._parts = None  # the engine owns the (moved) modules now
-            self._loaded = True
-            self._load_s = time.perf_counter() - started
-        if self.options.warmup:
-            self.warmup()
+                self._watermarker = perth.PerthImplicitWatermarker(device=str(self._device))
+            except Exception as e:
+                raise EngineUnavailableError(
+                    f"the Perth watermarker (resemble-perth) failed to load: {e}; "
+                    "install it or turn the watermark off"
+                ) from e
+        self._build_decoder()
+        self._parts = None  # the engine owns the (moved) modules now
+        self._loaded = True
+        self._load_s = time.perf_counter() - started
 
     def _place(self, parts: dict[str, Any]) -> None:
         """The models on the engine's device, T3 in its dtype."""
@@ -256,45 +268,46 @@ class ChatterboxEngine:
             )
 
     def _build_decoder(self) -> None:
-        """The T3 decoder: static KV cache, compiled and/or graph-captured step as the options
-        (or the host table, for "auto") say; compiled and captured now, not at a request."""
-        from .chatterbox_t3 import T3DynamicDecoder, T3StaticDecoder, enable_compile_cache
+        """The batched T3 decoder: a static KV cache slot per stream, the step compiled and/or
+        graph-captured per batch size as the options (or the host table, for "auto") say;
+        compiled and captured now, not at a request."""
+        from .chatterbox_t3 import T3BatchDecoder, enable_compile_cache
 
         opts = self.options
         on_cuda = self._device.type == "cuda"
         default_compile = default_precision(self.name, use_cuda=on_cuda, bf16=False)[1]
         use_compile = default_compile if opts.compile is None else bool(opts.compile)
         use_graph = on_cuda if opts.cuda_graph is None else bool(opts.cuda_graph) and on_cuda
-        if not opts.static_cache:
-            use_compile = use_graph = False
         if use_compile and self._compile_cache_dir is not None:
             effective = enable_compile_cache(self._compile_cache_dir)
             if effective.resolve() != self._compile_cache_dir.resolve():
                 logger.info("torch compile cache: %s (TORCHINDUCTOR_CACHE_DIR)", effective)
-        cache_len = self._cache_len()
-        if not opts.static_cache:
-            self._decoder = T3DynamicDecoder(
-                self._t3, max_cache_len=cache_len, stop_check_interval=opts.stop_check_interval
-            )
-        else:
-            self._decoder = T3StaticDecoder(
-                self._t3, max_cache_len=cache_len, compile_step=use_compile,
-                cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
+        # every slot holds a whole utterance's keys and values: a real T3 slot is ~360 MB in
+        # bf16, ~720 MB in fp32, so fewer of them on the CPU
+        slots = opts.max_streams or (16 if on_cuda else 4)
+        slots = min(slots, self.scheduler.max_batch)
+        self.scheduler.max_batch = slots
+
+        def build(compile_step: bool) -> T3BatchDecoder:
+            return T3BatchDecoder(
+                self._t3, slots=slots, max_cache_len=self._cache_len(),
+                compile_step=compile_step, cuda_graph=use_graph,
+                stop_check_interval=opts.stop_check_interval,
             )  # fmt: skip
-        warm_conds = self._warmup_conditionals()
-        warm_embeds = self._prompt_embeds("Warming up the decoder.", warm_conds, 0.5)
+
+        self._decoder = build(use_compile)
+        # on the CPU the compiled step is specialized per batch size when first used (each
+        # compile takes seconds); a GPU captures every size now
+        buckets = None if on_cuda else (1,)
         try:
-            self._decoder.capture(warm_embeds)
+            self._decoder.capture(buckets)
         except Exception:
             if not use_compile:
                 raise
             # an inductor/dynamo failure must not take the engine down: keep the graph
             logger.exception("compiling the T3 decode step failed; continuing without it")
-            self._decoder = T3StaticDecoder(
-                self._t3, max_cache_len=cache_len, compile_step=False,
-                cuda_graph=use_graph, stop_check_interval=opts.stop_check_interval,
-            )  # fmt: skip
-            self._decoder.capture(warm_embeds)
+            self._decoder = build(False)
+            self._decoder.capture(buckets)
 
     def _cache_len(self) -> int:
         hp = self._t3.hp
@@ -303,21 +316,60 @@ class ChatterboxEngine:
         return int(np.ceil(need / 64) * 64)
 
     def warmup(self) -> None:
-        """One short utterance through both models: allocator, kernels, first-call costs.
-        Once per engine (load() runs it when `options.warmup`)."""
-        self.load()
+        """One short utterance through both models (allocator, kernels, first-call costs),
+        then the capacity: how many streams keep real time. Once per engine (load() runs it
+        when `options.warmup`); on the scheduler thread."""
+        self.scheduler.call(self._load_and_warm, True)
+
+    def _warm(self) -> None:
         if self._warmup_s is not None:
             return
         started = time.perf_counter()
-        cancel = threading.Event()
         chunks = 0
-        for _ in self._stream(
-            "Warming up.", self._warmup_conditionals(), SynthesisParams(seed=0), cancel,
-            max_new_tokens=self.options.first_chunk_tokens + 2 * self.options.lookahead_tokens,
+        params = SynthesisParams(seed=0)
+        max_new = self.options.first_chunk_tokens + 2 * self.options.lookahead_tokens
+        conds = self._warmup_conditionals()
+        for _ in self.scheduler.stream(
+            lambda: ChatterboxStreamWork(self, "Warming up.", conds, params, max_new),
+            threading.Event(),
         ):
             chunks += 1
         self._warmup_s = time.perf_counter() - started
-        logger.info("chatterbox warmup: %d chunks in %.2fs", chunks, self._warmup_s)
+        stats = self.last_stats
+        s3gen_per_token = stats.vocoder_s / max(1, sum(stats.chunk_tokens)) if stats else 0.0
+        self.scheduler.set_measured_capacity(self._measure_capacity(s3gen_per_token))
+        logger.info("chatterbox warmup: %d chunks in %.2fs; %s stream(s) at real time", chunks,
+                    self._warmup_s, self.scheduler.capacity)
+
+    def _measure_capacity(self, s3gen_per_token: float) -> int:
+        """Streams kept at real time: the largest batch whose T3 step plus that many streams'
+        S3Gen rendering per token fits in one token's audio (40 ms), with a 10% margin."""
+        import torch
+
+        decoder = self._decoder
+        embeds = self._prompt_embeds("Measuring.", self._warmup_conditionals(), 0.5)
+        budget = 0.9 / _TOKENS_PER_SECOND
+        capacity = 0
+        for batch in capacity_probes(decoder.slots):
+            if self._device.type == "cpu" and decoder.compiled and batch > 1:
+                break  # each size compiles for seconds on the CPU: not at startup
+            owners = [SlotProbe() for _ in range(batch)]
+            for i, owner in enumerate(owners):
+                decoder.start(owner, embeds, sampling_params(SynthesisParams()), i)
+            decoder.step(owners, 1)  # first use of this size (compiles there)
+            if self._device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            steps = 4
+            decoder.step(owners, steps)
+            decoder.tokens([(o.slot, 0, 1) for o in owners])  # waits for the device
+            step_s = (time.perf_counter() - started) / steps
+            for owner in owners:
+                decoder.release(owner)
+            if step_s + batch * s3gen_per_token > budget:
+                break
+            capacity = batch
+        return capacity
 
     def _warmup_conditionals(self) -> Any:
         if self.default_voice is not None:
@@ -379,6 +431,9 @@ class ChatterboxEngine:
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
         self.load()
+        return self.scheduler.call(self._condition, clip)
+
+    def _condition(self, clip: VoiceClip) -> VoiceConditioning:
         import librosa
         import torch
         from chatterbox.models.s3tokenizer import S3_SR
@@ -507,79 +562,17 @@ class ChatterboxEngine:
         params: SynthesisParams,
         cancel: threading.Event,
     ) -> Iterator[np.ndarray]:
-        """Yield float32 24 kHz chunks. Consume it to the end or `close()` it: the utterance
-        holds the engine's generation lock until then."""
+        """Yield float32 24 kHz chunks, computed on the scheduler thread (T3 batched with
+        every other active stream)."""
         self.load()
         conds = self._resolve_voice(voice)
         if voice is not None and voice.model_revision != self.model_revision:
             logger.warning("voice %s was conditioned for another model revision", voice.voice_id)
         if not text.strip():
             return
-        yield from self._stream(text, conds, params, cancel)
-
-    def _stream(
-        self, text: str, conds: Any, params: SynthesisParams, cancel: threading.Event,
-        *, max_new_tokens: int | None = None,
-    ) -> Iterator[np.ndarray]:
-        import torch
-
-        from .chatterbox_t3 import SamplingParams, speech_batches
-
-        # the request's knobs where given, SamplingParams' own (upstream's) defaults elsewhere
-        knobs = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
-        sampling = SamplingParams(**{k: v for k, v in knobs.items() if v is not None})
-        exaggeration = 0.5 if params.exaggeration is None else params.exaggeration
-        seed = params.seed if params.seed is not None else secrets.randbits(62)
-        started = time.perf_counter()
-        stats = StreamStats()
-        # wait for the engine, but give up as soon as the caller cancels
-        while not self._generate_lock.acquire(timeout=0.05):
-            if cancel.is_set():
-                return
-        try:
-            with torch.inference_mode():
-                embeds = self._prompt_embeds(text, conds, exaggeration)
-                voice = self._streamer.prepare(conds.gen)
-                decoder = self._decoder
-                t0 = time.perf_counter()
-                decoder.start(embeds, sampling, seed)
-                cap = decoder.capacity_for(embeds.shape[1])
-                limit = min(cap, max_new_tokens or self.options.max_new_tokens)
-                stream = self._streamer.open(voice, seed=seed)
-                stats.prefill_s = time.perf_counter() - t0
-                batches = speech_batches(
-                    decoder, limit, stream.tokens_needed_for_next_chunk, cancel, stats,
-                    pipeline=self.options.pipeline,
-                )
-                try:
-                    for new, finished in batches:
-                        stream.add(new)
-                        t2 = time.perf_counter()
-                        chunks = stream.finish_chunks() if finished else stream.ready_chunks()
-                        stats.vocoder_s += time.perf_counter() - t2
-                        for chunk in chunks:
-                            if cancel.is_set():
-                                stats.cancelled = True
-                                return
-                            stats.chunk_tokens = list(stream.chunk_tokens)
-                            stats.speech_tokens = list(stream.tokens)
-                            if stats.first_chunk_s is None:
-                                stats.first_chunk_s = time.perf_counter() - started
-                                stats.tokens_at_first_chunk = len(stream.tokens)
-                                stats.sampled_at_first_chunk = decoder.length
-                            elif self._watermarker is not None:
-                                chunk = self._watermark(chunk)
-                            stats.audio_s += len(chunk) / SAMPLE_RATE
-                            yield np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
-                finally:
-                    batches.close()  # a pipelined decoder thread is stopped and joined here
-                stats.cancelled = stats.cancelled or cancel.is_set()
-                stats.tokens = decoder.length
-        finally:
-            stats.tokens = stats.tokens or (self._decoder.length if self._decoder else 0)
-            stats.total_s = time.perf_counter() - started
-            self.last_stats = stats
-            self._generate_lock.release()
+        yield from self.scheduler.stream(
+            lambda: ChatterboxStreamWork(self, text, conds, params), cancel
+        )
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         marked = self._watermarker.apply_watermark(chunk, sample_rate=SAMPLE_RATE)
@@ -600,41 +593,38 @@ class ChatterboxEngine:
             )  # fmt: skip
         decoder = self._decoder
         dtype = str(self._t3.speech_head.weight.dtype).replace("torch.", "")
-        optimizations = ["streaming-chunks"]
-        if decoder.static_cache:
-            optimizations.append("static-kv-cache")
+        optimizations = ["streaming-chunks", "static-kv-cache", "batched-t3"]
         if dtype != "float32":
             optimizations.append(f"t3-{dtype}")
         if decoder.compiled:
             optimizations.append("torch-compile")
         if decoder.graph_captured:
             optimizations.append("cuda-graph")
-        if opts.pipeline:
-            optimizations.append("t3-s3gen-pipeline")
         details = {
             "options": options,
             "flow_dtype": str(next(self._s3gen.flow.parameters()).dtype).replace("torch.", ""),
             "vocoder_dtype": str(next(self._s3gen.mel2wav.parameters()).dtype).replace(
                 "torch.", ""
             ),
-            "static_kv_cache": decoder.static_cache,
             "kv_cache_len": decoder.max_cache_len,
+            "kv_cache_slots": decoder.slots,
             "compiled": decoder.compiled,
             "cuda_graph": decoder.graph_captured,
+            "cuda_graph_batches": decoder.captured_buckets,
             # where inductor really caches: a directory set before ours (by the user, or by
             # an earlier compile in this process) wins over the option
             "compile_cache_dir": (
                 os.environ.get("TORCHINDUCTOR_CACHE_DIR") if decoder.compiled else None
             ),
             "stop_check_interval": decoder.stop_check_interval,
-            "pipeline": opts.pipeline,
             "watermark": self._watermarker is not None,
             "load_s": self._load_s,
             "warmup_s": self._warmup_s,
+            **self.scheduler.info(),
         }
         return EngineInfo(
             engine=self.name, sample_rate=self.sample_rate, device=str(self._device),
             dtype=dtype, model=self.model or "custom", model_revision=self.model_revision,
             loaded=True, default_voice=default_voice, optimizations=tuple(optimizations),
-            details=details,
+            capacity=self.scheduler.capacity, details=details,
         )  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+SAMPLE_RATE = 24_000  # chatterbox S3GEN_SR; known without importing torch
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,13 @@ class ChatterboxOptions:
     device: str = "cpu"  # "cuda" | "cuda:N" | "cpu"
     t3_dtype: DTypeName = "auto"  # auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU
     flow_dtype: DTypeName = "float32"  # S3Gen flow; HiFT always fp32 (reduced precision drifts)
-    static_cache: bool = True
     compile: bool | None = None  # torch.compile the decode step; default: on CUDA
     cuda_graph: bool | None = None  # capture the decode step; default: on CUDA
     warmup: bool = True  # compile/capture and run one utterance at load
     compile_cache_dir: Path | None = None  # default: <data_dir>/torch-compile-cache
     stop_check_interval: int = 8  # steps between host reads (stop token, streaming)
-    # T3 decodes in a thread of its own (own CUDA stream) while S3Gen renders: overlaps the
-    # two on a GPU; off until measured there (GIL and stream contention), pointless on 2 cores
-    pipeline: bool = False
+    # streams decoding at once (KV cache slots; None: 16 on CUDA, 4 on the CPU); more wait
+    max_streams: int | None = None
     max_new_tokens: int = 1000  # upstream's cap (40 s of speech)
     max_text_tokens: int = 400
     watermark: bool = True  # Perth watermark on every chunk but the first

@@ -165,7 +165,8 @@ class S3GenStreamer:
 
 
 class VocoderStream:
-    """One utterance: feed tokens with `add`, take audio from `ready_chunks` and `finish`."""
+    """One utterance: feed tokens with `add`, take audio from `render_next` (while
+    `chunk_ready`) and then `finish`."""
 
     def __init__(self, streamer: S3GenStreamer, voice: PreparedVoice, *, seed: int) -> None:
         self.streamer = streamer
@@ -229,17 +230,19 @@ class VocoderStream:
     def add(self, tokens: list[int]) -> None:
         self.tokens.extend(tokens)
 
-    def ready_chunks(self) -> list[np.ndarray]:
-        """Audio for every chunk whose tokens (plus lookahead) are all known."""
-        chunks = []
+    def chunk_ready(self) -> bool:
+        """All tokens of the next chunk (plus its lookahead) are known."""
         lookahead = self.config.lookahead_tokens
-        while len(self.tokens) - lookahead >= self.committed + self._next_chunk:
-            chunks.append(self._render(self.committed + self._next_chunk, final=False))
-            self._next_chunk = min(
-                max(self._next_chunk + 1, int(self._next_chunk * self.config.chunk_growth)),
-                self.config.max_chunk_tokens,
-            )
-        return chunks
+        return len(self.tokens) - lookahead >= self.committed + self._next_chunk
+
+    def render_next(self) -> np.ndarray:
+        """Audio of the next chunk (`chunk_ready()` must hold)."""
+        chunk = self._render(self.committed + self._next_chunk, final=False)
+        self._next_chunk = min(
+            max(self._next_chunk + 1, int(self._next_chunk * self.config.chunk_growth)),
+            self.config.max_chunk_tokens,
+        )
+        return chunk
 
     def tokens_needed_for_next_chunk(self) -> int:
         return self.committed + self._next_chunk + self.config.lookahead_tokens
@@ -249,10 +252,6 @@ class VocoderStream:
         if len(self.tokens) <= self.committed:
             return None
         return self._render(len(self.tokens), final=True)
-
-    def finish_chunks(self) -> list[np.ndarray]:
-        last = self.finish()
-        return [] if last is None else [last]
 
     @torch.inference_mode()
     def _render(self, b: int, *, final: bool) -> np.ndarray:

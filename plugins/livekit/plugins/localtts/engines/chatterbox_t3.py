@@ -1,39 +1,44 @@
-"""Chatterbox T3 (text -> speech tokens) decoding with a static KV cache.
+"""Chatterbox T3 (text -> speech tokens): every active stream's decode step as one batch.
 
 Why not `T3.inference`: the stock loop grows the KV cache with `torch.cat`, asks for attentions
-and hidden states every step, syncs the GPU for the EOS check every token and cannot be
-captured as a CUDA graph. Here the decode step is one fixed-shape function of preallocated
-buffers (token, positions, KV cache, "seen" mask, sampling knobs): forward + classifier-free
-guidance + sampling + state update, with no host sync. On CUDA it is compiled and/or captured
-as a CUDA graph once and replayed per token; the host reads the sampled tokens (and checks the
-stop token) every `stop_check_interval` steps. On CPU the very same step runs eagerly in fp32.
+and hidden states every step, syncs the GPU for the EOS check every token, decodes one stream
+at a time and cannot be captured as a CUDA graph. Here the KV cache holds static slots, one per
+stream (its two classifier-free-guidance rows); one decode step advances the streams in slots
+[0, b) for a bucket b (1, 2, 4, 8, 16...): forward + CFG + sampling + state update over
+preallocated buffers (tokens, positions, KV cache, "seen" masks, per-stream sampling knobs and
+seeds), with no host sync. On CUDA the step is compiled and captured as one CUDA graph per
+bucket and replayed per token; the host reads the sampled tokens every few steps. On the CPU
+the very same step runs eagerly (fp32 in the tests).
 
-The math mirrors chatterbox-tts 0.1.7 `T3.inference` exactly (same prefill sequence including
-its doubled start-of-speech token, same position embeddings, CFG batch of two, HF repetition
-penalty / temperature / min-p / top-p semantics); tests check the tokens match it.
+Streams join (`start`: prefill into a free slot) and leave (`release`: the last slot moves into
+the hole, so live slots stay packed at the front) between steps. A slot that is not advancing
+this step (finished, or waiting for its vocoder) still rides along in the bucket: its row
+computes, but none of its state moves (its KV write lands on the position its next real step
+overwrites).
+
+Sampling noise is a counter-based hash of (stream seed, token index, vocabulary id): a seeded
+stream draws the same numbers alone or in any batch, so it samples the same tokens. The math
+otherwise mirrors chatterbox-tts 0.1.7 `T3.inference` (same prefill sequence including its
+doubled start-of-speech token, same position embeddings, CFG, HF repetition penalty /
+temperature / min-p / top-p semantics); tests check the tokens match it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .base import InvalidRequestError, KVCacheOverflowError
 
-if TYPE_CHECKING:
-    from .chatterbox_options import StreamStats
-
-CFG_BATCH = 2  # row 0: conditional, row 1: unconditional (zeroed text embedding)
+CFG_BATCH = 2  # per stream: row 0 conditional, row 1 unconditional (zeroed text embedding)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_M32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class SamplingParams:
             raise InvalidRequestError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
 
 
+_KNOBS = ("cfg_weight", "repetition_penalty", "temperature", "min_p", "top_p")
+
+
 def filter_logits(
     logits: torch.Tensor,
     seen: torch.Tensor,
@@ -71,13 +79,15 @@ def filter_logits(
     min_p: torch.Tensor,
     top_p: torch.Tensor,
 ) -> torch.Tensor:
-    """CFG-combined, penalized, filtered float32 logits (1, V); -inf marks removed tokens.
+    """CFG-combined, penalized, filtered float32 logits (b, V) for b streams; -inf marks
+    removed tokens. `logits` (2b, V) hold each stream's conditional then unconditional row;
+    the knobs are tensors (scalars, or (b, 1) per stream) so one captured graph serves every
+    request.
 
-    Same results as chatterbox's HF processors (RepetitionPenalty, temperature, MinP, TopP) but
-    with every knob a tensor, so one captured graph serves every request.
+    Same results as chatterbox's HF processors (RepetitionPenalty, temperature, MinP, TopP).
     """
     logits = logits.float()
-    cond, uncond = logits[0:1], logits[1:2]
+    cond, uncond = logits[0::2], logits[1::2]
     x = cond + cfg_weight * (cond - uncond)
     penalized = torch.where(x < 0, x * repetition_penalty, x / repetition_penalty)
     x = torch.where(seen, penalized, x)
@@ -92,6 +102,22 @@ def filter_logits(
     return x.masked_fill(remove, float("-inf"))
 
 
+def _pcg(x: torch.Tensor) -> torch.Tensor:
+    """PCG's output hash of 32-bit values held in int64 (no product exceeds 2**62)."""
+    state = (x * 747796405 + 2891336453) & _M32
+    word = ((torch.bitwise_right_shift(state, (state >> 28) + 4) ^ state) * 277803737) & _M32
+    return (word >> 22) ^ word
+
+
+def exponential_noise(seed: torch.Tensor, index: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """Exp(1) draws (b, V) that depend only on each stream's 32-bit seed (b,), its token
+    index (b,) and the vocabulary id (V,): the same for a stream alone or in any batch."""
+    h = _pcg((_pcg(seed) + index) & _M32)
+    h = _pcg((h[:, None] + vocab[None, :]) & _M32)
+    uniform = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+    return -torch.log(uniform)
+
+
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Llama RoPE (rotate-half form, as transformers' apply_rotary_pos_emb), x: (B, H, T, d),
     cos/sin: (1, T, d). Local so torch.compile never meets the hub-kernel decorator."""
@@ -100,208 +126,171 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 
 
-class T3Decoder:
-    """Single-stream decoding state shared by both cache kinds: positions, the sampled-token
-    buffer, the "seen" mask for the repetition penalty, the sampling knobs, the generator.
+def bucket_for(streams: int, slots: int) -> int:
+    """The smallest captured batch size holding `streams` streams."""
+    for b in BUCKETS:
+        if b >= streams and b <= slots:
+            return b
+    return slots
 
-    Not thread-safe: the engine serializes generation (one utterance at a time).
+
+class T3BatchDecoder:
+    """Static KV cache slots for up to `slots` streams and the batched decode step over them.
+
+    Not thread-safe: the engine's scheduler thread is its only user.
     """
-
-    static_cache = False
-
-    def __init__(self, t3: Any, *, max_cache_len: int, stop_check_interval: int = 8) -> None:
-        if getattr(t3, "is_gpt", False):
-            raise ValueError("only Llama-based T3 models are supported")
-        self.t3 = t3
-        self.hp = t3.hp
-        param = t3.speech_head.weight
-        self.device = param.device
-        self.dtype = param.dtype
-        self.max_cache_len = max_cache_len
-        self.stop_check_interval = max(1, stop_check_interval)
-        self.vocab = self.hp.speech_tokens_dict_size
-        dev = self.device
-        # per-utterance state, updated in place by the step (a CUDA graph replays on these)
-        self._token = torch.zeros(1, dtype=torch.long, device=dev)
-        self._cache_pos = torch.zeros(1, dtype=torch.long, device=dev)
-        self._speech_pos = torch.zeros(1, dtype=torch.long, device=dev)
-        self._n = torch.zeros(1, dtype=torch.long, device=dev)
-        self._seen = torch.zeros(1, self.vocab, dtype=torch.bool, device=dev)
-        self._out = torch.zeros(self.hp.max_speech_tokens, dtype=torch.long, device=dev)
-        self._knobs = {
-            name: torch.zeros((), dtype=torch.float32, device=dev)
-            for name in ("cfg_weight", "repetition_penalty", "temperature", "min_p", "top_p")
-        }
-        # a private generator keeps seeded requests reproducible whatever else uses torch's RNG
-        self._generator = torch.Generator(device=dev)
-        self._graph_uses_generator = True
-        self._graph: Any = None
-        self.length = 0  # tokens sampled in the current utterance
-        self.prefill_len = 0
-
-    # -- subclasses: the transformer with its cache --------------------------------------------
-
-    def _prefill_logits(self, embeds: torch.Tensor) -> torch.Tensor:
-        """(2, L, D) prompt -> (2, V) logits of its last position; fills the cache."""
-        raise NotImplementedError
-
-    def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(2, 1, D) at position `_cache_pos` -> (2, V) logits; appends to the cache."""
-        raise NotImplementedError
-
-    # -- shared step ------------------------------------------------------------------------------
-
-    def _sample_and_advance(self, logits: torch.Tensor) -> None:
-        filtered = filter_logits(logits, self._seen, **self._knobs)
-        probs = torch.softmax(filtered, dim=-1)
-        # exponential race (Gumbel-max): same distribution as multinomial, graph-capturable
-        race = torch.empty_like(probs).exponential_(
-            1.0, generator=self._generator if self._graph_uses_generator else None
-        ).clamp_min_(1e-10)  # a zero draw would make 0/0 = NaN win the argmax
-        token = (probs / race).argmax(dim=-1)  # (1,)
-        self._token.copy_(token)
-        self._seen.index_fill_(1, token, True)
-        self._out.index_copy_(0, self._n, token)
-        self._n.add_(1)
-
-    def _decode_step(self) -> None:
-        t3 = self.t3
-        emb = t3.speech_emb(self._token) + t3.speech_pos_emb.emb(self._speech_pos)  # (1, D)
-        x = emb.view(1, 1, -1).expand(CFG_BATCH, 1, -1)
-        self._sample_and_advance(self._decode_logits(x))
-        self._cache_pos.add_(1)
-        self._speech_pos.add_(1)
-
-    # -- public API -------------------------------------------------------------------------------
-
-    def capacity_for(self, prefill_len: int) -> int:
-        """How many tokens fit after a prefill of this length."""
-        return min(self.max_cache_len - prefill_len, self.hp.max_speech_tokens)
-
-    @torch.inference_mode()
-    def start(self, embeds: torch.Tensor, sampling: SamplingParams, seed: int) -> None:
-        """Prefill with the (2, L, D) prompt embeddings and sample the first token."""
-        if embeds.shape[0] != CFG_BATCH:
-            raise ValueError("embeds must hold the conditional and unconditional rows")
-        length = embeds.shape[1]
-        if self.capacity_for(length) < 1:
-            raise KVCacheOverflowError(f"prompt of {length} positions exceeds the KV cache")
-        self._seed(seed)
-        knobs = {
-            "cfg_weight": sampling.cfg_weight,
-            "repetition_penalty": sampling.repetition_penalty,
-            "temperature": sampling.temperature,
-            "min_p": sampling.min_p,
-            "top_p": sampling.top_p,
-        }
-        for name, value in knobs.items():
-            self._knobs[name].fill_(value)
-        self._seen.zero_()
-        self._seen[0, self.hp.start_speech_token] = True  # the stock loop's history starts at BOS
-        self._n.zero_()
-        self._cache_pos.fill_(0)
-        self._sample_and_advance(self._prefill_logits(embeds.to(self.dtype)))
-        self._cache_pos.fill_(length)
-        self._speech_pos.fill_(1)
-        self.prefill_len = length
-        self.length = 1
-
-    def _seed(self, seed: int) -> None:
-        if self._graph_uses_generator:
-            self._generator.manual_seed(seed)
-        else:  # graph captured on the default CUDA generator (torch without generator registry)
-            torch.cuda.manual_seed(seed)
-
-    @torch.inference_mode()
-    def step(self, n: int = 1) -> None:
-        """Decode n more tokens without syncing with the device."""
-        for _ in range(n):
-            if self._graph is not None:
-                self._graph.replay()
-            else:
-                self._decode_step()
-        self.length += n
-
-    def tokens(self, start: int, end: int) -> list[int]:
-        """Sampled tokens [start, end) (a host sync)."""
-        return self._out[start:end].tolist()
-
-    def capture(self, warm_embeds: torch.Tensor) -> None:
-        """Compile/capture the decode step (no-op here)."""
-
-    @property
-    def graph_captured(self) -> bool:
-        return self._graph is not None
-
-    @property
-    def compiled(self) -> bool:
-        return False
-
-
-class T3DynamicDecoder(T3Decoder):
-    """transformers' growing DynamicCache: the `static_cache=False` baseline (no graphs, no
-    compile), kept to measure against and to fall back on."""
-
-    def __init__(self, t3: Any, *, max_cache_len: int, stop_check_interval: int = 8) -> None:
-        super().__init__(t3, max_cache_len=max_cache_len, stop_check_interval=stop_check_interval)
-        self._past: Any = None
-
-    def _run(self, embeds: torch.Tensor) -> torch.Tensor:
-        out = self.t3.tfmr(inputs_embeds=embeds, past_key_values=self._past, use_cache=True)
-        return self.t3.speech_head(out.last_hidden_state[:, -1])  # HF applied the final norm
-
-    def _prefill_logits(self, embeds: torch.Tensor) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        self._past = DynamicCache()
-        return self._run(embeds)
-
-    def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)
-
-
-class T3StaticDecoder(T3Decoder):
-    """Preallocated KV cache and a fixed-shape decode step that can be compiled and captured."""
-
-    static_cache = True
 
     def __init__(
         self,
         t3: Any,
         *,
+        slots: int,
         max_cache_len: int,
         compile_step: bool = False,
         cuda_graph: bool = False,
         stop_check_interval: int = 8,
     ) -> None:
-        super().__init__(t3, max_cache_len=max_cache_len, stop_check_interval=stop_check_interval)
+        if getattr(t3, "is_gpt", False):
+            raise ValueError("only Llama-based T3 models are supported")
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self.t3 = t3
+        self.hp = t3.hp
+        param = t3.speech_head.weight
+        self.device = dev = param.device
+        self.dtype = dt = param.dtype
+        self.slots = slots
+        self.max_cache_len = max_cache_len
+        self.stop_check_interval = max(1, stop_check_interval)
+        self.vocab = self.hp.speech_tokens_dict_size
+        self.cuda_graph = bool(cuda_graph and dev.type == "cuda")
+        self.compile_step = bool(compile_step)
         tfmr = t3.tfmr
         cfg = tfmr.config
-        self.cuda_graph = bool(cuda_graph and self.device.type == "cuda")
-        self.compile_step = bool(compile_step)
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        dev, dt = self.device, self.dtype
-        kv_shape = (CFG_BATCH, self.n_kv_heads, max_cache_len, self.head_dim)
+        rows = CFG_BATCH * slots
+        kv_shape = (rows, self.n_kv_heads, max_cache_len, self.head_dim)
         self._k = [torch.zeros(kv_shape, device=dev, dtype=dt) for _ in range(self.n_layers)]
         self._v = [torch.zeros(kv_shape, device=dev, dtype=dt) for _ in range(self.n_layers)]
         # RoPE table for every cache position, computed once by the model's own rotary module
         positions = torch.arange(max_cache_len, device=dev)[None]
         probe = torch.zeros(1, device=dev, dtype=torch.float32)
         cos, sin = tfmr.rotary_emb(probe, positions)  # (1, M, head_dim)
-        self._cos, self._sin = cos.to(dt), sin.to(dt)
+        self._cos, self._sin = cos[0].to(dt), sin[0].to(dt)  # (M, head_dim)
         self._cache_positions = torch.arange(max_cache_len, device=dev)
-        self._forward_step: Callable[[torch.Tensor], torch.Tensor] = self._forward_decode
+        self._rows = torch.arange(rows, device=dev)
+        self._vocab_ids = torch.arange(self.vocab, device=dev)
+        self._max_speech_pos = t3.speech_pos_emb.emb.num_embeddings - 1
+        # per-slot state, updated in place by the step (CUDA graphs replay on these)
+        self._token = torch.zeros(slots, dtype=torch.long, device=dev)
+        self._cache_pos = torch.zeros(slots, dtype=torch.long, device=dev)
+        self._speech_pos = torch.zeros(slots, dtype=torch.long, device=dev)
+        self._n = torch.zeros(slots, dtype=torch.long, device=dev)
+        self._live = torch.zeros(slots, dtype=torch.bool, device=dev)
+        self._seed = torch.zeros(slots, dtype=torch.long, device=dev)
+        self._seen = torch.zeros(slots, self.vocab, dtype=torch.bool, device=dev)
+        self._out = torch.zeros(slots, self.hp.max_speech_tokens, dtype=torch.long, device=dev)
+        self._knobs = {
+            name: torch.zeros(slots, 1, dtype=torch.float32, device=dev) for name in _KNOBS
+        }
+        self._state = [self._token, self._cache_pos, self._speech_pos, self._n, self._live,
+                       self._seed, self._seen, self._out, *self._knobs.values()]
+        self._graphs: dict[int, Any] = {}
+        self._forward_step: Callable[[int], None] = self._decode_step
         if self.compile_step:
-            # fullgraph: a graph break would silently bring back per-op launches
-            self._forward_step = torch.compile(self._forward_decode, fullgraph=True, dynamic=False)
+            # fullgraph: a graph break would silently bring back per-op launches; one
+            # specialization per bucket (b is a Python int)
+            self._forward_step = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+        # host side
+        self.owners: list[Any] = []  # owners[i]: who holds slot i (packed at the front)
+        self.length = [0] * slots  # tokens sampled per slot
+        self.prefill_len = [0] * slots
+        self.steps = 0
 
-    def _layer(
-        self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-        attn_mask: torch.Tensor | None, prefill_len: int | None,
-    ) -> torch.Tensor:
+    # -- slots ---------------------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - len(self.owners)
+
+    def capacity_for(self, prefill_len: int) -> int:
+        """How many tokens fit after a prefill of this length."""
+        return min(self.max_cache_len - prefill_len, self.hp.max_speech_tokens)
+
+    def release(self, owner: Any) -> None:
+        """Free `owner`'s slot; the last slot's stream moves into it (packed slots)."""
+        slot = self.owners.index(owner)
+        last = len(self.owners) - 1
+        if slot != last:
+            self._move(last, slot)
+            self.owners[slot] = self.owners[last]
+            self.owners[slot].slot = slot
+        self.owners.pop()
+        self._live[last] = False
+
+    @torch.inference_mode()
+    def _move(self, src: int, dst: int) -> None:
+        rs, rd = slice(CFG_BATCH * src, CFG_BATCH * (src + 1)), slice(CFG_BATCH * dst,
+                                                                      CFG_BATCH * (dst + 1))
+        length = int(self.prefill_len[src] + self.length[src])
+        for cache in (*self._k, *self._v):
+            cache[rd, :, :length] = cache[rs, :, :length]
+        for tensor in self._state:
+            tensor[dst] = tensor[src]
+        self.length[dst], self.prefill_len[dst] = self.length[src], self.prefill_len[src]
+
+    # -- joining: prefill ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, owner: Any, embeds: torch.Tensor, sampling: SamplingParams, seed: int) -> int:
+        """Take a free slot for `owner`, prefill it with the (2, L, D) prompt embeddings and
+        sample the first token; returns the slot (`owner.slot` follows later moves)."""
+        if embeds.shape[0] != CFG_BATCH:
+            raise ValueError("embeds must hold the conditional and unconditional rows")
+        length = embeds.shape[1]
+        if self.capacity_for(length) < 1:
+            raise KVCacheOverflowError(f"prompt of {length} positions exceeds the KV cache")
+        if not self.free_slots:
+            raise RuntimeError("no free KV cache slot")  # the engine asks free_slots first
+        slot = len(self.owners)
+        for name in _KNOBS:
+            self._knobs[name][slot] = getattr(sampling, name)
+        self._seed[slot] = seed & _M32
+        self._seen[slot] = False
+        self._seen[slot, self.hp.start_speech_token] = True  # the stock history starts at BOS
+        self._n[slot] = 0
+        self._live[slot] = True
+        logits = self._prefill_logits(slot, embeds.to(self.dtype))
+        self._sample(logits, slice(slot, slot + 1))
+        self._live[slot] = False
+        self._cache_pos[slot] = length
+        self._speech_pos[slot] = 1
+        self.owners.append(owner)
+        owner.slot = slot
+        self.prefill_len[slot] = length
+        self.length[slot] = 1
+        return slot
+
+    def _prefill_logits(self, slot: int, embeds: torch.Tensor) -> torch.Tensor:
+        """(2, L, D) prompt -> (2, V) logits of its last position; fills the slot's cache."""
+        length = embeds.shape[1]
+        cos, sin = self._cos[None, :length], self._sin[None, :length]
+        rows = slice(CFG_BATCH * slot, CFG_BATCH * (slot + 1))
+        x = embeds
+        for i in range(self.n_layers):
+            q, k, v, layer = self._qkv(i, x, cos, sin)
+            self._k[i][rows, :, :length] = k
+            self._v[i][rows, :, :length] = v
+            x = self._attend(layer, x, q, k, v, None, causal=True)
+        return self._logits(x)
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
         layer = self.t3.tfmr.layers[i]
         attn = layer.self_attn
         b, t, _ = x.shape
@@ -309,166 +298,137 @@ class T3StaticDecoder(T3Decoder):
         q = attn.q_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
-        q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
-        k_cache, v_cache = self._k[i], self._v[i]
-        if prefill_len is not None:
-            k_cache[:, :, :prefill_len] = k
-            v_cache[:, :, :prefill_len] = v
-            keys, values, causal = k, v, True
-        else:
-            k_cache.index_copy_(2, self._cache_pos, k)
-            v_cache.index_copy_(2, self._cache_pos, v)
-            keys, values, causal = k_cache, v_cache, False
+        return _rotary(q, cos, sin), _rotary(k, cos, sin), v, layer
+
+    def _attend(self, layer: Any, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor, mask: torch.Tensor | None, *, causal: bool) -> torch.Tensor:
         groups = self.n_heads // self.n_kv_heads
         if groups > 1:
             keys = keys.repeat_interleave(groups, dim=1)
             values = values.repeat_interleave(groups, dim=1)
         o = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=attn_mask, is_causal=causal, scale=attn.scaling
+            q, keys, values, attn_mask=mask, is_causal=causal, scale=layer.self_attn.scaling
         )
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+        b, t, _ = x.shape
+        x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.t3.speech_head(self.t3.tfmr.norm(x[:, -1]))  # (2, V)
+        return self.t3.speech_head(self.t3.tfmr.norm(x[:, -1]))  # (rows, V)
 
-    def _prefill_logits(self, embeds: torch.Tensor) -> torch.Tensor:
-        length = embeds.shape[1]
-        cos, sin = self._cos[:, :length], self._sin[:, :length]
-        x = embeds
+    def _decode_logits(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """(2b, 1, D) inputs of slots [0, b) at their cache positions -> (2b, V) logits."""
+        rows = CFG_BATCH * b
+        pos = self._cache_pos[:b].clamp(max=self.max_cache_len - 1).repeat_interleave(CFG_BATCH)
+        cos = self._cos.index_select(0, pos)[:, None]  # (2b, 1, head_dim)
+        sin = self._sin.index_select(0, pos)[:, None]
+        # each row attends to its own written positions, nothing beyond
+        mask = (self._cache_positions[None, :] <= pos[:, None]).view(rows, 1, 1, -1)
+        row_ids = self._rows[:rows]
         for i in range(self.n_layers):
-            x = self._layer(i, x, cos, sin, None, length)
+            q, k, v, layer = self._qkv(i, x, cos, sin)
+            self._k[i][row_ids, :, pos] = k[:, :, 0]
+            self._v[i][row_ids, :, pos] = v[:, :, 0]
+            x = self._attend(layer, x, q, self._k[i][:rows], self._v[i][:rows], mask,
+                             causal=False)
         return self._logits(x)
 
-    def _forward_decode(self, x: torch.Tensor) -> torch.Tensor:
-        cos = self._cos.index_select(1, self._cache_pos)
-        sin = self._sin.index_select(1, self._cache_pos)
-        # attend to every written position, nothing beyond: the cache has a fixed length
-        attn_mask = (self._cache_positions <= self._cache_pos).view(1, 1, 1, -1)
-        for i in range(self.n_layers):
-            x = self._layer(i, x, cos, sin, attn_mask, None)
-        return self._logits(x)
+    def _sample(self, logits: torch.Tensor, sl: slice) -> None:
+        """Sample the next token of the slots in `sl` (those live) and record it."""
+        live = self._live[sl]
+        knobs = {name: t[sl] for name, t in self._knobs.items()}
+        filtered = filter_logits(logits, self._seen[sl], **knobs)
+        probs = torch.softmax(filtered, dim=-1)
+        n = self._n[sl]
+        # exponential race (Gumbel-max): same distribution as multinomial, graph-capturable
+        race = exponential_noise(self._seed[sl], n, self._vocab_ids).clamp_min(1e-10)
+        token = (probs / race).argmax(dim=-1)  # (b,)
+        self._token[sl] = torch.where(live, token, self._token[sl])
+        index = n.clamp(max=self.hp.max_speech_tokens - 1)[:, None]
+        out = self._out[sl]
+        out.scatter_(1, index, torch.where(live, token, out.gather(1, index)[:, 0])[:, None])
+        seen = self._seen[sl]
+        seen.scatter_(1, token[:, None], seen.gather(1, token[:, None]) | live[:, None])
+        self._n[sl] = n + live.long()
 
-    def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_step(x)
+    def _decode_step(self, b: int) -> None:
+        t3 = self.t3
+        token = self._token[:b]
+        speech_pos = self._speech_pos[:b].clamp(max=self._max_speech_pos)
+        emb = t3.speech_emb(token) + t3.speech_pos_emb.emb(speech_pos)  # (b, D)
+        x = emb.repeat_interleave(CFG_BATCH, dim=0)[:, None]  # (2b, 1, D)
+        self._sample(self._decode_logits(b, x), slice(0, b))
+        live = self._live[:b].long()
+        self._cache_pos[:b] += live
+        self._speech_pos[:b] += live
 
     @torch.inference_mode()
-    def capture(self, warm_embeds: torch.Tensor) -> None:
-        """Compile and/or capture the decode step on a prefilled warmup prompt."""
+    def step(self, owners: list[Any], n: int = 1) -> None:
+        """Decode n tokens for each of `owners` (every other slot stays put), no host sync."""
+        live = [o.slot for o in owners]
+        self._live.zero_()
+        self._live[live] = True
+        b = bucket_for(len(self.owners), self.slots)
+        graph = self._graphs.get(b)
+        for _ in range(n):
+            if graph is not None:
+                graph.replay()
+            else:
+                self._forward_step(b)
+        for slot in live:
+            self.length[slot] += n
+        self.steps += n
+
+    def tokens(self, ranges: list[tuple[int, int, int]]) -> list[list[int]]:
+        """Sampled tokens [start, end) of each (slot, start, end): one host sync for all."""
+        if not ranges:
+            return []
+        flat = torch.cat([self._out[slot, a:e] for slot, a, e in ranges]).tolist()
+        out, at = [], 0
+        for _, a, e in ranges:
+            out.append(flat[at : at + e - a])
+            at += e - a
+        return out
+
+    # -- compile / capture ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def capture(self, buckets: tuple[int, ...] | None = None) -> None:
+        """Compile and/or capture the step for each bucket (on free slots, state untouched:
+        no slot is live while capturing)."""
         if not (self.cuda_graph or self.compile_step):
             return
-        self.start(warm_embeds, SamplingParams(), seed=0)
-        if not self.cuda_graph:
-            self.step(3)  # triggers compilation now, not in the first request
-            return
-        graph = torch.cuda.CUDAGraph()
-        if hasattr(graph, "register_generator_state"):
-            graph.register_generator_state(self._generator)
-        else:
-            self._graph_uses_generator = False
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # compile and warm the allocator outside the capture
-                self._decode_step()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(graph):
-            self._decode_step()
-        torch.cuda.synchronize()
-        self._graph = graph
-        self.length = 0  # the warmup state is garbage now; `start` resets everything
+        if self.owners:
+            raise RuntimeError("capture before any stream starts")
+        sizes = buckets or tuple(b for b in BUCKETS if b <= self.slots) or (self.slots,)
+        self._live.zero_()
+        for b in sizes:
+            if not self.cuda_graph:
+                self._forward_step(b)  # compiles now, not in the first request
+                continue
+            graph = torch.cuda.CUDAGraph()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # compile and warm the allocator outside the capture
+                    self._forward_step(b)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph):
+                self._forward_step(b)
+            torch.cuda.synchronize()
+            self._graphs[b] = graph
+
+    @property
+    def graph_captured(self) -> bool:
+        return bool(self._graphs)
+
+    @property
+    def captured_buckets(self) -> list[int]:
+        return sorted(self._graphs)
 
     @property
     def compiled(self) -> bool:
         return self.compile_step
-
-
-# -- the decode loop: host reads of the tokens, in this thread or a thread of its own ----
-
-
-def decode_speech(
-    decoder: T3Decoder, limit: int, tokens_wanted: Callable[[], int], stop: Callable[[], bool],
-    stats: StreamStats,
-) -> Iterator[tuple[list[int], bool]]:
-    """(new speech tokens, finished) at every host read of the started decoder.
-
-    A read comes every `stop_check_interval` steps, or exactly when the streamer has the
-    tokens for its next chunk (`tokens_wanted()`, a running total of speech tokens).
-    """
-    hp = decoder.hp
-    interval = decoder.stop_check_interval
-    read = produced = 0
-    while True:
-        want = tokens_wanted() - produced
-        # a pipelined streamer may lag behind: then read at the interval
-        steps = interval if want <= 0 else min(interval, want)
-        target = min(limit, decoder.length + steps)
-        t1 = time.perf_counter()
-        while decoder.length < target:
-            if stop():
-                stats.t3_s += time.perf_counter() - t1
-                return
-            decoder.step()
-        new = decoder.tokens(read, decoder.length)  # the only host sync
-        stats.t3_s += time.perf_counter() - t1
-        read = decoder.length
-        if hp.stop_speech_token in new:
-            new = new[: new.index(hp.stop_speech_token)]
-            stats.stopped = True
-        speech = [t for t in new if t < hp.start_speech_token]  # ids >= 6561 aren't speech
-        produced += len(speech)
-        finished = stats.stopped or decoder.length >= limit
-        yield speech, finished
-        if finished:
-            return
-
-def speech_batches(
-    decoder: T3Decoder, limit: int, tokens_wanted: Callable[[], int], cancel: threading.Event,
-    stats: StreamStats, *, pipeline: bool,
-) -> Iterator[tuple[list[int], bool]]:
-    """`decode_speech` in this thread, or (`pipeline`) in a thread of its own, on a CUDA
-    stream of its own, so T3 decodes while S3Gen renders the previous chunk."""
-    if not pipeline:
-        yield from decode_speech(decoder, limit, tokens_wanted, cancel.is_set, stats)
-        return
-    device = decoder.device
-    t3_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    if t3_stream is not None:
-        t3_stream.wait_stream(torch.cuda.current_stream(device))  # after the prefill
-    handoff: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    halt = threading.Event()
-
-    def stop() -> bool:
-        return halt.is_set() or cancel.is_set()
-
-    def decode() -> None:
-        try:
-            with contextlib.ExitStack() as scope:
-                scope.enter_context(torch.inference_mode())
-                if t3_stream is not None:
-                    scope.enter_context(torch.cuda.stream(t3_stream))
-                for batch in decode_speech(decoder, limit, tokens_wanted, stop, stats):
-                    handoff.put(("batch", batch))
-        except BaseException as e:  # handed to the consumer, raised there
-            handoff.put(("error", e))
-        finally:
-            handoff.put(("end", None))
-
-    worker = threading.Thread(target=decode, name="localtts-chatterbox-t3", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, item = handoff.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        halt.set()
-        worker.join()  # the decoder is this utterance's until its thread is gone
-        if t3_stream is not None:
-            torch.cuda.current_stream(device).wait_stream(t3_stream)
 
 
 def enable_compile_cache(cache_dir: Path) -> Path:

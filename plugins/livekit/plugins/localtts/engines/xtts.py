@@ -2,9 +2,10 @@
 
 Why not coqui's `inference_stream`: it waits for 20 tokens before any audio and re-decodes
 every latent so far through HiFiGAN for each chunk (quadratic). This engine runs its own
-decoding loop over the GPT-2 trunk (KV cache, cancellation between tokens; `xtts_decode`),
-emits a first chunk after `first_chunk_tokens`, and vocodes each chunk over a sliding window
-(`xtts_vocoder`).
+decoding loop over the GPT-2 trunk (KV cache per stream, cancellation between tokens;
+`xtts_decode`), emits a first chunk after `first_chunk_tokens`, and vocodes each chunk over a
+sliding window (`xtts_vocoder`). All model work runs on the engine's scheduler thread, which
+decodes every active stream's next token in one batched step (`scheduler`, `xtts_stream`).
 
 The device is the one the host selection gave (host.py: the CPU on every non-CUDA host,
 never MPS). Text arrives split by the plugin to `max_piece_chars`; a piece is cut here only
@@ -19,8 +20,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
-import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from .base import (
     VoiceError,
     reference_audio,
 )
+from .scheduler import EngineScheduler, capacity_probes
 from .weights import (
     DIGEST_CACHE_FILE,
     WeightsSpec,
@@ -50,8 +52,9 @@ from .weights import (
     weights_problem,
     weights_revision,
 )
-from .xtts_decode import Sampling, logits_processors, preallocated_kv_cache, quantize_gpt_int8
-from .xtts_vocoder import WindowVocoder, cpu_has_fast_bf16, fold_weight_norm
+from .xtts_decode import Sampling, quantize_gpt_int8
+from .xtts_stream import XTTSStreamWork, decode_batch
+from .xtts_vocoder import cpu_has_fast_bf16, fold_weight_norm
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
 
@@ -67,6 +70,7 @@ _COQUI_ALIASES = {"coqui/xtts-v2", "tts_models/multilingual/multi-dataset/xtts_v
 _CONDITIONING_FORMAT = 1
 _MIN_REFERENCE_SECONDS = 0.5
 _DEFAULT_CHAR_LIMIT = 250  # coqui's VoiceBpeTokenizer, for a language it has no limit for
+TOKENS_PER_SECOND = 21.5  # GPT tokens per second of audio (real time)
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,12 @@ class XTTSEngine:
         default_speaker: str | None = None,
         model_revision: str | None = None,
         digest_cache: Path | None = None,
+        scheduler: EngineScheduler | None = None,
     ) -> None:
         """`device` is taken as given ("cpu", "cuda"): choosing it is the host selection's
         job (host.py). `digest_cache`: where the weights' content digests are remembered
-        (engines/weights.py)."""
+        (engines/weights.py). `scheduler`: how streams share the model (default: batched,
+        capacity measured at warmup)."""
         if (checkpoint_dir is None) == (model is None):
             raise ValueError("give exactly one of checkpoint_dir or model")
         if checkpoint_dir is not None:
@@ -180,15 +186,10 @@ class XTTSEngine:
         self._loaded = False
         self._warmed = False
         self._optimizations: list[str] = []
-        self._load_lock = threading.Lock()
-        self._warm_lock = threading.Lock()
-        # One engine serves every stream of the process. Model work is serialized per
-        # chunk (the GPT steps of one chunk plus its vocoding): a CPU gains nothing from
-        # running two streams' matmuls at once (they would fight over the same cores),
-        # a chunk is short enough that a newly arrived stream starts within one chunk of
-        # another, and each stream keeps its own KV cache so interleaving is safe. Audio
-        # is yielded outside the lock so a slow consumer never blocks other streams.
-        self._model_lock = threading.Lock()
+        # One engine serves every stream of the process, all of its model work on this
+        # scheduler's thread (loading and conditioning too): streams share it by batching
+        self.scheduler = scheduler or EngineScheduler(self.name)
+        self.scheduler.decode_batch = lambda works: decode_batch(self, works)
 
     # -- construction ------------------------------------------------------------------
 
@@ -209,6 +210,7 @@ class XTTSEngine:
             int8=settings.xtts_int8,
             vocoder_bf16=settings.xtts_vocoder_bf16,
             digest_cache=settings.data_dir / DIGEST_CACHE_FILE,
+            scheduler=EngineScheduler.from_settings("xtts", settings),
             **(
                 {"first_chunk_tokens": settings.first_chunk_tokens}
                 if settings.first_chunk_tokens is not None
@@ -330,44 +332,112 @@ class XTTSEngine:
 
     def warmup(self) -> None:
         """Load if needed, then a few GPT steps and vocoder windows so the first request pays
-        no setup. Once: a warmup that failed is run again by the next call."""
-        with self._load_lock:
-            if not self._loaded:
-                self._load()
-                self._loaded = True
-        with self._warm_lock:
-            if not self._warmed:
-                self._warm()
-                self._warmed = True
+        no setup, and measure how many streams keep real time. Once: a warmup that failed is
+        run again by the next call. Runs on the scheduler thread, like all model work."""
+        self.scheduler.call(self._load_and_warm)
 
-    def _warm(self) -> None:
+    def _load_and_warm(self) -> None:
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        if not self._warmed:
+            self._warm()
+            self._warmed = True
+
+    def _warm_latents(self) -> XTTSLatents:
         import torch
 
-        voice = self.default_voice
-        if voice is None:
-            gen = torch.Generator().manual_seed(0)
-            g = torch.randn(1, 512, 1, generator=gen)
-            latents = XTTSLatents(torch.zeros(1, 32, self._model.gpt.model_dim), g / g.norm())
-        else:
-            latents = voice.data
-        cap = self.first_chunk_tokens + int(self.first_chunk_tokens * self.chunk_growth) + 1
-        sampling = self._sampling(SynthesisParams(seed=0))
-        warm = self._stream_piece(
-            "hello there.", "en", latents, sampling, 1.0, threading.Event(), max_tokens=cap
+        if self.default_voice is not None:
+            return self.default_voice.data
+        gen = torch.Generator().manual_seed(0)
+        g = torch.randn(1, 512, 1, generator=gen)
+        return XTTSLatents(torch.zeros(1, 32, self._model.gpt.model_dim), g / g.norm())
+
+    def _warm_work(self, tokens: int, seed: int = 0) -> XTTSStreamWork:
+        sampling = self._sampling(SynthesisParams(seed=seed))
+        return XTTSStreamWork(
+            self, ["hello there."], "en", self._warm_latents(), sampling, 1.0, max_tokens=tokens
         )
-        for _ in warm:
+
+    def _warm(self) -> None:
+        cap = self.first_chunk_tokens + int(self.first_chunk_tokens * self.chunk_growth) + 1
+        for _ in self.scheduler.stream(lambda: self._warm_work(cap), threading.Event()):
             pass
+        self.scheduler.set_measured_capacity(self._measure_capacity())
+
+    def _measure_capacity(self) -> int:
+        """Streams kept at real time: the largest batch B whose decode step plus B streams'
+        vocoding per token fits in one token's audio (46.5 ms), with a 10% margin."""
+        budget = 0.9 / TOKENS_PER_SECOND
+        vocoder_s = self._vocoder_seconds_per_token()
+        capacity = 0
+        for batch in capacity_probes(self.scheduler.max_batch):
+            if self._decode_step_seconds(batch) + batch * vocoder_s > budget:
+                break
+            capacity = batch
+        logger.info("xtts: %d stream(s) at real time (vocoder %.1f ms/token)", capacity,
+                    1000 * vocoder_s)
+        return capacity
+
+    def _decode_step_seconds(self, batch: int, steps: int = 3) -> float:
+        """One batched GPT step for `batch` streams (scheduler thread only)."""
+        works = [self._warm_work(self.first_chunk_tokens + steps + 8, seed=i)
+                 for i in range(batch)]
+        for w in works:
+            w.prefill()
+        decode_batch(self, works)  # once untimed: first-call costs of this batch size
+        started = time.perf_counter()
+        for _ in range(steps):
+            decode_batch(self, works)
+        step_s = (time.perf_counter() - started) / steps
+        for w in works:
+            w.close()
+        return step_s
+
+    def cost_model(self, batches: list[int]) -> dict[str, Any]:
+        """What a token costs on this machine now: the batched decode step for each batch
+        size and the vocoder per token and stream (measured on the scheduler thread; for
+        benches, which explain their tokens/s with it)."""
+        def measure() -> dict[str, Any]:
+            return {"decode_step_s": {b: self._decode_step_seconds(b, steps=8) for b in batches},
+                    "vocoder_s_per_token": self._vocoder_seconds_per_token()}
+
+        self.warmup()
+        return self.scheduler.call(measure)
+
+    def _vocoder_seconds_per_token(self) -> float:
+        """Vocoding time per token of the chunks after the first (context included)."""
+        work = self._warm_work(4 * self.chunk_tokens)
+        work.prefill()
+        seconds, tokens = 0.0, 0
+        for chunk in range(3):  # a short cap (max_tokens) may end the piece sooner
+            while work.next_step() == "decode":
+                decode_batch(self, [work])
+            if work.next_step() != "emit":
+                break
+            piece = work.piece
+            before = piece.emitted
+            started = time.perf_counter()
+            work.emit()
+            if chunk or work._piece is None:  # the first chunk is small: context dominates
+                seconds += time.perf_counter() - started
+                tokens += piece.emitted - before
+        work.close()
+        return seconds / max(1, tokens)
 
     # -- voices ------------------------------------------------------------------------
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
         self.load()
+        return self.scheduler.call(self._condition, clip)
+
+    def _condition(self, clip: VoiceClip) -> VoiceConditioning:
         import torch
         import torchaudio.functional as AF
 
         audio = reference_audio(clip, min_seconds=self.min_reference_seconds, engine="XTTS")
         config = self._model.config
-        with self._model_lock, torch.inference_mode():
+        with torch.inference_mode():
             wav = torch.from_numpy(np.clip(audio, -1.0, 1.0))[None]
             if clip.sample_rate != 22050:
                 wav = AF.resample(wav, clip.sample_rate, 22050)
@@ -469,6 +539,8 @@ class XTTSEngine:
         params: SynthesisParams,
         cancel: threading.Event,
     ) -> Iterator[np.ndarray]:
+        """Yield 24 kHz chunks; the scheduler thread computes them (batched with every other
+        active stream)."""
         self.load()
         voice = voice if voice is not None else self.default_voice
         if voice is None:
@@ -480,83 +552,14 @@ class XTTSEngine:
         lang = self._language(params.language)
         sampling = self._sampling(params)
         length_scale = 1.0 / max(params.speed, 0.05)
-        for piece in self._pieces(text, lang):
-            if cancel.is_set():
-                return
-            yield from self._stream_piece(piece, lang, voice.data, sampling, length_scale, cancel)
+        latents = voice.data
 
-    def _stream_piece(
-        self,
-        text: str,
-        lang: str,
-        latents: XTTSLatents,
-        sampling: Sampling,
-        length_scale: float,
-        cancel: threading.Event,
-        *,
-        max_tokens: int | None = None,
-    ) -> Iterator[np.ndarray]:
-        import torch
-
-        model = self._model
-        gpt = model.gpt
-        device = self.device
-        limit = min(x for x in (max_tokens, self.max_tokens, gpt.max_gen_mel_tokens) if x)
-        with torch.inference_mode():
-            ids = model.tokenizer.encode(text.strip().lower(), lang=lang)
-            text_tokens = torch.tensor([ids], dtype=torch.long, device=device)
-            text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
-            text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=gpt.start_text_token)
-            text_emb = gpt.text_embedding(text_tokens) + gpt.text_pos_embedding(text_tokens)
-            prefix = torch.cat([latents.gpt_cond_latent.to(device), text_emb], dim=1)
-            start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=device)
-            start_emb = gpt.mel_embedding(start) + gpt.mel_pos_embedding.get_fixed_embedding(
-                0, device
+        def work() -> XTTSStreamWork:
+            return XTTSStreamWork(
+                self, self._pieces(text, lang), lang, latents, sampling, length_scale
             )
-            next_emb = torch.cat([prefix, start_emb], dim=1)
-        # coqui's generate() feeds placeholder ids (1 ... 1, start) for the prefix, so its
-        # repetition penalty also covers ids 1 and start: keep that for identical sampling
-        seen = torch.tensor([[1, gpt.start_audio_token]], dtype=torch.long, device=device)
-        processors = logits_processors(sampling)
-        rng = None  # None: torch's global generator, as coqui's generate() uses
-        if sampling.seed is not None:
-            rng = torch.Generator(device=device).manual_seed(sampling.seed)
-        cache = preallocated_kv_cache()
-        vocoder = WindowVocoder(
-            model, latents.speaker_embedding.to(device), length_scale=length_scale,
-            context=self.context_frames, lookahead=self.lookahead_frames,
-            crossfade=self.crossfade_frames, bf16=bool(self.vocoder_bf16),
-        )
-        all_latents: list[Any] = []
-        chunk = self.first_chunk_tokens
-        generated = 0
-        finished = False
-        while not finished:
-            with self._model_lock, torch.inference_mode():
-                for _ in range(chunk):
-                    if cancel.is_set():
-                        return
-                    out = gpt.gpt(inputs_embeds=next_emb, past_key_values=cache, use_cache=True)
-                    latent = gpt.final_norm(out.last_hidden_state[:, -1])
-                    scores = processors(seen, gpt.mel_head(latent).float())
-                    if sampling.temperature > 0:
-                        probs = torch.softmax(scores, dim=-1)
-                        token = torch.multinomial(probs, 1, generator=rng)
-                    else:
-                        token = scores.argmax(dim=-1, keepdim=True)
-                    all_latents.append(latent)
-                    generated += 1
-                    if int(token) == gpt.stop_audio_token or generated >= limit:
-                        finished = True
-                        break
-                    seen = torch.cat([seen, token], dim=1)
-                    next_emb = gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(
-                        generated, device
-                    )
-                audio = vocoder.push(torch.stack(all_latents, dim=1), final=finished)
-            if audio.size:
-                yield audio
-            chunk = min(self.chunk_tokens, math.ceil(chunk * self.chunk_growth))
+
+        yield from self.scheduler.stream(work, cancel)
 
     # -- health ------------------------------------------------------------------------
 
@@ -574,7 +577,9 @@ class XTTSEngine:
             loaded=self._loaded,
             default_voice=self.default_voice.voice_id if self.default_voice else None,
             optimizations=tuple(self._optimizations),
+            capacity=self.scheduler.capacity,
             details={
+                **self.scheduler.info(),
                 "int8": self.int8,
                 "vocoder_bf16": self.vocoder_bf16,
                 "threads": torch.get_num_threads(),

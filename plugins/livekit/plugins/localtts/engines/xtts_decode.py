@@ -1,9 +1,8 @@
-"""XTTS's GPT-2 trunk: sampling like coqui's generator, a KV cache that does not copy
-itself every token, and int8 dynamic quantization for the CPU."""
+"""XTTS's GPT-2 trunk: sampling like coqui's generator, a ragged batched forward over per-stream
+KV caches that do not copy themselves every token, and int8 dynamic quantization for the CPU."""
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -53,47 +52,67 @@ def logits_processors(sampling: Sampling) -> Any:
     return processors
 
 
-@functools.lru_cache(maxsize=1)
-def _preallocated_layer_class() -> type:
-    """A transformers cache layer writing keys/values into buffers that double when full and
-    handing attention views of them: DynamicCache re-concatenates every layer's whole cache
-    on every token (30 layers x 2 copies, growing with the utterance)."""
+class KVSlot:
+    """One stream's keys and values for every layer of the GPT-2 trunk: buffers that double
+    when full (never re-concatenated per token), written at `length` and committed only
+    once a whole forward pass succeeded, so a failed step can be run again."""
+
+    def __init__(self, layers: int) -> None:
+        self._k: list[Any] = [None] * layers
+        self._v: list[Any] = [None] * layers
+        self.length = 0
+
+    def write(self, layer: int, k: Any, v: Any) -> tuple[Any, Any]:
+        """Store k, v [H, T, hd] after the committed positions; the keys/values to attend."""
+        import torch
+
+        end = self.length + k.shape[1]
+        buf_k = self._k[layer]
+        if buf_k is None or end > buf_k.shape[1]:
+            shape = (k.shape[0], max(256, 2 * end), k.shape[2])
+            new_k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            new_v = torch.empty(shape, dtype=v.dtype, device=v.device)
+            if buf_k is not None and self.length:
+                new_k[:, : self.length] = buf_k[:, : self.length]
+                new_v[:, : self.length] = self._v[layer][:, : self.length]
+            self._k[layer], self._v[layer] = new_k, new_v
+        self._k[layer][:, self.length : end] = k
+        self._v[layer][:, self.length : end] = v
+        return self._k[layer][:, :end], self._v[layer][:, :end]
+
+    def commit(self, positions: int) -> None:
+        self.length += positions
+
+
+def trunk_forward(trunk: Any, x: Any, slots: list[KVSlot]) -> Any:
+    """HF GPT-2 blocks over `x` [B, T, d], row b attending to its own `slots[b]` (lengths may
+    differ: ragged batch); returns ln_f's output [B, T, d]. The weight-heavy projections run
+    once for the whole batch; attention runs per row over that row's cache, so a row's
+    result never depends on the other rows' lengths. T > 1 (a prompt) needs an empty slot.
+
+    Same blocks as `GPT2Model.forward` (coqui's trunk has null position embeddings and no
+    token embeddings, dropout is off in eval), without its cache and mask machinery."""
     import torch
-    from transformers.cache_utils import DynamicLayer
+    import torch.nn.functional as F
 
-    class PreallocatedLayer(DynamicLayer):
-        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
-            super().lazy_initialization(key_states, value_states)
-            self._k_buffer: Any = None
-            self._v_buffer: Any = None
-            self._length = 0
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self._length + key_states.shape[-2]
-            if self._k_buffer is None or end > self._k_buffer.shape[-2]:
-                shape = (*key_states.shape[:-2], max(256, 2 * end), key_states.shape[-1])
-                k = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
-                v = torch.empty(shape, dtype=value_states.dtype, device=value_states.device)
-                if self._length:
-                    k[..., : self._length, :] = self.keys
-                    v[..., : self._length, :] = self.values
-                self._k_buffer, self._v_buffer = k, v
-            self._k_buffer[..., self._length : end, :] = key_states
-            self._v_buffer[..., self._length : end, :] = value_states
-            self._length = end
-            self.keys = self._k_buffer[..., :end, :]
-            self.values = self._v_buffer[..., :end, :]
-            return self.keys, self.values
-
-    return PreallocatedLayer
-
-
-def preallocated_kv_cache() -> Any:
-    from transformers.cache_utils import Cache
-
-    return Cache(layer_class_to_replicate=_preallocated_layer_class())
+    b, t, d = x.shape
+    for layer, block in enumerate(trunk.h):
+        attn = block.attn
+        heads = attn.num_heads
+        q, k, v = attn.c_attn(block.ln_1(x)).split(attn.split_size, dim=2)
+        q = q.view(b, t, heads, -1).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(b, t, heads, -1).transpose(1, 2)
+        v = v.view(b, t, heads, -1).transpose(1, 2)
+        rows = []
+        for i, slot in enumerate(slots):
+            keys, values = slot.write(layer, k[i], v[i])
+            rows.append(F.scaled_dot_product_attention(
+                q[i : i + 1], keys[None], values[None], is_causal=t > 1, scale=attn.scaling
+            ))
+        o = torch.cat(rows).transpose(1, 2).reshape(b, t, d)
+        x = x + attn.c_proj(o)
+        x = x + block.mlp(block.ln_2(x))
+    return trunk.ln_f(x)
 
 
 def quantize_gpt_int8(model: Any) -> int:
