@@ -85,16 +85,27 @@ class _TTSOptions:
     read_ahead_s: float
 
 
-def resolve_engine(engine: EngineChoice, settings: Settings) -> EngineSelection:
-    """Turn "auto" or an engine name into a selection, with host facts and weights checked."""
+def resolve_engine(
+    engine: EngineChoice | None, settings: Settings, *, source: str | None = None
+) -> EngineSelection:
+    """Turn "auto" or an engine name into a selection, with host facts and weights checked.
+
+    `engine` None means the settings' choice (LOCALTTS_ENGINE, `.env`, else "auto");
+    `source` names where an explicit choice came from, for the errors (default: the
+    `engine=` argument)."""
+    if engine is None:
+        engine, source = settings.engine, "LOCALTTS_ENGINE"
+    source = source or f"engine={engine!r}"
     if engine not in ("auto", *ENGINE_NAMES):
-        raise ValueError(f"unknown engine {engine!r}: choose auto, {', '.join(ENGINE_NAMES)}")
+        raise ValueError(
+            f"unknown engine {engine!r} (from {source}): choose auto, {', '.join(ENGINE_NAMES)}"
+        )
     settings = settings.model_copy(update={"engine": engine})
     candidates = ENGINE_NAMES if engine == "auto" else (engine,)
     unavailable = {name: availability(name, settings) for name in candidates}
     host = detect_host(probe_cuda=engine != "piper")
     try:
-        return select_engine(host, settings, unavailable)
+        return select_engine(host, settings, unavailable, source=source)
     except RuntimeError as e:
         raise EngineUnavailableError(str(e)) from e
 
@@ -103,7 +114,7 @@ class TTS(tts.TTS):
     def __init__(
         self,
         *,
-        engine: EngineChoice | Engine = "auto",
+        engine: EngineChoice | Engine | None = None,
         voice: str | None = None,
         voice_library: VoiceSource | None = None,
         language: str | None = None,
@@ -119,7 +130,8 @@ class TTS(tts.TTS):
 
         Args:
             engine: "auto" (host policy: Chatterbox on CUDA, XTTS on CPU, Piper when no
-                weights exist), an engine name, or an `Engine` instance.
+                weights exist), an engine name, or an `Engine` instance; None (the default):
+                the settings' choice, LOCALTTS_ENGINE (or `.env`), else "auto".
             voice: default voice id (a cloned voice from `voice_library`); None speaks with
                 the engine's built-in voice.
             voice_library: where cloned voices and their conditioning come from (a
@@ -131,18 +143,30 @@ class TTS(tts.TTS):
                 wait in line up to `LOCALTTS_ENGINE_WAIT_S`, then fail with a retryable
                 503 "busy" (a service's choice). False (default, agents): a room already
                 here is always served; its stream still counts towards the engine's load.
+
+        Raises `APIError(retryable=False)` when the engine cannot run here (naming what is
+        missing and where the choice came from), `APIStatusError(400)` for a bad argument.
         """
         self._settings = settings or get_settings()
-        if isinstance(engine, str):
-            self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
-            for warning in self._selection.warnings:
-                logger.warning(warning)
-            self._engine: Engine = shared_engine(
-                self._selection.engine, self._selection.apply(self._settings)
-            )
-        else:
-            self._selection = None
-            self._engine = engine
+        try:
+            params = SynthesisParams(
+                language=language, speed=speed, temperature=temperature,
+                exaggeration=exaggeration, cfg_weight=cfg_weight, seed=seed,
+            )  # fmt: skip
+            if engine is None or isinstance(engine, str):
+                self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
+                self._engine: Engine = shared_engine(
+                    self._selection.engine, self._selection.apply(self._settings)
+                )
+            else:
+                self._selection = None
+                self._engine = engine
+        except EngineUnavailableError as e:
+            raise APIError(str(e), retryable=False) from e
+        except ValueError as e:
+            raise APIStatusError(str(e), status_code=400, retryable=False) from e
+        for warning in self._selection.warnings if self._selection else ():
+            logger.warning(warning)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=self._engine.sample_rate,
@@ -150,14 +174,7 @@ class TTS(tts.TTS):
         )
         self._opts = _TTSOptions(
             voice=voice if voice is not None else self._settings.voice,
-            params=SynthesisParams(
-                language=language,
-                speed=speed,
-                temperature=temperature,
-                exaggeration=exaggeration,
-                cfg_weight=cfg_weight,
-                seed=seed,
-            ),
+            params=params,
             first_clause_min_chars=self._settings.first_clause_min_chars,
             first_piece_min_words=self._settings.first_piece_min_words,
             first_piece_wait_s=self._settings.first_piece_wait_s,
@@ -217,7 +234,10 @@ class TTS(tts.TTS):
             if is_given(v)
         }
         if changes:
-            self._opts.params = replace(self._opts.params, **changes)
+            try:
+                self._opts.params = replace(self._opts.params, **changes)
+            except ValueError as e:
+                raise APIStatusError(str(e), status_code=400, retryable=False) from e
 
     def prewarm(self) -> None:
         """Load and warm the engine in the background (returns at once)."""
