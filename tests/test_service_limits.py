@@ -97,7 +97,7 @@ async def test_half_sent_headers_time_out_and_connections_past_the_cap_get_503(
         # and the service still serves, at full speed, with the slow ones gone
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             assert (await client.get("/health")).status_code == 200
-            speech = await client.post("/v1/audio/speech", json={"input": "Still here."})
+            speech = await client.post("/v1/audio/speech", json={"input": "Still here.", "response_format": "pcm"})
             assert speech.status_code == 200 and len(speech.content) > 10_000
 
 
@@ -133,7 +133,10 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
         await wait_ready(url, proc, timeout=120)
         # a reader that takes a long reply (~8 minutes of audio) and stops reading
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = json.dumps({"input": "This reply goes on and on, sentence after sentence. " * 180})
+        body = json.dumps(
+            {"input": "This reply goes on and on, sentence after sentence. " * 180,
+             "response_format": "pcm"}
+        )
         writer.write(
             f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
@@ -142,7 +145,7 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
 
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             async with client.stream(
-                "POST", "/v1/audio/speech", json={"input": "A short reply, nearly done."}
+                "POST", "/v1/audio/speech", json={"input": "A short reply, nearly done.", "response_format": "pcm"}
             ) as short:
                 assert short.status_code == 200
                 proc.send_signal(signal.SIGTERM)
