@@ -13,7 +13,8 @@
 # The stage is rebuilt on every run; results stay there (`cd build/mutation/MODULE &&
 # ../../../.venv/bin/mutmut show NAME` shows a mutant's diff).
 #
-# Runs under `nice -n 19` (the machine is shared); MUTATION_JOBS (default 2) mutants at once.
+# Runs under `nice -n 19` (the machine is shared); MUTATION_JOBS (default 2) mutants at once;
+# MUTATION_TESTS="tests/a.py tests/b.py" replaces the module's test selection (to compare).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +42,7 @@ if [ -z "$module" ] || [ -z "${modules[$module]:-}" ]; then
 fi
 shift
 IFS='|' read -r target isolation selection functions <<<"${modules[$module]}"
+selection="${MUTATION_TESTS:-$selection}"
 # mutant-name globs given on the command line replace the module's own
 [ "$#" -gt 0 ] || { [ -z "$functions" ] || read -r -a globs <<<"$functions"; }
 [ "$#" -eq 0 ] || globs=("$@")
