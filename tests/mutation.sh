@@ -31,7 +31,7 @@ declare -A modules=(
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"
     [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|forkserver|tests/test_xtts_windows.py"
     [tts]="livekit/plugins/localtts/tts.py|fork|tests/test_pcm_path.py|*.x__to_pcm16__* *.x_engine_chunks__* *.xǁ_ReadAheadǁ*"
-    [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py"
+    [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"
 )
 
 module="${1:-}"
