@@ -21,7 +21,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # module -> "file to mutate (import path)|process isolation|test selection|functions"
-# forkserver where the tests load torch (not fork-safe once its thread pools exist);
+# isolation: fork (from the process that ran the tests once: its imports and cached models
+# are shared), forkserver where a test setup is not fork-safe;
 # functions (mutant-name globs, optional): the part of a large module this run covers
 declare -A modules=(
     [host]="livekit/plugins/localtts/host.py|fork|tests/test_host.py"
@@ -29,7 +30,7 @@ declare -A modules=(
     [vad_features]="livekit/plugins/localtts/vad_features.py|fork|tests/test_vad.py tests/test_vad_noise.py"
     [auth]="localtts_agent/service/auth.py|fork|tests/test_service_guards.py"
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"
-    [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|forkserver|tests/test_xtts_windows.py"
+    [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|fork|tests/test_xtts_windows.py"
     [tts]="livekit/plugins/localtts/tts.py|fork|tests/test_pcm_path.py|*.x__to_pcm16__* *.x_engine_chunks__* *.xǁ_ReadAheadǁ*"
     [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"
 )

@@ -8,6 +8,8 @@ HiFiGAN run over the whole utterance at once.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -27,10 +29,17 @@ from tests.tiny_xtts import build_xtts  # noqa: E402
 SCHEDULE = (1, 2, 5, 7)  # tokens per push: a first push too short to emit, then growing
 
 
-@pytest.fixture(scope="module")
-def model() -> object:
+@functools.cache
+def _tiny_model() -> object:
+    """Built once per process: `tests/mutation.sh xtts_vocoder` forks a test run per mutant
+    from the process that built it, and a rebuild per mutant would cost most of the run."""
     set_torch_threads(1)  # as every tiny-model test runs (host.py owns the thread count)
     return build_xtts("tiny")
+
+
+@pytest.fixture(scope="module")
+def model() -> object:
+    return _tiny_model()
 
 
 @pytest.fixture(scope="module")
