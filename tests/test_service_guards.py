@@ -14,6 +14,7 @@ import httpx
 import pytest
 from livekit.plugins import localtts
 
+from localtts_agent.service.app import create_app
 from localtts_agent.service.models import MAX_JSON_BODY_BYTES, MAX_UPLOAD_BYTES, body_limit
 from localtts_agent.settings import ServiceSettings
 
@@ -157,3 +158,27 @@ async def test_voice_uploads_have_their_own_larger_limit(
     assert at_limit.status_code == 422  # not a form: validation, not the size guard
     json_over = await client.post("/v1/audio/speech", content=b"\0" * voices, headers=auth)
     assert json_over.status_code == 413
+
+
+async def test_lifespan_events_pass_through_the_size_guard(
+    piper_settings: localtts.Settings, piper_tts: localtts.TTS
+) -> None:
+    """The guard bounds HTTP bodies only: a server's lifespan messages (uvicorn's start and
+    stop) reach the app as they are, through the ASGI interface a server uses."""
+    app = create_app(
+        piper_settings,
+        service_settings=ServiceSettings(_env_file=None, api_key=None),  # type: ignore[call-arg]
+        tts=piper_tts,
+    )
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    await app(scope, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
