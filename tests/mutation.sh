@@ -26,7 +26,7 @@ cd "$root"
 # functions (mutant-name globs, optional): the part of a large module this run covers
 declare -A modules=(
     [host]="livekit/plugins/localtts/host.py|fork|tests/test_host.py"
-    [vad]="livekit/plugins/localtts/vad.py|fork|tests/test_vad.py tests/test_vad_noise.py"
+    [vad]="livekit/plugins/localtts/vad.py|fork|tests/test_vad.py|*.x__check__* *.x__rms_dbfs__* *.x__mono__* *xǁ_SpeechBufferǁ* *xǁVADStreamǁ_advance_turn__*"
     [vad_features]="livekit/plugins/localtts/vad_features.py|fork|tests/test_vad.py tests/test_vad_noise.py"
     [auth]="localtts_agent/service/auth.py|fork|tests/test_service_guards.py"
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"

@@ -23,6 +23,9 @@ DEFAULT_WAV = Path(__file__).resolve().parents[1] / "voices" / "default.wav"
 def speech() -> tuple[np.ndarray, int]:
     """The default voice's speech, float32, its peak at 0.5 (no sample near full scale)."""
     audio, rate = sf.read(DEFAULT_WAV, dtype="float32")
+    # a second of silence first (the clip kept starts at the speech), and a length that is
+    # a multiple of 1000 (0.1 % of it is a whole number of samples)
+    audio = np.concatenate([np.zeros(rate, np.float32), audio])[: audio.size // 1000 * 1000]
     return (audio * (0.5 / np.max(np.abs(audio)))).astype(np.float32), rate
 
 
@@ -43,9 +46,14 @@ def _with_peaks(audio: np.ndarray, count: int, level: float) -> np.ndarray:
 
 def test_at_most_a_tenth_of_a_percent_at_full_scale_passes(speech) -> None:  # type: ignore[no-untyped-def]
     audio, rate = speech
-    limit = audio.size // 1000  # 0.1 % of the samples
-    kept = prepare_clip("v", _float_wav(_with_peaks(audio, limit, 1.0), rate))
-    assert kept.clip.sample_rate == LIBRARY_SAMPLE_RATE and kept.speech_seconds > 5.0
+    limit = audio.size // 1000  # exactly 0.1 % of the samples
+    kept = prepare_clip("v", _float_wav(_with_peaks(audio, limit, 1.0), rate), language="fr")
+    assert kept.speech_seconds > 5.0
+    assert (kept.clip.voice_id, kept.clip.language, kept.clip.sample_rate) == (
+        "v", "fr", LIBRARY_SAMPLE_RATE,
+    )  # fmt: skip
+    assert kept.clip.audio.dtype == np.float32
+    assert (kept.source_sample_rate, kept.source_channels) == (rate, 1)
     with pytest.raises(VoiceError) as refused:
         prepare_clip("v", _float_wav(_with_peaks(audio, limit + 2, 1.0), rate))
     assert str(refused.value) == (
@@ -87,10 +95,36 @@ def test_broken_audio_is_named(speech) -> None:  # type: ignore[no-untyped-def]
         with pytest.raises(VoiceError) as refused:
             prepare_clip("v", data)
         assert str(refused.value) == message
+    # sizes in MB to one decimal, from the byte count (1.05 MB is "1.1", not "1.0")
+    for size, limit, said in ((1_050_000, 1_000_000, "1.1 MB, over the 1.0"),
+                              (1_100_001, 1_050_000, "1.1 MB, over the 1.1")):  # fmt: skip
+        with pytest.raises(VoiceError) as refused:
+            prepare_clip("v", b"\0" * size, max_bytes=limit)
+        assert str(refused.value) == (
+            f"voice 'v': the audio is {said} MB limit; a reference clip needs only 5-30 s of "
+            "speech (trim it, or save it as 16-bit mono WAV/FLAC)"
+        )
     big = _float_wav(audio, rate)
-    with pytest.raises(VoiceError, match=r"over the 0\.1 MB limit"):
-        prepare_clip("v", big, max_bytes=100_000)
     assert prepare_clip("v", big, max_bytes=len(big)).speech_seconds > 5
+    with pytest.raises(VoiceError) as refused:
+        prepare_clip("v", b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    assert str(refused.value).startswith("voice 'v': cannot decode the audio (")
+    assert str(refused.value).endswith("); use WAV, FLAC, OGG or MP3")
+    with pytest.raises(VoiceError, match=r"^voice 'v': the audio lasts .* over the"):
+        prepare_clip("v", big, max_source_seconds=2.0)
+    # one sample is a file with samples (too few to be speech)
+    with pytest.raises(VoiceError, match="s of speech found"):
+        prepare_clip("v", _float_wav(np.full(1, 0.5, np.float32), rate))
+
+
+def test_stereo_is_mixed_to_mono(speech) -> None:  # type: ignore[no-untyped-def]
+    """Speech on one side of a stereo file only (the other silent) is still the voice."""
+    audio, rate = speech
+    stereo = np.stack([np.zeros_like(audio), audio], axis=1)
+    kept = prepare_clip("v", _float_wav(stereo, rate))
+    assert kept.source_channels == 2 and kept.speech_seconds > 5.0
+    mono = prepare_clip("v", _float_wav(audio / 2, rate))
+    np.testing.assert_allclose(kept.clip.audio, mono.clip.audio, atol=1e-6)
 
 
 def test_too_little_speech_is_refused_with_the_amount(speech) -> None:  # type: ignore[no-untyped-def]
