@@ -22,7 +22,8 @@ cd "$root"
 
 # module -> "file to mutate (import path)|process isolation|test selection|functions"
 # isolation: fork (from the process that ran the tests once: its imports and cached models
-# are shared), forkserver where a test setup is not fork-safe;
+# are shared), forkserver where a test setup is not fork-safe (tts: the engine thread pool
+# started by the stats run does not exist in a fork, and every mutant would hang);
 # functions (mutant-name globs, optional): the part of a large module this run covers
 declare -A modules=(
     [host]="livekit/plugins/localtts/host.py|fork|tests/test_host.py"
@@ -31,7 +32,7 @@ declare -A modules=(
     [auth]="localtts_agent/service/auth.py|fork|tests/test_service_guards.py"
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"
     [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|fork|tests/test_xtts_windows.py"
-    [tts]="livekit/plugins/localtts/tts.py|fork|tests/test_pcm_path.py|*.x__to_pcm16__* *.x_engine_chunks__* *.xǁ_ReadAheadǁ*"
+    [tts]="livekit/plugins/localtts/tts.py|forkserver|tests/test_pcm_path.py|*.x__to_pcm16__* *.x_engine_chunks__* *.xǁ_ReadAheadǁ*"
     [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"
 )
 

@@ -38,12 +38,17 @@ def piper_engine() -> PiperEngine:
 
 
 @dataclass
-class LoudEngine:
-    """The real Piper engine at `gain`: an engine whose peaks pass full scale (XTTS and
-    Chatterbox overshoot +-1.0 now and then; the plugin must clip them, not wrap them)."""
+class ShapedEngine:
+    """The real Piper engine, its output shaped like another model's:
+
+    - `gain`: louder, peaks past full scale (XTTS and Chatterbox overshoot +-1.0 now and
+      then; the plugin must clip them, not wrap them);
+    - `paced`: 20 ms chunks, one every 20 ms, a model still generating a piece when its
+      listener leaves (Piper hands over a whole sentence at once, before anyone could)."""
 
     inner: PiperEngine
-    gain: float
+    gain: float = 1.0
+    paced: bool = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -55,8 +60,13 @@ class LoudEngine:
         params: SynthesisParams,
         cancel: threading.Event,
     ) -> Iterator[np.ndarray]:
+        step = self.inner.sample_rate // 50 if self.paced else None
         for chunk in self.inner.stream(text, voice, params, cancel):
-            yield (chunk * self.gain).astype(np.float32)
+            chunk = (chunk * self.gain).astype(np.float32)
+            for i in range(0, chunk.size, step or chunk.size):
+                yield chunk[i : i + (step or chunk.size)]
+                if self.paced:
+                    time.sleep(0.02)
 
 
 def _pcm(frames: list[rtc.AudioFrame]) -> np.ndarray:
@@ -64,7 +74,7 @@ def _pcm(frames: list[rtc.AudioFrame]) -> np.ndarray:
 
 
 async def test_pcm_is_full_scale_and_clipped_never_wrapped(piper_engine: PiperEngine) -> None:
-    recording = RecordingEngine(LoudEngine(piper_engine, gain=4.0), keep_audio=True)
+    recording = RecordingEngine(ShapedEngine(piper_engine, gain=4.0), keep_audio=True)
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
     frames = [ev.frame async for ev in tts.synthesize("Hello there, how loud is this?")]
     pcm = _pcm(frames)
@@ -116,33 +126,8 @@ async def test_read_ahead_stops_at_its_limit_while_the_reader_stalls(
     await stream.aclose()
 
 
-@dataclass
-class PacedEngine:
-    """The real Piper engine yielding its audio in 20 ms chunks, one every 20 ms: a model
-    that is still generating a piece when its listener leaves (Piper itself hands over a
-    whole sentence at once, before anyone could leave)."""
-
-    inner: PiperEngine
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stream(
-        self,
-        text: str,
-        voice: VoiceConditioning | None,
-        params: SynthesisParams,
-        cancel: threading.Event,
-    ) -> Iterator[np.ndarray]:
-        step = self.inner.sample_rate // 50
-        for chunk in self.inner.stream(text, voice, params, cancel):
-            for i in range(0, chunk.size, step):
-                yield chunk[i : i + step]
-                time.sleep(0.02)
-
-
 async def test_a_closed_stream_tells_the_engine_to_stop(piper_engine: PiperEngine) -> None:
-    recording = RecordingEngine(PacedEngine(piper_engine))
+    recording = RecordingEngine(ShapedEngine(piper_engine, paced=True))
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
     frames = [ev.frame async for ev in tts.synthesize("Hi.")]
     assert frames and [c.cancelled for c in recording.calls] == [False]  # finished on its own
