@@ -100,29 +100,37 @@ async def test_read_ahead_stops_at_its_limit_while_the_reader_stalls(
     piper_engine: PiperEngine,
 ) -> None:
     """Synthesis starts a piece only while less than `read_ahead_s` of audio waits unread:
-    with a stalled reader it stops at the limit plus the piece in flight."""
-    limit = 2.0
+    with a stalled reader it stops at the limit plus the piece in flight, and each second
+    the reader takes lets exactly that much more be made."""
+    limit = 6.0  # about two of these sentences: the bound counts the audio of all pieces
     recording = RecordingEngine(piper_engine)
     tts = localtts.TTS(engine=recording, settings=localtts.Settings(read_ahead_s=limit))  # type: ignore[arg-type]
     stream = tts.synthesize(TEXT * 20)
-    read = (await stream.__anext__()).frame.duration
-    # wait until synthesis has settled: the last piece finished and nothing new for 1 s
-    quiet_since, deadline = time.monotonic(), time.monotonic() + 30
-    seen = 0
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        busy = len(recording.calls) != seen or recording.calls[-1].finished is None
-        if busy:
-            seen, quiet_since = len(recording.calls), time.monotonic()
-        elif time.monotonic() - quiet_since > 1.0:
-            break
     rate = piper_engine.sample_rate
-    seconds = [sum(c.chunk_samples) / rate for c in recording.calls]
-    # the last piece started with at most `limit` unread (its lead-in silence, trimmed from
-    # the first piece only, is the tolerance); it took the total past the limit, so no
-    # further piece started
-    assert sum(seconds[:-1]) - read <= limit + 0.1, seconds
-    assert sum(seconds) - read > limit, seconds
+
+    async def settled() -> list[float]:
+        """Each piece's seconds, once the last finished and nothing new came for 1 s."""
+        quiet_since, deadline, seen = time.monotonic(), time.monotonic() + 30, -1
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            if len(recording.calls) != seen or recording.calls[-1].finished is None:
+                seen, quiet_since = len(recording.calls), time.monotonic()
+            elif time.monotonic() - quiet_since > 1.0:
+                break
+        return [sum(c.chunk_samples) / rate for c in recording.calls]
+
+    read = 0.0
+    for to_read in (0.0, 4.0):  # the first frame, then 4 s more
+        while True:
+            read += (await stream.__anext__()).frame.duration
+            if read >= to_read:
+                break
+        seconds = await settled()
+        # the last piece started with at most `limit` unread (the first piece's lead-in
+        # silence, trimmed, is the tolerance); it took the total past the limit, so no
+        # further piece started
+        assert sum(seconds[:-1]) - read <= limit + 0.1, (read, seconds)
+        assert sum(seconds) - read > limit, (read, seconds)
     await stream.aclose()
 
 
