@@ -107,10 +107,15 @@ async def test_text_pushed_before_synthesis_starts_is_split_as_one(
 
 
 async def test_auto_and_named_engine_share_one_instance() -> None:
-    a = localtts.TTS(engine="piper")
-    b = localtts.TTS(engine="piper")
-    assert a.engine is b.engine
-    assert a.selection is not None and a.selection.engine == "piper"
+    settings = localtts.Settings(_env_file=None)  # type: ignore[call-arg]
+    auto = localtts.TTS(engine="auto", settings=settings)
+    assert auto.selection is not None
+    assert auto.selection.reason != "asked for by LOCALTTS_ENGINE"  # the host table chose
+    named = localtts.TTS(engine=auto.selection.engine, settings=settings)
+    assert named.selection is not None and named.selection.reason == "asked for by LOCALTTS_ENGINE"
+    assert named.engine is auto.engine
+    again = localtts.TTS(engine=auto.selection.engine, settings=settings)
+    assert again.engine is named.engine
 
 
 async def test_first_audio_before_whole_text_is_synthesized(recording: RecordingEngine) -> None:

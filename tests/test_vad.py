@@ -229,8 +229,13 @@ async def test_options_are_checked_and_updatable() -> None:
     await stream.aclose()
 
 
-async def test_usable_by_agent_session() -> None:
+async def test_usable_by_agent_session(speech: Speech) -> None:
+    """AgentSession takes the VAD as it is, and what it reads from it marks both turns."""
     from livekit.agents import AgentSession
 
-    session = AgentSession(vad=VAD())
-    assert isinstance(session.vad, agents_vad.VAD)
+    vad = VAD()
+    session = AgentSession(vad=vad)
+    assert session.vad is vad
+    events = await _run(session.vad, speech.audio, speech.sample_rate)
+    turns = [e.type for e in events if e.type != E.INFERENCE_DONE]
+    assert turns == [E.START_OF_SPEECH, E.END_OF_SPEECH] * 2

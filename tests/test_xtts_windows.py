@@ -1,0 +1,171 @@
+"""XTTS's windowed vocoder (engines/xtts_vocoder.py) on a tiny random-weight model: what a
+listener hears at the joins between chunks, the frame arithmetic the engine's chunk sizes
+rest on, and the CPU speed-ups that must not change the audio.
+
+Everything goes through `WindowVocoder.push`, the vocoder's one entry, against coqui's own
+HiFiGAN run over the whole utterance at once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("TTS")
+
+from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
+    HOP,
+    WindowVocoder,
+    fold_weight_norm,
+    frames_for_tokens,
+)
+from livekit.plugins.localtts.host import set_torch_threads  # noqa: E402
+
+from tests.tiny_xtts import build_xtts  # noqa: E402
+
+SCHEDULE = (1, 2, 5, 7)  # tokens per push: a first push too short to emit, then growing
+
+
+@functools.cache
+def _tiny_model() -> object:
+    """Built once per process: `tests/mutation.sh xtts_vocoder` forks a test run per mutant
+    from the process that built it, and a rebuild per mutant would cost most of the run."""
+    set_torch_threads(1)  # as every tiny-model test runs (host.py owns the thread count)
+    return build_xtts("tiny")
+
+
+@pytest.fixture(scope="module")
+def model() -> object:
+    return _tiny_model()
+
+
+@pytest.fixture(scope="module")
+def speaker() -> torch.Tensor:
+    return torch.randn(1, 512, 1, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def latents(model: object) -> torch.Tensor:
+    return torch.randn(1, 20, model.gpt.model_dim, generator=torch.Generator().manual_seed(3))  # type: ignore[attr-defined]
+
+
+def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    assert len(ref) == len(test)
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - test) ** 2), 1e-20)))
+
+
+def _stream(
+    vocoder: WindowVocoder, latents: torch.Tensor, schedule: tuple[int, ...] = SCHEDULE
+) -> list[np.ndarray]:
+    parts, n = [], 0
+    with torch.inference_mode():
+        for step in schedule:
+            n = min(latents.shape[1], n + step)
+            parts.append(vocoder.push(latents[:, :n], final=False))
+        parts.append(vocoder.push(latents, final=True))
+    return parts
+
+
+def _vocoder(model: object, speaker: torch.Tensor, **kw: object) -> WindowVocoder:
+    args: dict = {"length_scale": 1.0, "context": 16, "lookahead": 6, "crossfade": 3} | kw
+    return WindowVocoder(model, speaker, **args)
+
+
+def test_streamed_audio_is_the_one_pass_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """16 frames of left context and 6 held back: the chunks, joined, are the utterance
+    vocoded at once to within 60 dB (without context ~51 dB, without look-ahead ~32 dB, and
+    clicks at every join)."""
+    with torch.inference_mode():
+        one_pass = model.hifigan_decoder(latents, g=speaker).reshape(-1).numpy()
+    parts = _stream(_vocoder(model, speaker), latents)
+    assert parts[0].size == 0 and parts[0].dtype == np.float32  # 1 token: nothing final yet
+    streamed = np.concatenate(parts)
+    assert streamed.dtype == np.float32 and streamed.size == one_pass.size
+    assert _snr_db(one_pass, streamed) >= 60.0
+    # at each join the step between two samples is the one-pass audio's step
+    joins = np.cumsum([p.size for p in parts])[1:-1]
+    steps = np.abs(np.diff(streamed)[joins - 1] - np.diff(one_pass)[joins - 1])
+    assert steps.max() < 0.005, steps
+
+
+def test_a_faster_voice_streams_as_its_one_pass_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """speed 1.25: the latents are stretched (linearly, as coqui's decoder does) before
+    vocoding, in every window alike."""
+    scale = 1.0 / 1.25
+    with torch.inference_mode():
+        stretched = torch.nn.functional.interpolate(
+            latents.transpose(1, 2), scale_factor=scale, mode="linear"
+        ).transpose(1, 2)
+        one_pass = model.hifigan_decoder(stretched, g=speaker).reshape(-1).numpy()
+    # (from 2 tokens on: one token stretched by 0.8 is no frame at all, which interpolate
+    # refuses; the engine's first chunk is 6 tokens)
+    vocoder = _vocoder(model, speaker, length_scale=scale)
+    streamed = np.concatenate(_stream(vocoder, latents, schedule=(2, 5, 7)))
+    assert streamed.size == one_pass.size
+    assert _snr_db(one_pass, streamed) >= 30.0
+
+
+def test_held_back_samples_crossfade_linearly_into_the_next_chunk(
+    model,
+    speaker,
+    latents,  # type: ignore[no-untyped-def]
+) -> None:
+    """The first `crossfade` held-back frames, as the earlier window rendered them, fade out
+    over the same frames of the next window (a linear ramp, ends excluded)."""
+    cf, n1, n2 = 3, 10, 20
+    faded = _vocoder(model, speaker)
+    plain = _vocoder(model, speaker, crossfade=0)
+    whole = _vocoder(model, speaker, crossfade=0)
+    with torch.inference_mode():
+        first = faded.push(latents[:, :n1], final=False)
+        np.testing.assert_array_equal(first, plain.push(latents[:, :n1], final=False))
+        # the earlier window past what it emitted: the samples it held back
+        tail = whole.push(latents[:, :n1], final=True)[first.size : first.size + cf * HOP]
+        second, second_plain = (v.push(latents[:, :n2], final=False) for v in (faded, plain))
+    n = cf * HOP
+    ramp = np.linspace(0.0, 1.0, n + 2, dtype=np.float32)[1:-1]
+    np.testing.assert_allclose(
+        second[:n], tail * (1.0 - ramp) + second_plain[:n] * ramp, rtol=0, atol=1e-6
+    )
+    np.testing.assert_array_equal(second[n:], second_plain[n:])
+    assert np.abs(second[:n] - second_plain[:n]).max() > 0  # the fade did change samples
+
+
+def test_crossfade_never_exceeds_the_held_back_frames(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    capped = np.concatenate(_stream(_vocoder(model, speaker, lookahead=2, crossfade=9), latents))
+    exact = np.concatenate(_stream(_vocoder(model, speaker, lookahead=2, crossfade=2), latents))
+    np.testing.assert_array_equal(capped, exact)
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.25, 0.5])
+def test_frames_for_tokens_is_what_the_vocoder_renders(model, speaker, latents, speed) -> None:  # type: ignore[no-untyped-def]
+    """The engine sizes its chunks with `frames_for_tokens`: it must count the frames the
+    decoder's interpolation really makes (speed floored at 0.05, as the engine does)."""
+    scale = 1.0 / max(speed, 0.05)
+    for tokens in (6, 11):
+        vocoder = _vocoder(model, speaker, length_scale=scale)
+        with torch.inference_mode():
+            audio = vocoder.push(latents[:, :tokens], final=True)
+        assert audio.size == frames_for_tokens(tokens, speed) * HOP, (tokens, speed)
+
+
+def test_frames_for_tokens_values() -> None:
+    # 4 mel frames a token, stretched 24000/22050 and floored
+    assert [frames_for_tokens(t) for t in (1, 6, 24)] == [4, 26, 104]
+    assert (frames_for_tokens(65), frames_for_tokens(82)) == (282, 357)  # exactly 24000/22050
+    assert frames_for_tokens(6, 1.25) == 17  # floor(6 / 1.25) = 4 tokens' worth
+    assert frames_for_tokens(6, 2.0) == 13
+    assert frames_for_tokens(6, 0.5) == 52
+    assert frames_for_tokens(6, 0.0) == frames_for_tokens(6, 0.05) == 522
+
+
+def test_folding_weight_norm_keeps_the_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    folded = build_xtts("tiny")  # the same weights (a copy.deepcopy breaks parametrizations)
+    assert fold_weight_norm(folded.hifigan_decoder) == 76  # every weight-normed conv
+    assert fold_weight_norm(folded.hifigan_decoder) == 0  # nothing left to fold
+    before = np.concatenate(_stream(_vocoder(model, speaker), latents))
+    after = np.concatenate(_stream(_vocoder(folded, speaker), latents))
+    assert _snr_db(before, after) >= 100.0
