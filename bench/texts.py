@@ -21,3 +21,21 @@ PARAGRAPH = (
 )
 
 TEXTS: dict[str, str] = {"sentence": SENTENCE, "passage": PASSAGE, "paragraph": PARAGRAPH}
+
+# Replies whose first sentence is short, long, or a run-on without a comma (common in LLM
+# replies): first audio must not grow with it
+FIRST_SHORT = "Sure, I can help with that. Your order shipped this morning and arrives Thursday."
+FIRST_LONG = (
+    "I checked your account and found that your order shipped this morning from our "
+    "warehouse in Leeds. It should arrive on Thursday."
+)
+FIRST_RUN_ON = (
+    "Your package left our warehouse early this morning and is now on its way to your home "
+    "address where it should arrive sometime on Thursday afternoon at the latest. Anything else?"
+)
+
+FIRST_SENTENCES: dict[str, str] = {
+    "short first sentence": FIRST_SHORT,
+    "long first sentence": FIRST_LONG,
+    "run-on first sentence": FIRST_RUN_ON,
+}

@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from livekit import rtc
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 from livekit.agents.voice import io
 from livekit.plugins.localtts.engines import SynthesisParams
 from livekit.plugins.localtts.engines.piper import PiperEngine
@@ -59,6 +61,69 @@ class CapturingAudioOutput(io.AudioOutput):
         return frames_to_float(self.frames)
 
 
+class PlayoutAudioOutput(CapturingAudioOutput):
+    """A sink that takes frames as fast as they come (they are kept, like
+    `CapturingAudioOutput`) but plays them out on the wall clock, as a room does: playback
+    starts once `prebuffer_s` of a segment is buffered (0: at its first frame; the whole
+    segment if it ends sooner), reported by `on_playback_started`; a flushed segment finishes
+    when its last frame has played, and `clear_buffer` (an interruption) stops it at the
+    position reached by then, reported as `interrupted_at`. Playback never runs dry: a
+    prebuffer as long as the segment keeps a loaded machine's slow synthesis out of a test."""
+
+    def __init__(self, *, sample_rate: int | None = None, prebuffer_s: float = 0.0) -> None:
+        super().__init__(sample_rate=sample_rate)
+        self.prebuffer_s = prebuffer_s
+        self.started_at: float | None = None  # time.time() when the segment began to play
+        self.interrupted_at: float | None = None  # seconds into the segment
+        self._finish: asyncio.TimerHandle | None = None
+        self._flushed_s = 0.0  # duration of the flushed segment still playing
+        self.playing = asyncio.Event()  # set when a segment begins to play
+
+    def _start_playing(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.time()
+            self.playing.set()
+            self.on_playback_started(created_at=self.started_at)
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        if self._pushed >= self.prebuffer_s:
+            self._start_playing()
+
+    def _position(self) -> float:
+        played = time.time() - self.started_at if self.started_at is not None else 0.0
+        return min(self._pushed, played)
+
+    def flush(self) -> None:
+        io.AudioOutput.flush(self)
+        self.segments += 1
+        self._start_playing()
+        pushed, remaining = self._pushed, max(0.0, self._pushed - self._position())
+        self._flushed_s = pushed
+
+        def finished() -> None:
+            self._finish = None
+            self.started_at = None
+            self.on_playback_finished(playback_position=pushed, interrupted=False)
+
+        self._finish = asyncio.get_running_loop().call_later(remaining, finished)
+        self._pushed = 0.0
+
+    def clear_buffer(self) -> None:
+        if self._finish is not None:  # a flushed segment still playing
+            self._finish.cancel()
+            self._finish = None
+            position = min(self._flushed_s, time.time() - (self.started_at or time.time()))
+        elif self.started_at is not None:  # a segment still arriving
+            position = self._position()
+        else:
+            return
+        self.interrupted_at = position
+        self.started_at = None
+        self._pushed = 0.0
+        self.on_playback_finished(playback_position=position, interrupted=True)
+
+
 @functools.cache
 def _piper() -> PiperEngine:
     engine = PiperEngine()
@@ -81,6 +146,29 @@ def frames_to_float(frames: list[rtc.AudioFrame]) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     pcm = np.concatenate([np.frombuffer(bytes(f.data), dtype=np.int16) for f in frames])
     return pcm.astype(np.float32) / 32768.0
+
+
+@dataclass
+class Heard:
+    """What a caller of the TTS got: audio, and each timed string with the audio time at
+    which it arrived (the start of the frame that carried it)."""
+
+    audio: np.ndarray
+    timed: list[tuple[TimedString, float]]
+
+    @property
+    def text(self) -> str:
+        return "".join(t for t, _ in self.timed)
+
+
+async def hear(stream: Any) -> Heard:
+    """Everything a TTS stream gives: its audio and aligned transcript."""
+    frames, timed, at = [], [], 0.0
+    async for ev in stream:
+        timed += [(t, at) for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
+        frames.append(ev.frame)
+        at += ev.frame.duration
+    return Heard(frames_to_float(frames), timed)
 
 
 def rms(audio: np.ndarray) -> float:

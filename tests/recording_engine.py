@@ -2,9 +2,10 @@
 
 `RecordingEngine(inner)` passes every call through to `inner` (the real Piper engine in
 these tests) and notes each `stream` call as a `Call`: its text, when it started and
-finished, and every chunk's time and length; with `keep_audio=True` also the chunks
-themselves, which is exactly what the engine produced for a request (Piper's VITS samples
-noise, so a second synthesis of the same text is not the same audio).
+finished, every chunk's time and length, and the word timings an engine gave with its
+chunks; with `keep_audio=True` also the chunks themselves, which is exactly what the engine
+produced for a request (Piper's VITS samples noise, so a second synthesis of the same text
+is not the same audio).
 
 All times are `time.monotonic()`, the clock `RoomListener` stamps arrivals with.
 """
@@ -18,7 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from livekit.plugins.localtts.engines import Engine, SynthesisParams, VoiceConditioning
+from livekit.plugins.localtts.engines import (
+    Engine,
+    SynthesisParams,
+    VoiceConditioning,
+    WordTiming,
+)
 
 
 @dataclass(eq=False)
@@ -30,6 +36,7 @@ class Call:
     chunk_times: list[float] = field(default_factory=list)  # when each chunk was yielded
     chunk_samples: list[int] = field(default_factory=list)
     audio: list[np.ndarray] = field(default_factory=list)  # with keep_audio only
+    words: list[WordTiming] = field(default_factory=list)  # the engine's word timings, if any
 
     def samples(self) -> np.ndarray:
         """The audio this call produced (keep_audio), float32 at the engine's rate."""
@@ -64,6 +71,7 @@ class RecordingEngine:
                 call.chunk_samples.append(int(chunk.size))
                 if self.keep_audio:
                     call.audio.append(chunk.copy())
+                call.words += getattr(chunk, "words", ())  # a TimedChunk's
                 yield chunk
         finally:
             call.finished = time.monotonic()

@@ -709,3 +709,27 @@ def test_chatterbox_fulfils_the_engine_contract(engine: ChatterboxEngine) -> Non
     with pytest.raises(KVCacheOverflowError) as overflow:
         small.start(_Owner(), embeds, SamplingParams(), seed=0)
     assert not isinstance(overflow.value, ValueError)
+
+
+def test_speech_word_clock_follows_the_text_position() -> None:
+    """Words start at the first speech token whose attended text token reaches them; noisy
+    jumps (back, or far ahead) are ignored; speech token k is at k * 40 ms."""
+    from livekit.plugins.localtts.engines.chatterbox_words import (
+        SpeechWordClock,
+        text_token_words,
+    )
+
+    # "Hi there you." as tokens: H i [SPACE] t h e r e [SPACE] y o u .
+    tokens = ["H", "i", "[SPACE]", "t", "h", "e", "r", "e", "[SPACE]", "y", "o", "u", "."]
+    token_words = text_token_words(tokens, "[SPACE]")
+    assert token_words == [0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    clock = SpeechWordClock(token_words, text_start=10, words=3, seconds_per_token=0.04)
+    # positions per speech token (prompt positions; text token t is at 10 + t): -1 unknown,
+    # a jump 11 tokens ahead and one before the text are noise
+    clock.add([-1, 10, 11, 11, 22, 12, 13, 14, 14, 15, 16, 17, 9, 18, 19, 20])
+    first = clock.words_until(4)  # audio of tokens [0, 4): only "Hi" has started
+    assert [(w.word, w.start_s) for w in first] == [(0, 0.0)]
+    assert first[0].end_s == pytest.approx(5 * 0.04)  # "there" is known to start at token 5
+    rest = clock.words_until(16, final=True)
+    assert [(w.word, round(w.start_s, 2)) for w in rest] == [(1, 0.2), (2, 0.52)]
+    assert rest[-1].end_s == pytest.approx(16 * 0.04)

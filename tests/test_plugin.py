@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import time
 import tracemalloc
@@ -14,12 +15,20 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError, APIStatusError
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+)
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.piper import PiperEngine
 
-from .livekit_helpers import CapturingAudioOutput, frames_to_float, rms
+from .livekit_helpers import CapturingAudioOutput, frames_to_float, hear, rms
 from .recording_engine import RecordingEngine
 
 MULTI = (
@@ -29,12 +38,6 @@ MULTI = (
 )
 
 
-@pytest.fixture(scope="session")
-def piper_engine() -> PiperEngine:
-    engine = PiperEngine()
-    engine.load()
-    engine.warmup()
-    return engine
 
 
 @pytest.fixture
@@ -84,6 +87,25 @@ async def test_stream_pushed_tokens(piper_engine: PiperEngine) -> None:
     await stream.aclose()
 
 
+async def test_text_pushed_before_synthesis_starts_is_split_as_one(
+    recording: RecordingEngine,
+) -> None:
+    """Text already queued when the stream reads it (AgentSession.say, a fast LLM) is split
+    together: a short first sentence pushed in two parts is not cut as if the rest were
+    still to come."""
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    stream = tts.stream()
+    for part in ("Hello, this is the local voice", " agent.", " How can I help you today?"):
+        stream.push_text(part)
+    stream.end_input()
+    await collect(stream)
+    await stream.aclose()
+    assert [c.text for c in recording.calls] == [
+        "Hello, this is the local voice agent.",
+        "How can I help you today?",
+    ]
+
+
 async def test_auto_and_named_engine_share_one_instance() -> None:
     a = localtts.TTS(engine="piper")
     b = localtts.TTS(engine="piper")
@@ -103,23 +125,69 @@ async def test_first_audio_before_whole_text_is_synthesized(recording: Recording
     assert first_frame_at is not None and first_frame_at < recording.calls[-1].started
 
 
+def _sound(audio: np.ndarray) -> tuple[int, int]:
+    """(first, last + 1) audible sample (louder than -60 dBFS)."""
+    audible = np.flatnonzero(np.abs(audio) > 1e-3)
+    return int(audible[0]), int(audible[-1]) + 1
+
+
+async def test_a_sentence_cut_at_a_word_does_not_pause_there(piper_engine: PiperEngine) -> None:
+    """The first piece ends mid-sentence: the engine ends it with silence and starts the next
+    piece with more (Piper: 120-260 ms together, a sentence pause). What is heard at the cut
+    is a word gap; every sound of both pieces is played unchanged, and the transcript keeps
+    the engine's time of the first word after the cut relative to its sound."""
+    recording = RecordingEngine(piper_engine, keep_audio=True)
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    heard = await hear(tts.synthesize(MULTI))
+    first, second = recording.calls[0], recording.calls[1]
+    assert first.text == "The weather today is sunny"  # a word cut
+    assert second.text.startswith("with a light breeze")
+    a, b = first.samples(), second.samples()
+    (a_start, a_end), (b_start, b_end) = _sound(a), _sound(b)
+    reply_start = a_start - round(0.005 * tts.sample_rate)  # (the reply starts at its sound)
+    out = heard.audio
+    a_end_out = a_end - reply_start
+    resumes = a_end_out + _sound(out[a_end_out:])[0]
+    pause_ms = (resumes - a_end_out) / tts.sample_rate * 1000
+    engine_pause_ms = (len(a) - a_end + b_start) / tts.sample_rate * 1000
+    print(f"pause at the cut: {pause_ms:.0f} ms (the engine's: {engine_pause_ms:.0f} ms)")
+    assert pause_ms <= 90, pause_ms
+    pcm_step = 2 / 32768  # the output is 16-bit
+    np.testing.assert_allclose(out[:a_end_out], a[reply_start:a_end], atol=pcm_step)
+    np.testing.assert_allclose(out[resumes : resumes + b_end - b_start], b[b_start:b_end],
+                               atol=pcm_step)  # fmt: skip
+    assert heard.text == MULTI
+    # "with": the first word of the second piece, timed by the engine from its own audio
+    engine_with = second.words[0]
+    ours_with = next(t for t, _ in heard.timed if t.strip() == "with")
+    expected = (resumes - b_start) / tts.sample_rate + engine_with.start_s
+    assert abs(ours_with.start_time - expected) < 0.001, (ours_with.start_time, expected)
+    # and the first word: the reply's leading silence is gone from its time too
+    ours_first = heard.timed[0][0]
+    expected = max(0.0, first.words[0].start_s - reply_start / tts.sample_rate)
+    assert abs(ours_first.start_time - expected) < 0.001, (ours_first.start_time, expected)
+
+
 async def test_a_reply_starts_at_its_first_sound(piper_engine: PiperEngine) -> None:
     """Piper leads with 25-50 ms of silence a listener would wait through: a reply starts
     5 ms before its first audible sample, and is otherwise the engine's audio exactly
-    (the pauses between its sentences included)."""
+    (the pauses between its sentences included; a reply with no piece cut mid-sentence)."""
     recording = RecordingEngine(piper_engine, keep_audio=True)
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
+    text = MULTI.replace("The weather today is sunny with a light breeze from the west.",
+                         "The weather is sunny today.")  # fmt: skip
 
     def streamed() -> localtts.SynthesizeStream:
         stream = tts.stream()
-        stream.push_text(MULTI)
+        stream.push_text(text)
         stream.end_input()
         return stream
 
-    for reply in (lambda: tts.synthesize(MULTI), streamed):
+    for reply in (lambda: tts.synthesize(text), streamed):
         recording.calls.clear()
         frames, _ = await collect(reply())
-        produced = recording.produced(MULTI)
+        assert [c.text[-1] for c in recording.calls] == [".", ".", "."]  # whole sentences
+        produced = recording.produced(text)
         first_sound = int(np.flatnonzero(np.abs(produced) > 1e-3)[0])
         lead_in = round(0.005 * tts.sample_rate)
         assert first_sound > 2 * lead_in  # silence to skip (else this proves nothing)
@@ -344,17 +412,24 @@ async def test_synthesis_waits_for_a_slow_listener(recording: RecordingEngine) -
 
 @dataclass
 class FailingEngine:
-    """The real Piper engine, except that speaking raises `error`."""
+    """The real Piper engine, except that its next `times` requests raise `error` after
+    `after_chunks` chunks of audio."""
 
     inner: PiperEngine
     error: Exception
+    after_chunks: int = 0
+    times: int = 1_000
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def stream(self, *_: Any) -> Iterator[np.ndarray]:
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
+        if self.times <= 0:
+            yield from self.inner.stream(*args)
+            return
+        self.times -= 1
+        yield from itertools.islice(self.inner.stream(*args), self.after_chunks)
         raise self.error
-        yield  # a generator, like every engine's stream
 
 
 async def test_only_the_callers_faults_are_4xx(piper_engine: PiperEngine) -> None:
@@ -446,6 +521,147 @@ def test_piper_fulfils_the_engine_contract(piper_engine: PiperEngine) -> None:
     piper_engine.set_default_voice(None)
     with pytest.raises(UnsupportedVoiceError):
         piper_engine.set_default_voice(VoiceConditioning("v", "xtts", "r", None))
+
+
+@dataclass
+class StallingEngine:
+    """The real Piper engine behind a model that hangs before its first audio on the next
+    `stalls` requests, until it is told to stop (its cancel event)."""
+
+    inner: PiperEngine
+    stalls: int = 1_000
+    stopped: list[float] = field(default_factory=list)  # when each stalled call ended
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, *args: Any) -> Iterator[np.ndarray]:
+        if self.stalls > 0:
+            self.stalls -= 1
+            cancel: threading.Event = args[-1]  # (text, voice, params, cancel)
+            cancel.wait(30)
+            self.stopped.append(time.perf_counter())
+            return
+        yield from self.inner.stream(*args)
+
+
+async def test_no_first_audio_within_the_timeout_stops_the_engine(
+    piper_engine: PiperEngine,
+) -> None:
+    engine = StallingEngine(piper_engine, stalls=2)
+    tts = localtts.TTS(engine=engine)  # type: ignore[arg-type]
+    options = APIConnectOptions(timeout=0.5, max_retry=0)
+    for make in (
+        lambda: tts.synthesize("Hello there.", conn_options=options),
+        lambda: _streamed(tts.stream(conn_options=options), "Hello there, streamed."),
+    ):
+        started = time.perf_counter()
+        with pytest.raises(APITimeoutError, match=r"no audio within 0\.5 s") as info:
+            await collect(make())
+        failed_after = time.perf_counter() - started
+        assert 0.5 <= failed_after < 2.0
+        assert info.value.retryable  # LiveKit's contract: a timeout may be retried
+        await asyncio.sleep(0.2)  # the worker thread sees the cancel event at once
+        assert len(engine.stopped) in (1, 2) and engine.stopped[-1] - started < failed_after + 0.2
+    assert len(engine.stopped) == 2, "the stalled engine work was left running"
+    frames, _ = await collect(tts.synthesize("The next request works."))
+    assert rms(frames_to_float(frames)) > 0.02
+
+
+def _streamed(stream: Any, text: str) -> Any:
+    stream.push_text(text)
+    stream.end_input()
+    return stream
+
+
+async def test_transient_failures_before_audio_are_retryable(piper_engine: PiperEngine) -> None:
+    from livekit.plugins.localtts import EngineBusyError
+
+    once = APIConnectOptions(max_retry=0)
+    busy = EngineBusyError("all decoding slots are taken", retry_after_s=1.0)
+    for error, kind in ((busy, APIStatusError), (MemoryError(), APIConnectionError)):
+        tts = localtts.TTS(engine=FailingEngine(piper_engine, error))  # type: ignore[arg-type]
+        with pytest.raises(kind) as info:
+            await collect(tts.synthesize("Hello there.", conn_options=once))
+        assert info.value.retryable, error
+        # after audio went out, a retry would repeat the start of the reply: not retryable
+        late = localtts.TTS(engine=FailingEngine(piper_engine, error, after_chunks=1))  # type: ignore[arg-type]
+        with pytest.raises(APIError) as info:
+            await collect(late.synthesize("Hello there. And a second sentence.", conn_options=once))
+        assert not info.value.retryable, error
+
+
+async def test_livekit_retries_a_busy_engine(piper_engine: PiperEngine) -> None:
+    from livekit.plugins.localtts import EngineBusyError
+
+    busy = EngineBusyError("busy", retry_after_s=0.0)
+    busy_once = FailingEngine(piper_engine, busy, times=1)
+    tts = localtts.TTS(engine=busy_once)  # type: ignore[arg-type]
+    errors: list[Any] = []
+    tts.on("error", errors.append)
+    options = APIConnectOptions(max_retry=1, retry_interval=0.0)
+    frames, _ = await collect(tts.synthesize("Hello after a retry.", conn_options=options))
+    assert rms(frames_to_float(frames)) > 0.02
+    assert len(errors) == 1 and errors[0].recoverable
+
+
+async def test_fallback_adapter_fails_over_from_a_stalled_engine(
+    piper_engine: PiperEngine,
+) -> None:
+    from livekit.agents.tts import FallbackAdapter
+
+    stalled = StallingEngine(piper_engine)
+    backup = RecordingEngine(PiperEngine())  # a second localtts Piper instance, warm
+    backup.inner.warmup()
+    primary_tts = localtts.TTS(engine=stalled)  # type: ignore[arg-type]
+    backup_tts = localtts.TTS(engine=backup)  # type: ignore[arg-type]
+    fallback = FallbackAdapter([primary_tts, backup_tts], max_retry_per_tts=0)
+    # the backup's first audio must come within the timeout too: Piper takes up to a second
+    # for it when other jobs load the 2 cores
+    timeout = 2.0
+    options = APIConnectOptions(timeout=timeout)
+    firsts: list[float] = []
+    try:
+        for make in (
+            lambda: fallback.synthesize("The backup voice speaks.", conn_options=options),
+            lambda: _streamed(fallback.stream(conn_options=options), "The backup streams."),
+        ):
+            calls = len(backup.calls)
+            frames, first = await collect(make())
+            assert rms(frames_to_float(frames)) > 0.02
+            assert len(backup.calls) > calls  # the audio came from the backup
+            assert first is not None
+            firsts.append(first)
+        assert stalled.stopped, "the stalled engine's work was never stopped"
+    finally:
+        await fallback.aclose()
+    # the first request gave up on the stalled engine at its timeout and moved on; the
+    # primary is then marked unavailable, so the next goes to the backup at once
+    assert timeout <= firsts[0] < timeout + 2.0, firsts
+    assert firsts[1] < timeout, firsts
+
+
+async def test_a_slow_llm_gets_its_first_words_spoken_after_a_short_wait(
+    recording: RecordingEngine,
+) -> None:
+    settings = localtts.Settings(first_piece_wait_s=0.25)  # type: ignore[call-arg]
+    tts = localtts.TTS(engine=recording, settings=settings)  # type: ignore[arg-type]
+    stream = tts.stream()
+    started = time.perf_counter()
+    stream.push_text("Certainly")
+    stream.push_text(" my")  # "Certainly" is complete; then nothing comes until audio
+    first = await asyncio.wait_for(stream.__anext__(), timeout=10)
+    waited = time.perf_counter() - started
+    assert first.frame.samples_per_channel > 0
+    assert recording.calls[0].text == "Certainly"
+    assert 0.25 <= waited < 2.0, waited  # the wait, then a one-word piece
+    stream.push_text(" friend, here is the answer you asked for.")
+    stream.end_input()
+    rest, _ = await collect(stream)
+    assert rest and [c.text for c in recording.calls][1:] == [
+        "my friend, here is the answer you asked for."
+    ]
+    await stream.aclose()
 
 
 # -- many streams on one engine (engines/scheduler.py) -------------------------------------

