@@ -59,6 +59,8 @@ def test_other_settings_do_not_change_the_engine_key() -> None:
         "max_piece_chars": 120,
         "read_ahead_s": 3.0,
         "first_clause_min_chars": 30,
+        "first_piece_min_words": 6,
+        "first_piece_wait_s": 0.5,
         "engine": "piper",
         "strict": True,
     }
@@ -148,6 +150,8 @@ READS: dict[str, tuple[str, type[BaseSettings], str, object]] = {
     "LOCALTTS_DATA_DIR": ("/data", Settings, "data_dir", Path("/data")),
     "DATABASE_URL": ("postgresql://db/v", Settings, "database_url", "postgresql://db/v"),
     "LOCALTTS_FIRST_CLAUSE_MIN_CHARS": ("30", Settings, "first_clause_min_chars", 30),
+    "LOCALTTS_FIRST_PIECE_MIN_WORDS": ("6", Settings, "first_piece_min_words", 6),
+    "LOCALTTS_FIRST_PIECE_WAIT_S": ("0.5", Settings, "first_piece_wait_s", 0.5),
     "LOCALTTS_MAX_PIECE_CHARS": ("120", Settings, "max_piece_chars", 120),
     "LOCALTTS_READ_AHEAD_S": ("2.5", Settings, "read_ahead_s", 2.5),
     "LOCALTTS_API_KEY": ("s3cret", ServiceSettings, "api_key", "s3cret"),
