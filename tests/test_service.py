@@ -116,13 +116,14 @@ async def service(
 
 
 @asynccontextmanager
-async def uvicorn_server(app: Any) -> AsyncIterator[str]:
-    """The app behind a real HTTP server on loopback (an ephemeral port)."""
+async def uvicorn_server(app: Any, config: uvicorn.Config | None = None) -> AsyncIterator[str]:
+    """The app behind a real HTTP server on loopback (an ephemeral port); `config`: the
+    server's own (its host and port are not used)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(config or uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):

@@ -34,6 +34,25 @@ class ServiceSettings(BaseSettings):
     livekit_api_secret: str | None = Field(
         None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
     )
+    # the HTTP server's limits (`localtts serve`)
+    shutdown_grace_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="after SIGTERM, seconds open streams may take to finish before they are "
+        "ended and the service exits",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, description="seconds a client has to send a request's headers"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0.0, description="seconds a request's body may stall before the request fails"
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0.0, description="seconds an idle keep-alive connection stays open"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="open connections at most; past it new ones get 503 at once"
+    )
 
     def missing_livekit(self) -> list[str]:
         """The LIVEKIT_* variables rooms need but lack (none: rooms can be joined)."""

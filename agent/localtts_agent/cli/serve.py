@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -14,15 +15,31 @@ def serve(
 ) -> None:
     """Run the HTTP service: room speech, /v1/audio/speech, voices, /health, /metrics.
 
-    One process holds one model: scale out with more processes or machines."""
+    One process holds one model: scale out with more processes or machines. SIGTERM stops
+    accepting connections, lets open streams finish for LOCALTTS_SHUTDOWN_GRACE_S seconds,
+    ends the rest and exits 0."""
     import logging
 
     import uvicorn
 
     from ..service.app import create_app
+    from ..service.server import server_config
+    from ..settings import ServiceSettings
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # one worker: a second uvicorn worker would load a second copy of the model
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, workers=1)
+    settings = ServiceSettings()
+    server = uvicorn.Server(
+        server_config(
+            create_app(service_settings=settings),
+            settings,
+            host=host,
+            port=port,
+            log_level=log_level,
+        )
+    )
+    # uvicorn raises the signal it stopped on again once it has shut down, which would end
+    # the process by SIGTERM (status 143) after a clean shutdown: let that one pass
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    server.run()

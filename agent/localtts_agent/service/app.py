@@ -11,10 +11,12 @@ says "warming" while the model warms up and voices preload (in parallel), synthe
     models.py          request and response bodies, request bounds
     errors.py          the JSON error shape, error mapping, exception handlers
     auth.py            the bearer token (LOCALTTS_API_KEY)
-    middleware.py      body size limits
+    middleware.py      request body limits (size, stall)
+    server.py          the HTTP server: connection cap, header deadline, bounded shutdown
     audio.py           synthesis frames, resampling, WAV header, streaming response
     room_publisher.py  speaking into LiveKit rooms: one publisher per room
     metrics.py         Prometheus instruments
+    memory.py          memory freed by a burst handed back when idle
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from livekit.plugins import localtts
 
 from ..settings import ServiceSettings
 from .errors import install_error_handlers
-from .middleware import BodySizeLimit
+from .middleware import BodyLimits
 from .models import body_limit
 from .room_publisher import RoomConnector
 from .routers import health, rooms, speech, voices
@@ -60,9 +62,10 @@ def create_app(
         room_connector: how rooms are joined; default: LiveKit from `service_settings`.
         room_idle_timeout: seconds without utterances after which a room is left.
     """
+    service_settings = service_settings or ServiceSettings()
     state = ServiceState(
         settings or localtts.get_settings(),
-        service_settings or ServiceSettings(),
+        service_settings,
         tts=tts,
         voice_library=voice_library,
         room_connector=room_connector,
@@ -85,7 +88,12 @@ def create_app(
     )
     app.state.service = state  # what the routes' `State` parameters receive
     install_error_handlers(app, state.metrics)
-    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(
+        BodyLimits,
+        limit_for=body_limit,
+        read_timeout_s=service_settings.body_timeout_s,
+        on_refused=state.metrics.error,
+    )
     for router in (health.router, rooms.router, speech.router, voices.router):
         app.include_router(router)
     return app

@@ -25,6 +25,8 @@ from .metrics import ServiceMetrics
 
 logger = logging.getLogger("localtts.service")
 
+_DATABASE_RETRY_AFTER_S = "5"
+
 
 class ServiceError(Exception):
     """An error meant for the client: status, a stable code and a readable message."""
@@ -39,7 +41,7 @@ class ServiceError(Exception):
         self.headers = headers
 
 
-def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
     # OpenAI's error shape: its clients (and ours) read error.message
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "code": code}}
@@ -48,7 +50,7 @@ def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(_error_body(status, code, message), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
 
 
 def voice_error(e: Exception) -> ServiceError:
@@ -62,7 +64,10 @@ def voice_error(e: Exception) -> ServiceError:
     if isinstance(e, VoiceError):
         return ServiceError(400, "invalid_voice", str(e))
     if isinstance(e, DatabaseUnavailableError):
-        return ServiceError(503, "database_unavailable", str(e))
+        # the watch notices a dead database within seconds and restarts an embedded one
+        return ServiceError(
+            503, "database_unavailable", str(e), headers={"Retry-After": _DATABASE_RETRY_AFTER_S}
+        )
     raise e
 
 
@@ -79,7 +84,9 @@ def synthesis_error(e: Exception, engine_name: str) -> ServiceError:
     if isinstance(e, APIStatusError) and 400 <= e.status_code < 500:
         return ServiceError(400, "invalid_request", e.message)
     if isinstance(e, APIError):
-        return ServiceError(500, "engine_error", f"the {engine_name} engine failed: {e.message}")
+        return ServiceError(
+            500, "engine_error", f"the {engine_name} engine failed: {_bounded(e.message)}"
+        )
     if isinstance(e, EngineUnavailableError):
         return ServiceError(503, "engine_unavailable", str(e))
     return ServiceError(500, "engine_error", f"the {engine_name} engine failed: {type(e).__name__}")
@@ -87,6 +94,7 @@ def synthesis_error(e: Exception, engine_name: str) -> ServiceError:
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Every error leaves as `error_response` JSON and is counted in `metrics`."""
+
     async def service_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         metrics.error(exc.code)
@@ -105,14 +113,31 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         code = {
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: "payload_too_large",
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "server_error")
         metrics.error(code)
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
+        if any(_whole_body_not_an_object(error) for error in errors):
+            content_type = request.headers.get("content-type", "none")
+            if "json" not in content_type and "form" not in content_type:
+                metrics.error("unsupported_media_type")
+                return error_response(
+                    415,
+                    "unsupported_media_type",
+                    f"the request body is {content_type[:60]}: send a JSON object with "
+                    'Content-Type: application/json, e.g. {"input": "Hello"}',
+                )
+            metrics.error("invalid_request")
+            return error_response(
+                422,
+                "invalid_request",
+                'the request body must be a JSON object, e.g. {"input": "Hello"}',
+            )
         for error in errors:
             if error.get("type") == "json_invalid":
                 metrics.error("malformed_json")
@@ -133,6 +158,18 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _whole_body_not_an_object(error: Any) -> bool:
+    return tuple(error.get("loc", ())) == ("body",) and error.get("type") in (
+        "model_attributes_type",
+        "dict_type",
+    )
+
+
+def _bounded(message: str, limit: int = 300) -> str:
+    """A message that may quote the request's input (an engine's error), cut to `limit`."""
+    return message if len(message) <= limit else message[:limit] + "... (cut)"
 
 
 def _describe(errors: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -18,13 +19,35 @@ class _PayloadTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
-class BodySizeLimit:
-    """Bounds every request body before it is read into memory or spooled to disk:
-    by Content-Length up front, and by counting bytes for chunked uploads."""
+class _BodyStalled(HTTPException):
+    """Raised from `receive` when the client stops sending a body it announced."""
 
-    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body stopped arriving (nothing for {timeout_s:g} s)",
+            headers={"Connection": "close"},  # the rest of that body will not be read
+        )
+
+
+class BodyLimits:
+    """Bounds every request body before it is read into memory or spooled to disk: its size
+    (by Content-Length up front, by counting bytes for chunked uploads) and how long it may
+    stall (`read_timeout_s` without a byte: 408). `on_refused(code)` counts refusals made
+    here, before the app's error handlers see the request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit_for: Callable[[str], int],
+        read_timeout_s: float,
+        on_refused: Callable[[str], None],
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.read_timeout_s = read_timeout_s
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,21 +61,28 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1
                 if declared > limit:
+                    self.on_refused("payload_too_large")
                     response = error_response(
                         413, "payload_too_large", f"request body exceeds {limit} bytes"
                     )
                     await response(scope, receive, send)
                     return
         received = 0
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # from now on only a disconnect can come: wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                raise _BodyStalled(self.read_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _PayloadTooLarge(limit)
+                body_complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
-

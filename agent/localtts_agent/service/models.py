@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from livekit.plugins.localtts.text import is_speakable, normalize
@@ -19,7 +20,7 @@ _NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 def body_limit(path: str) -> int:
-    """The largest body a request to `path` may send (checked by `BodySizeLimit`)."""
+    """The largest body a request to `path` may send (checked by `BodyLimits`)."""
     if path.rstrip("/") == VOICES_PATH:
         return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD
     return MAX_JSON_BODY_BYTES
@@ -32,7 +33,15 @@ class _Synthesis(BaseModel):
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
 
 
+# not text: unpaired UTF-16 surrogates (a JSON "\ud800" decodes to one, no encoder takes it)
+# and control characters other than tab and line breaks
+_NOT_TEXT = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _check_text(text: str) -> str:
+    """The text to speak, without what is not text (dropped here, at the boundary: the
+    engines, their tokenizers and error messages only ever see clean text)."""
+    text = _NOT_TEXT.sub("", text)
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(
             f"text is {len(text)} characters long; at most {MAX_TEXT_CHARS} are allowed "
@@ -101,5 +110,3 @@ class RoomSpeechResponse(BaseModel):
     audio_duration_seconds: float
     real_time_factor: float | None
     optimizations: list[str]
-
-

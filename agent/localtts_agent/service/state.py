@@ -16,6 +16,7 @@ from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
 
 from ..settings import ServiceSettings
 from .errors import ServiceError, voice_error
+from .memory import trim_when_idle
 from .metrics import ServiceMetrics
 from .room_publisher import LiveKitConnector, RoomConnector, RoomPublishers
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("localtts.service")
 
 ROOM_IDLE_TIMEOUT_S = 60.0
 _WARMING_RETRY_AFTER_S = 2
+_ENGINE_IDLE_WAIT_S = 5.0  # at shutdown, for the engine to finish the step it is in
 
 
 class ServiceState:
@@ -57,6 +59,7 @@ class ServiceState:
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
         self._startup: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
 
     @property
     def tts(self) -> localtts.TTS:
@@ -86,6 +89,12 @@ class ServiceState:
                 metrics=self.metrics,
             )
         self._startup = asyncio.create_task(self._warm_up(), name="localtts-warmup")
+        self._trimmer = asyncio.create_task(trim_when_idle(self.idle), name="localtts-trim")
+
+    def idle(self) -> bool:
+        """No synthesis is streaming (HTTP or room)."""
+        gauge = self.metrics.active_streams
+        return sum(sample.value for metric in gauge.collect() for sample in metric.samples) == 0
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()
@@ -124,13 +133,20 @@ class ServiceState:
             await asyncio.shield(self._startup)
 
     async def aclose(self) -> None:
-        if self._startup is not None and not self._startup.done():
-            self._startup.cancel()
-            await asyncio.gather(self._startup, return_exceptions=True)
+        for task in (self._startup, self._trimmer):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.rooms is not None:
             await self.rooms.aclose()
         if self._tts is not None:
             await self._tts.aclose()
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(_until_engine_idle, self.engine), _ENGINE_IDLE_WAIT_S
+                )
+            except asyncio.TimeoutError:
+                logger.warning("the engine was still computing at exit")
         if self._owns_library and self.voice_library is not None:
             await self.voice_library.aclose()
 
@@ -234,6 +250,18 @@ class ServiceState:
             limit_to_capacity=True,  # past it: 503 + Retry-After, not a slower voice for all
             **params,
         )
+
+
+def _until_engine_idle(engine: localtts.Engine) -> None:
+    """Until the engine's thread runs no stream. Streams ended at shutdown are dropped at its
+    next step; a process that exits while onnxruntime computes on that thread is aborted by
+    the runtime's teardown (SIGABRT, seen with Piper) instead of exiting 0."""
+    scheduler = engine.scheduler
+    if scheduler.thread_ident is None:
+        return  # it never ran
+    # `call` runs between two steps, on the thread itself: no step is running then
+    while scheduler.call(lambda: scheduler.active_streams) > 0:
+        time.sleep(0.05)
 
 
 def _livekit_connector(settings: ServiceSettings) -> LiveKitConnector | None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.routing import APIRoute
 from livekit.plugins.localtts.engines import VoiceError
 from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..auth import PROTECTED
 from ..errors import ServiceError, voice_error
@@ -16,7 +20,44 @@ from ..state import ServiceState, State
 if TYPE_CHECKING:
     from livekit.plugins.localtts.voices import VoiceLibrary
 
-router = APIRouter(tags=["voices"], dependencies=PROTECTED)
+
+class _Utf8MultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, strict about text fields: one that is not UTF-8 is
+    refused, where Starlette would decode it as Latin-1 and a name would be stored garbled."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MultiPartException(
+                    f"form field {part.field_name[:40]!r} is not valid UTF-8"
+                ) from None
+        super().on_part_end()
+
+
+class _Utf8FormRoute(APIRoute):
+    """Parses a multipart body with `_Utf8MultiPartParser` before FastAPI reads the form
+    (FastAPI then takes the form the request already holds)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def parse_then_handle(request: Request) -> Response:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                try:
+                    async with aclosing(request.stream()) as stream:
+                        form = await _Utf8MultiPartParser(request.headers, stream).parse()
+                except MultiPartException as e:
+                    raise HTTPException(400, e.message) from e
+                request._form = form  # what Request.form() returns from now on
+            return await handle(request)
+
+        return parse_then_handle
+
+
+router = APIRouter(tags=["voices"], dependencies=PROTECTED, route_class=_Utf8FormRoute)
 
 
 @router.get(VOICES_PATH)

@@ -39,6 +39,9 @@ PIPELINE_VERSION = "1"
 _SILENT_PEAK = 10 ** (-50 / 20)  # -50 dBFS: nothing a microphone would call speech
 _CLIP_LEVEL = 0.999
 _MAX_CLIPPED_FRACTION = 0.001  # a few samples at full scale are a normalized peak, not clipping
+# clipping flattens the wave at full scale for several samples in a row; noise and peaks touch
+# full scale in single samples (white noise: ~0.1% of them, as many as a clipped recording)
+_CLIP_RUN = 3
 _VAD_RATE = 16_000
 _VAD_FRAME = 480  # 30 ms at 16 kHz
 _VAD_AGGRESSIVENESS = 2
@@ -123,7 +126,7 @@ def prepare_clip(
             f"voice {voice_id!r}: the audio is silent (peak {_dbfs(peak):.0f} dBFS); "
             "record the speaker reading a few sentences"
         )
-    clipped = float(np.mean(np.abs(raw) >= _CLIP_LEVEL))
+    clipped = _clipped_fraction(raw)
     if clipped > _MAX_CLIPPED_FRACTION:
         raise VoiceError(
             f"voice {voice_id!r}: the audio is clipped ({clipped:.1%} of samples at full "
@@ -156,6 +159,22 @@ def prepare_clip(
 
 
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def _clipped_fraction(raw: np.ndarray) -> float:
+    """The share of samples (frames x channels) in flat tops: runs of at least _CLIP_RUN
+    consecutive samples at full scale with one sign."""
+    rail = np.sign(raw) * (np.abs(raw) >= _CLIP_LEVEL)  # +1, -1 at full scale, else 0
+    n = raw.shape[0] - _CLIP_RUN + 1
+    if n <= 0:
+        return 0.0
+    starts = rail[:n] != 0  # a run of _CLIP_RUN samples on one rail starts here
+    for k in range(1, _CLIP_RUN):
+        starts &= rail[k : k + n] == rail[:n]
+    flat = np.zeros(raw.shape, dtype=bool)
+    for k in range(_CLIP_RUN):
+        flat[k : k + n] |= starts
+    return float(np.mean(flat))
 
 
 class ClipPreparer:

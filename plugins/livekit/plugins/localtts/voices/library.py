@@ -100,7 +100,7 @@ class VoiceLibrary:
         self._feed: ChangeFeed | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status = "degraded"
-        self.status_detail = "not started"
+        self._detail = "not started"
         self.problems: dict[str, str] = {}  # directory files that could not be used
         self._started = False
 
@@ -116,7 +116,16 @@ class VoiceLibrary:
 
     @property
     def status(self) -> str:
-        return self._status
+        """Either "ok" or "degraded"; true within a few seconds of the database going away or
+        coming back (`VoiceDatabase.watch`)."""
+        return "degraded" if self._database.outage else self._status
+
+    @property
+    def status_detail(self) -> str:
+        outage = self._database.outage
+        if outage:
+            return f"{outage}; directory voices still speak, adding and removing voices fail"
+        return self._detail
 
     @property
     def connect_attempts_made(self) -> int:
@@ -132,19 +141,18 @@ class VoiceLibrary:
         self._started = True
         self._catalog.dir, self.problems = await scan_directory(self._voices_dir, self._prepare)
         if not self._use_database:
-            self._status, self.status_detail = "ok", self._describe("no database (disabled)")
+            self._status, self._detail = "ok", self._describe("no database (disabled)")
             return
         try:
-            await self._database.open(
-                self._on_connected, directory_voices=len(self._catalog.dir)
-            )
+            await self._database.open(self._on_connected, directory_voices=len(self._catalog.dir))
         except DatabaseUnavailableError as e:
-            self._status, self.status_detail = "degraded", str(e)
+            self._status, self._detail = "degraded", str(e)
             logger.error("voice library degraded: %s", e)
             return
         assert self._feed is not None
         self._feed.start()
-        self._status, self.status_detail = "ok", self._describe("postgresql")
+        self._spawn(self._database.watch(on_back=self._feed.reconnect_now))
+        self._status, self._detail = "ok", self._describe("postgresql")
         logger.info("voice library ready: %s", self.status_detail)
 
     async def _on_connected(self, store: VoiceStore) -> None:
@@ -166,7 +174,7 @@ class VoiceLibrary:
             feed, self._feed = self._feed, None
             await feed.close()
         await self._database.close()
-        self._status, self.status_detail = "degraded", "closed"
+        self._status, self._detail = "degraded", "closed"
         self._started = False
 
     def _describe(self, backend: str) -> str:
@@ -177,7 +185,12 @@ class VoiceLibrary:
         """Run in the background until done or `aclose`."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # said, not lost
+            logger.error("voice library background task failed", exc_info=task.exception())
 
     # ---------------------------------------------------------------- conditioning
 

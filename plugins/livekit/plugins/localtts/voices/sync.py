@@ -34,6 +34,7 @@ class ChangeFeed:
         self._spawn = spawn
         self._changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.listener: asyncpg.Connection | None = None
+        self._retry_now = asyncio.Event()
 
     async def listen(self) -> None:
         """LISTEN on a connection of its own (raises what connecting raises)."""
@@ -50,6 +51,10 @@ class ChangeFeed:
             listener, self.listener = self.listener, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.close(), timeout=5)
+
+    def reconnect_now(self) -> None:
+        """The database is back: a lost listener retries now, not after its backoff."""
+        self._retry_now.set()
 
     def _on_change(self, message: dict[str, Any]) -> None:
         self._changes.put_nowait(message)
@@ -114,5 +119,7 @@ class ChangeFeed:
                 logger.warning(
                     "voice change listener: %s; retrying in %.1f s", brief_error(e), delay
                 )
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(delay * 2, 30.0)
