@@ -58,7 +58,8 @@ fi
 # 2. the project itself (editable; built with the lock's setuptools, not a fresh download)
 extras="agent,dev,silero"
 case " $engines " in *" piper "*) extras="piper,$extras" ;; esac
-"${pip[@]}" --no-build-isolation -e ".[$extras]"
+# (setuptools' notice that an editable install maps folders is for packagers, not users)
+PYTHONWARNINGS="ignore:Editable installation" "${pip[@]}" --no-build-isolation -e ".[$extras]"
 
 # 3. engines with stale or torch-pulling pins: the packages without their dependencies,
 #    then what their code imports
@@ -66,8 +67,11 @@ if [ "$need_torch" = 1 ]; then
     no_deps=(torchcodec)
     case " $engines " in *" xtts "*) no_deps+=(coqui-tts) ;; esac
     case " $engines " in *" chatterbox "*) no_deps+=(chatterbox-tts) ;; esac
-    "${pip[@]}" --no-deps "${no_deps[@]}"
+    # what their code imports first: pip checks every installed package's pins after an
+    # install with dependencies, and would print chatterbox-tts' stale ones as "conflicts";
+    # an install with --no-deps checks nothing
     "${pip[@]}" -r agent/requirements.in
+    "${pip[@]}" --no-deps "${no_deps[@]}"
     if ! .venv/bin/python -c "import torchaudio" >/dev/null 2>&1; then
         site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         rm -f "$site"/torchaudio/lib/*.so

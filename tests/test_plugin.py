@@ -329,8 +329,9 @@ async def test_50000_characters_stream_with_bounded_memory(recording: RecordingE
 
 
 async def test_unknown_engine_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown engine 'espeak'"):
+    with pytest.raises(APIStatusError, match="unknown engine 'espeak'") as info:
         localtts.TTS(engine="espeak")  # type: ignore[arg-type]
+    assert info.value.status_code == 400
 
 
 async def test_unknown_voice_is_a_clear_error(piper_engine: PiperEngine) -> None:
@@ -351,7 +352,7 @@ async def test_update_options_applies_to_new_streams(piper_engine: PiperEngine) 
     tts.update_options(speed=2.0)
     fast = frames_to_float((await collect(tts.synthesize("Speed changes the length.")))[0])
     assert len(fast) < 0.75 * len(normal)
-    with pytest.raises(ValueError):
+    with pytest.raises(APIStatusError, match="speed must be within"):  # README: 400
         tts.update_options(speed=10.0)
 
 

@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -162,33 +163,58 @@ CLIP_TEXT = (
 # ---------------------------------------------------------------------------- /v1/audio/speech
 
 
-async def test_speech_streams_audio_while_the_text_is_still_being_spoken(
-    piper_settings: localtts.Settings, piper_tts: localtts.TTS, library: VoiceLibrary
-) -> None:
+@dataclass
+class StreamedSpeech:
+    """A long text spoken by /v1/audio/speech over real HTTP: what arrived when, and when
+    the engine began each piece of the text."""
+
+    engine: RecordingEngine
+    headers: httpx.Headers
+    arrivals: list[tuple[float, bytes]]  # (when, chunk)
+
+    def before_last_piece(self) -> bytes:
+        """What the client held before the engine even began the text's last piece."""
+        last_piece_started = self.engine.calls[-1].started
+        return b"".join(chunk for t, chunk in self.arrivals if t < last_piece_started)
+
+    def whole(self) -> bytes:
+        return b"".join(chunk for _, chunk in self.arrivals)
+
+
+async def stream_long_speech(
+    settings: localtts.Settings,
+    piper_tts: localtts.TTS,
+    library: VoiceLibrary,
+    response_format: str,
+) -> StreamedSpeech:
     engine = RecordingEngine(piper_tts.engine)
-    tts = localtts.TTS(engine=engine, settings=piper_settings)  # type: ignore[arg-type]
-    app = create_app(piper_settings, tts=tts, voice_library=library)
+    tts = localtts.TTS(engine=engine, settings=settings)  # type: ignore[arg-type]
+    app = create_app(settings, tts=tts, voice_library=library)
     async with uvicorn_server(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         await app.state.service.wait_started()
         engine.calls.clear()  # warmup's
-        arrivals: list[tuple[float, int]] = []  # (when, bytes so far)
-        received = bytearray()
-        async with client.stream(
-            "POST", "/v1/audio/speech", json={"model": "tts-1", "input": LONG_TEXT}
-        ) as response:
+        arrivals: list[tuple[float, bytes]] = []
+        body = {"model": "tts-1", "input": LONG_TEXT, "response_format": response_format}
+        async with client.stream("POST", "/v1/audio/speech", json=body) as response:
             assert response.status_code == 200
-            assert response.headers["content-type"] == "audio/pcm"
-            assert response.headers["x-sample-rate"] == str(OPENAI_SAMPLE_RATE)
             async for chunk in response.aiter_bytes():
-                received.extend(chunk)
-                arrivals.append((time.monotonic(), len(received)))
+                arrivals.append((time.monotonic(), chunk))
     assert len(engine.calls) >= 3
-    last_piece_started = engine.calls[-1].started
-    before_last = max((n for t, n in arrivals if t < last_piece_started), default=0)
+    return StreamedSpeech(engine, response.headers, arrivals)
+
+
+async def test_speech_streams_audio_while_the_text_is_still_being_spoken(
+    piper_settings: localtts.Settings, piper_tts: localtts.TTS, library: VoiceLibrary
+) -> None:
+    speech = await stream_long_speech(piper_settings, piper_tts, library, "pcm")
+    assert speech.headers["content-type"] == "audio/pcm"
+    assert speech.headers["x-sample-rate"] == str(OPENAI_SAMPLE_RATE)
+    received = speech.whole()
+    before_last = len(speech.before_last_piece())
     # a whole second of audio was in the client's hands before the engine even began the
     # last sentence: the reply streams, it is not sent when done
     assert before_last >= 2 * OPENAI_SAMPLE_RATE, (before_last, len(received))
-    audio = pcm_audio(bytes(received))
+    audio = pcm_audio(received)
     assert len(audio) / OPENAI_SAMPLE_RATE > 8.0  # four sentences
     assert rms(audio) > 0.02
     # speech has pauses and loud parts: not a constant tone, not noise at full scale
@@ -335,7 +361,10 @@ async def test_health_degraded_without_database_yet_still_speaks(
             assert body["status"] == "degraded"
             assert body["database"]["status"] == "degraded"
             assert any("voice library degraded" in p for p in body["problems"])
-            speech = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+            speech = await client.post(
+                "/v1/audio/speech",
+                json={"model": "tts-1", "input": "Hi.", "response_format": "pcm"},
+            )
             assert speech.status_code == 200 and rms(pcm_audio(speech.content)) > 0.01
             upload = await client.post(
                 "/api/voices", data={"voice_id": "x"}, files={"file": ("x.wav", b"RIFF")}
@@ -350,8 +379,10 @@ async def test_metrics_report_latency_rtf_and_errors(
     service: tuple[Any, httpx.AsyncClient],
 ) -> None:
     _, client = service
-    assert (await client.post("/v1/audio/speech", json={"model": "x", "input": "Hi."})).is_success
-    assert (await client.post("/v1/audio/speech", json={"model": "x", "input": ""})).status_code
+    assert (
+        await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi."})
+    ).is_success
+    assert (await client.post("/v1/audio/speech", json={"model": "tts-1", "input": ""})).status_code
     text = (await client.get("/metrics")).text
     assert 'localtts_first_audio_seconds_count{endpoint="speech"} 1.0' in text
     assert 'localtts_real_time_factor_count{endpoint="speech"} 1.0' in text
@@ -458,7 +489,8 @@ BAD_SPEECH: list[tuple[str, Any, int, str]] = [
     ("no input", {"model": "tts-1"}, 422, "input"),
     ("input not text", {"model": "tts-1", "input": ["a"]}, 422, "input"),
     ("unknown voice", {"model": "tts-1", "input": "Hi.", "voice": "ghost"}, 404, "ghost"),
-    ("mp3", {"model": "tts-1", "input": "Hi.", "response_format": "mp3"}, 422, "pcm"),
+    ("format", {"model": "tts-1", "input": "Hi.", "response_format": "ogg"}, 422, "mp3, opus"),
+    ("unknown model", {"model": "gpt-9", "input": "Hi."}, 400, "unknown model 'gpt-9'"),
     ("speed too high", {"model": "tts-1", "input": "Hi.", "speed": 9}, 422, "speed"),
     ("speed text", {"model": "tts-1", "input": "Hi.", "speed": "fast"}, 422, "speed"),
     ("other engine", {"model": "chatterbox", "input": "Hi."}, 400, "not loaded"),
@@ -522,11 +554,19 @@ async def test_bad_inputs_get_clear_4xx_and_the_service_keeps_serving(
 
         # control characters inside real text are dropped, the rest is spoken
         mixed = await client.post(
-            "/v1/audio/speech", json={"model": "tts-1", "input": "Hello\x00 there\x07, friend."}
+            "/v1/audio/speech",
+            json={
+                "model": "tts-1",
+                "input": "Hello\x00 there\x07, friend.",
+                "response_format": "pcm",
+            },
         )
         assert mixed.status_code == 200 and rms(pcm_audio(mixed.content)) > 0.02
         # and after all that, a plain request still works
-        ok = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Still here."})
+        ok = await client.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": "Still here.", "response_format": "pcm"},
+        )
         assert ok.status_code == 200 and rms(pcm_audio(ok.content)) > 0.02
         assert (await client.get("/health")).json()["status"] == "ready"
 

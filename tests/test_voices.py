@@ -25,6 +25,7 @@ from livekit.plugins.localtts.engines.base import (
     VoiceConditioning,
     VoiceError,
 )
+from livekit.plugins.localtts.engines.scheduler import EngineScheduler
 from livekit.plugins.localtts.voices import (
     DatabaseUnavailableError,
     VoiceExistsError,
@@ -92,6 +93,7 @@ class SpectralEngine:
 
     def __init__(self, revision: str = "r1") -> None:
         self._revision = revision
+        self.scheduler = EngineScheduler(self.name)  # the contract's; the library never uses it
 
     @classmethod
     def from_settings(cls, settings: Any) -> SpectralEngine:

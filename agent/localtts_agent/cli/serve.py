@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .common import USAGE_EXIT, fail, plugin_settings
+
 
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -17,23 +19,36 @@ def serve(
 
     One process holds one model: scale out with more processes or machines. SIGTERM stops
     accepting connections, lets open streams finish for LOCALTTS_SHUTDOWN_GRACE_S seconds,
-    ends the rest and exits 0."""
+    ends the rest and exits 0. Without a usable engine the service still starts and /health
+    answers 503 saying why, unless LOCALTTS_STRICT=1 (then it exits with one line)."""
     import logging
 
     import uvicorn
+    from livekit.plugins.localtts import EngineUnavailableError, SettingsError
+    from livekit.plugins.localtts.settings import load_settings
+    from livekit.plugins.localtts.tts import resolve_engine
 
     from ..service.app import create_app
     from ..service.server import server_config
     from ..settings import ServiceSettings
 
+    settings = plugin_settings()
+    try:
+        service_settings = load_settings(ServiceSettings)
+    except SettingsError as e:
+        fail(str(e), code=USAGE_EXIT)
+    if settings.strict:  # checked before uvicorn starts: its startup failure is a traceback
+        try:
+            resolve_engine(None, settings)
+        except (EngineUnavailableError, ValueError) as e:
+            fail(f"{e} (LOCALTTS_STRICT=1: the service does not start without its engine)")
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = ServiceSettings()
     server = uvicorn.Server(
         server_config(
-            create_app(service_settings=settings),
-            settings,
+            create_app(settings, service_settings=service_settings),
+            service_settings,
             host=host,
             port=port,
             log_level=log_level,

@@ -14,6 +14,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from .common import error_text, fail, plugin_settings
+
 voices_app = typer.Typer(
     help="Manage cloned voices (reference clips) in the voice library.", no_args_is_help=True
 )
@@ -24,11 +26,12 @@ T = TypeVar("T")
 def _run(action: Callable[[Any], Awaitable[T]]) -> T:
     """Run `action(library)` on a started library; errors become one line and exit 1."""
     from livekit.plugins.localtts.engines.base import VoiceError
-    from livekit.plugins.localtts.settings import get_settings
     from livekit.plugins.localtts.voices import DatabaseUnavailableError, VoiceLibrary
 
+    settings = plugin_settings()
+
     async def main() -> T:
-        library = VoiceLibrary.from_settings(get_settings())
+        library = VoiceLibrary.from_settings(settings)
         await library.start()
         try:
             return await action(library)
@@ -38,8 +41,7 @@ def _run(action: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except (VoiceError, DatabaseUnavailableError, OSError) as e:
-        typer.echo(f"error: {_explain(e)}", err=True)
-        raise typer.Exit(1) from e
+        fail(_explain(e))
 
 
 def _explain(error: Exception) -> str:
@@ -48,12 +50,17 @@ def _explain(error: Exception) -> str:
 
     if isinstance(error, VoiceExistsError):
         return f"{error}: add --replace"
-    return str(error)
+    return error_text(error)
 
 
 @voices_app.command("add")
 def add(
-    voice_id: Annotated[str, typer.Argument(metavar="ID", help="voice id (any text)")],
+    voice_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="voice id: printable text without /, stored NFKC-normalized"
+        ),
+    ],
     path: Annotated[Path, typer.Argument(help="reference clip: WAV, FLAC, OGG or MP3")],
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     language: Annotated[str | None, typer.Option(help="language code, e.g. en")] = None,
@@ -90,8 +97,8 @@ def list_voices(
             typer.echo("no voices yet: localtts voices add ID PATH")
     for voice_id, why in problems.items():
         typer.echo(f"warning: directory voice {voice_id!r} skipped: {why}", err=True)
-    if status != "ok":
-        typer.echo(f"warning: {detail}", err=True)
+    if status != "ok":  # the list above is the directory's only: not every voice there is
+        fail(detail)
 
 
 @voices_app.command("rm")
@@ -117,12 +124,10 @@ def import_dir(
     from livekit.plugins.localtts.voices.directory import AUDIO_SUFFIXES, read_sidecar
 
     if not directory.is_dir():
-        typer.echo(f"error: {directory} is not a directory", err=True)
-        raise typer.Exit(1)
+        fail(f"{directory} is not a directory")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        typer.echo(f"error: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {directory}", err=True)
-        raise typer.Exit(1)
+        fail(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {directory}")
 
     async def action(library: Any) -> list[str]:
         failures: list[str] = []
@@ -151,15 +156,12 @@ def import_dir(
 
 def _read(path: Path) -> bytes:
     """The file's bytes; a file over the size bound is refused before it is read."""
-    from livekit.plugins.localtts.voices import MAX_AUDIO_BYTES
+    from livekit.plugins.localtts.voices.audio import MAX_AUDIO_BYTES, oversize
 
     try:
         size = path.stat().st_size
         if size > MAX_AUDIO_BYTES:
-            raise OSError(
-                f"{size / 1e6:.1f} MB, over the {MAX_AUDIO_BYTES / 1e6:.1f} MB limit for a "
-                "reference clip (5-30 s of speech is enough)"
-            )
+            raise OSError(oversize(size))
         return path.read_bytes()
     except OSError as e:
         raise OSError(f"cannot use {path}: {e.strerror or e}") from e

@@ -13,6 +13,8 @@ says "warming" while the model warms up and voices preload (in parallel), synthe
     auth.py            the bearer token (LOCALTTS_API_KEY)
     middleware.py      request body limits (size, stall)
     server.py          the HTTP server: connection cap, header deadline, bounded shutdown
+    request_id.py      X-Request-Id on every response
+    encoding.py        OpenAI's speech formats (PyAV), encoded as the audio streams
     audio.py           synthesis frames, resampling, WAV header, streaming response
     room_publisher.py  speaking into LiveKit rooms: one publisher per room
     metrics.py         Prometheus instruments
@@ -32,6 +34,7 @@ from ..settings import ServiceSettings
 from .errors import install_error_handlers
 from .middleware import BodyLimits
 from .models import body_limit
+from .request_id import RequestId
 from .room_publisher import RoomConnector
 from .routers import health, rooms, speech, voices
 from .state import ROOM_IDLE_TIMEOUT_S, ServiceState
@@ -94,6 +97,7 @@ def create_app(
         read_timeout_s=service_settings.body_timeout_s,
         on_refused=state.metrics.error,
     )
+    app.add_middleware(RequestId)  # outermost: even a 413 from the size limit carries one
     for router in (health.router, rooms.router, speech.router, voices.router):
         app.include_router(router)
     return app

@@ -15,8 +15,8 @@ class _PayloadTooLarge(HTTPException):
     """Raised from `receive` while a body is read: an HTTPException, so FastAPI's body
     parsing lets it through instead of turning it into a generic 400."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes")
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 class _BodyStalled(HTTPException):
@@ -40,10 +40,11 @@ class BodyLimits:
         self,
         app: ASGIApp,
         *,
-        limit_for: Callable[[str], int],
+        limit_for: Callable[[str], tuple[int, str]],
         read_timeout_s: float,
         on_refused: Callable[[str], None],
     ) -> None:
+        """`limit_for(path)`: (the most bytes a body may have, what to say beyond it)."""
         self.app = app
         self.limit_for = limit_for
         self.read_timeout_s = read_timeout_s
@@ -53,7 +54,7 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit, too_large = self.limit_for(scope["path"])
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -62,9 +63,7 @@ class BodyLimits:
                     declared = -1
                 if declared > limit:
                     self.on_refused("payload_too_large")
-                    response = error_response(
-                        413, "payload_too_large", f"request body exceeds {limit} bytes"
-                    )
+                    response = error_response(413, "payload_too_large", too_large)
                     await response(scope, receive, send)
                     return
         received = 0
@@ -81,7 +80,7 @@ class BodyLimits:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _PayloadTooLarge(limit)
+                    raise _PayloadTooLarge(too_large)
                 body_complete = not message.get("more_body", False)
             return message
 

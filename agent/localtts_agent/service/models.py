@@ -6,8 +6,10 @@ import re
 from typing import Annotated
 
 from livekit.plugins.localtts.text import is_speakable, normalize
-from livekit.plugins.localtts.voices.audio import MAX_AUDIO_BYTES
+from livekit.plugins.localtts.voices.audio import CLIP_RULES, MAX_AUDIO_BYTES, format_size
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .encoding import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS
 
 MAX_TEXT_CHARS = 10_000  # ~10 minutes of speech; longer texts belong in several requests
 MAX_JSON_BODY_BYTES = 256 * 1024  # a maximal text, escaped, fits several times over
@@ -19,11 +21,14 @@ LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
 _NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
-def body_limit(path: str) -> int:
-    """The largest body a request to `path` may send (checked by `BodyLimits`)."""
+def body_limit(path: str) -> tuple[int, str]:
+    """The largest body a request to `path` may send, and what to say beyond it (checked by
+    `BodyLimits`); an upload's limit is stated as the clip's, from `CLIP_RULES`."""
     if path.rstrip("/") == VOICES_PATH:
-        return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD
-    return MAX_JSON_BODY_BYTES
+        return MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD, (
+            f"the upload is over the {format_size(MAX_UPLOAD_BYTES)} limit. {CLIP_RULES}"
+        )
+    return MAX_JSON_BODY_BYTES, f"request body exceeds {MAX_JSON_BODY_BYTES // 1024} KiB"
 
 
 class _Synthesis(BaseModel):
@@ -82,7 +87,7 @@ class SpeechRequest(_Synthesis):
     model: Annotated[str, Field(min_length=1, max_length=128)] = "localtts"
     input: str
     voice: Annotated[str | None, Field(max_length=128)] = None
-    response_format: str = "pcm"
+    response_format: str = DEFAULT_SPEECH_FORMAT
     language: Annotated[str | None, Field(pattern=LANGUAGE_PATTERN, max_length=32)] = None
 
     @field_validator("input")
@@ -93,9 +98,10 @@ class SpeechRequest(_Synthesis):
     @field_validator("response_format")
     @classmethod
     def _format(cls, value: str) -> str:
-        if value not in ("pcm", "wav"):
+        if value not in SPEECH_FORMATS:
             raise ValueError(
-                f"response_format {value!r} is not supported: use pcm (24 kHz 16-bit mono) or wav"
+                f"response_format {value!r} is not supported: use one of "
+                f"{', '.join(SPEECH_FORMATS)} (default {DEFAULT_SPEECH_FORMAT})"
             )
         return value
 

@@ -10,11 +10,13 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, Request
+from livekit.agents import APIError
 from livekit.plugins import localtts
 from livekit.plugins.localtts.engines import VoiceError
 from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
 
 from ..settings import ServiceSettings
+from .encoding import OPENAI_SAMPLE_RATE
 from .errors import ServiceError, voice_error
 from .memory import trim_when_idle
 from .metrics import ServiceMetrics
@@ -63,7 +65,7 @@ class ServiceState:
 
     @property
     def tts(self) -> localtts.TTS:
-        assert self._tts is not None, "the service has not started"
+        assert self._tts is not None, "no engine: callers check `require_ready` first"
         return self._tts
 
     @property
@@ -73,15 +75,29 @@ class ServiceState:
     async def open(self) -> None:
         """Build what was not injected and start warming in the background."""
         if self._tts is None:
-            # engine choice is quick; a `strict` failure here stops the service at once
-            self._tts = localtts.TTS(engine=self.settings.engine, settings=self.settings)
+            started = time.perf_counter()
+            try:  # engine choice is quick: weights are looked for, not loaded
+                self._tts = localtts.TTS(settings=self.settings)
+            except APIError as e:
+                if self.settings.strict:  # `localtts serve` says so in one line first
+                    raise
+                # the service stays up and says why on /health (503) and on every request
+                self.engine_error = e.message
+                logger.error("no engine: %s", e.message)
+            else:
+                selection = self._tts.selection
+                _phase_done(
+                    f"engine {self.engine.name} chosen"
+                    + (f" ({selection.reason})" if selection else ""),
+                    started,
+                )
         if self.voice_library is None:
             from livekit.plugins.localtts.voices import VoiceLibrary
 
             self.voice_library = VoiceLibrary.from_settings(self.settings)
             self._owns_library = True
         connector = self._room_connector or _livekit_connector(self.service_settings)
-        if connector is not None:
+        if connector is not None and self._tts is not None:
             self.rooms = RoomPublishers(
                 connector=connector,
                 sample_rate=self.engine.sample_rate,
@@ -100,8 +116,11 @@ class ServiceState:
         started = time.perf_counter()
 
         async def engine() -> None:
+            if self._tts is None:
+                return
             try:
                 await self.tts.warmup()
+                _phase_done(f"{self.engine.name} engine loaded and warm", started)
             except Exception as e:
                 self.engine_error = f"{type(e).__name__}: {e}"
                 logger.exception("the %s engine failed to load", self.engine.name)
@@ -116,16 +135,39 @@ class ServiceState:
                     self.problems.append(f"voice library failed to start: {e}")
                     logger.exception("voice library failed to start")
                     return
+                _phase_done(f"voice library {library.status}: {library.status_detail}", started)
+            if self._tts is None:
+                return  # nothing to prepare voices for
             try:
                 self.preload = await library.preload(self.engine)
+                _phase_done(f"voices prepared: {self.preload.summary()}", started)
             except Exception as e:
                 self.problems.append(f"voice preload failed: {type(e).__name__}: {e}")
                 logger.exception("voice preload failed")
+            await self._check_default_voice()
 
         await asyncio.gather(engine(), voices())
         self.ready_after_s = time.perf_counter() - started
         self.warming = False
-        logger.info("service %s after %.2f s", self.status(), self.ready_after_s)
+        _phase_done(f"service {self.status()}", started)
+
+    async def _check_default_voice(self) -> None:
+        """LOCALTTS_VOICE means the same here as in the worker and `localtts say`: the voice
+        of requests that name none, or, when it cannot be used, the engine's own voice with
+        the reason on /health (not a 400 on every request)."""
+        voice = self.settings.voice
+        if voice is None:
+            return
+        try:
+            await self.check_voice(voice)
+        except ServiceError as e:
+            problem = (
+                f"LOCALTTS_VOICE={voice!r} is ignored: {e.message}; requests without a voice "
+                f"use the {self.engine.name} engine's own voice"
+            )
+            self.problems.append(problem)
+            logger.warning(problem)
+            self.settings = self.settings.model_copy(update={"voice": None})
 
     async def wait_started(self) -> None:
         """Until warmup and preload are done (tests, and `serve` logging)."""
@@ -161,7 +203,7 @@ class ServiceState:
 
     def degradations(self) -> list[str]:
         found = []
-        selection = self.tts.selection
+        selection = self._tts.selection if self._tts is not None else None
         if selection is not None:
             found.extend(selection.warnings)  # e.g. Piper standing in for missing weights
         library = self.voice_library
@@ -187,20 +229,55 @@ class ServiceState:
             )
 
     async def health(self) -> dict[str, Any]:
-        info = self.engine.info()
         library = self.voice_library
-        known = len(await library.list()) if library is not None else 0
+        known = [v.voice_id for v in await library.list()] if library is not None else []
+        # now, not at startup: voices are added, replaced and removed while the service runs
+        ready = library.ready_voices(self.engine) if library and self._tts else []
         preload = self.preload
+        failed = {
+            voice_id: why
+            for voice_id, why in (preload.failed.items() if preload is not None else ())
+            if voice_id in known and voice_id not in ready
+        }
         return {
             "status": self.status(),
             "problems": ([self.engine_error] if self.engine_error else [])
             + self.problems
             + self.degradations(),
+            **self._engine_health(),
+            "speech_sample_rate": OPENAI_SAMPLE_RATE,  # what /v1/audio/speech answers at
+            "voices": {
+                "known": len(known),
+                "loaded": len(ready),
+                "failed": failed,
+                "note": preload.skipped if preload is not None else None,
+            },
+            "database": {
+                "status": library.status if library else "absent",
+                "detail": library.status_detail if library else "no voice library",
+            },
+            "rooms": self.rooms.rooms if self.rooms is not None else [],
+            "livekit_configured": self.rooms is not None,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s else None,
+        }
+
+    def _engine_health(self) -> dict[str, Any]:
+        """The engine's part of /health; all None when no engine could be chosen."""
+        if self._tts is None:
+            return dict.fromkeys(
+                ("engine", "device", "dtype", "sample_rate", "model_revision", "capacity",
+                 "engine_streams", "selection", "gpu_memory"),
+                None,
+            ) | {"optimizations": []}  # fmt: skip
+        info = self.engine.info()
+        selection = self.tts.selection
+        return {
             "engine": info.engine,
             "device": info.device,
             "dtype": info.dtype,
             "optimizations": list(info.optimizations),
-            "sample_rate": self.engine.sample_rate,
+            "sample_rate": self.engine.sample_rate,  # the engine's: rooms, the plugin
             "model_revision": info.model_revision,
             # streams kept at real time, and how many speak or wait now (past it: 503)
             "capacity": info.capacity,
@@ -209,22 +286,8 @@ class ServiceState:
                 "waiting": self.engine.scheduler.admission.waiting,
                 "rejected": self.engine.scheduler.admission.rejected,
             },
-            "selection": dataclasses.asdict(self.tts.selection) if self.tts.selection else None,
-            "voices": {
-                "known": known,
-                "loaded": len(preload.ready) if preload is not None else 0,
-                "failed": dict(preload.failed) if preload is not None else {},
-                "note": preload.skipped if preload is not None else None,
-            },
-            "database": {
-                "status": library.status if library else "absent",
-                "detail": library.status_detail if library else "no voice library",
-            },
+            "selection": dataclasses.asdict(selection) if selection else None,
             "gpu_memory": _gpu_memory(info.device),
-            "rooms": self.rooms.rooms if self.rooms is not None else [],
-            "livekit_configured": self.rooms is not None,
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s else None,
         }
 
     # ------------------------------------------------------------ synthesis
@@ -262,6 +325,10 @@ def _until_engine_idle(engine: localtts.Engine) -> None:
     # `call` runs between two steps, on the thread itself: no step is running then
     while scheduler.call(lambda: scheduler.active_streams) > 0:
         time.sleep(0.05)
+def _phase_done(what: str, started: float) -> None:
+    """One log line per startup phase, with the seconds since startup began (the phases of
+    warm-up run in parallel: each line says when its phase was done)."""
+    logger.info("startup: %s, after %.2f s", what, time.perf_counter() - started)
 
 
 def _livekit_connector(settings: ServiceSettings) -> LiveKitConnector | None:

@@ -24,9 +24,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from livekit.agents import AgentServer, CloseEvent, JobContext, JobExecutorType, JobProcess, cli
+from livekit.agents import AgentServer, CloseEvent, JobContext, JobExecutorType, JobProcess
 from livekit.agents.worker import ServerEnvOption
 from livekit.plugins.localtts.log import logger
+from livekit.plugins.localtts.settings import SettingsError, get_settings, load_settings
 
 from ..settings import AgentSettings
 from .runtime import WorkerRuntime
@@ -127,6 +128,32 @@ def missing_server_settings(argv: list[str], environ: Mapping[str, str]) -> list
 
 # how the worker is started, for its messages
 PROGRAM = "python -m localtts_agent"
+# livekit-agents 1.8.9 gives these commands no help text; what `--help` says of them here
+_COMMAND_HELP = {
+    "start": "Run the worker for production: register with the LiveKit server (LIVEKIT_URL, "
+    "LIVEKIT_API_KEY, LIVEKIT_API_SECRET) and join the rooms it is dispatched to.",
+    "connect": "Join one room now (--room), without waiting for a dispatch: for trying the "
+    "agent in a room of your own.",
+    "download-files": "Fetch ahead of time the files the loaded plugins need (e.g. Silero's "
+    "VAD model; localtts needs none).",
+}
+
+
+def console_problem(argv: list[str]) -> str | None:
+    """Why `console` cannot run here (its audio needs PortAudio), before anything loads:
+    livekit-agents would fail with a traceback from deep inside sounddevice."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command != "console" or {"--text", "--help", "-h"} & set(argv):
+        return None
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as e:
+        return (
+            f"console needs the PortAudio library for the microphone and speaker ({e}): "
+            "install it (Debian/Ubuntu: apt install libportaudio2; macOS: brew install "
+            f"portaudio), or type instead: `{PROGRAM} console --text`"
+        )
+    return None
 
 
 def main() -> None:
@@ -136,11 +163,26 @@ def main() -> None:
             "and LIVEKIT_API_SECRET (the LiveKit server to register with) in the environment, "
             f"or pass --url/--api-key/--api-secret; `{PROGRAM} console` needs none"
         )
-    settings = AgentSettings()
+    try:
+        settings = load_settings(AgentSettings)
+        get_settings()  # the plugin's (LOCALTTS_ENGINE...): read in every room, checked now
+    except SettingsError as e:
+        sys.exit(f"{PROGRAM}: {e}")
     if (problem := vad_problem(settings)) is not None:
         sys.exit(f"{PROGRAM}: {problem}")  # now, not in the first room
+    if (problem := console_problem(sys.argv[1:])) is not None:
+        sys.exit(f"{PROGRAM}: {problem}")
     if settings.vad == "silero":
         # on the main thread: a plugin registers itself when first imported, livekit refuses
         # that on any other thread, and build_vad runs in job threads
         from livekit.plugins import silero  # noqa: F401
-    cli.run_app(build_server())
+    # livekit-agents' own CLI (what `cli.run_app` runs), with help for every command; a
+    # private function of the pinned 1.8.9 (its public run_app offers no way to add help)
+    from livekit.agents.cli import _legacy
+
+    app = _legacy._build_cli(build_server())
+    for command in app.registered_commands:
+        name = command.name or getattr(command.callback, "__name__", "").replace("_", "-")
+        if not (command.help or getattr(command.callback, "__doc__", None)):
+            command.help = _COMMAND_HELP.get(name)
+    app()

@@ -101,7 +101,9 @@ class WorkerRuntime:
 
     def _loaded(self, done: Future[None]) -> None:
         if (error := done.exception()) is not None:
-            logger.error("the worker could not load its engine: %s", error)
+            # an APIError's str() is its repr-like form; its message is what to read
+            why = getattr(error, "message", None) or error
+            logger.error("the worker could not load its engine: %s", why)
             self._ready.set_exception(error)
         else:
             self._ready.set_result(None)
@@ -109,7 +111,7 @@ class WorkerRuntime:
     async def _load(self) -> None:
         settings = self.settings
         # resolves "auto" by the host table, logs the Piper-fallback warning loudly
-        tts = localtts.TTS(engine=settings.engine, settings=settings)
+        tts = localtts.TTS(settings=settings)  # LOCALTTS_ENGINE: errors name it
         self.selection, self.engine = tts.selection, tts.engine
         logger.info(
             "engine %s on %s (%s): %s",

@@ -22,6 +22,7 @@ router = APIRouter(tags=["speech"], dependencies=PROTECTED)
 async def synthesize_into_room(body: RoomSpeechRequest, state: State) -> RoomSpeechResponse:
     """Speak `text` into LiveKit room `room_name`; answers when the last audio frame is
     in the room (utterances to one room play in order)."""
+    state.require_ready()  # first: without an engine, no room could be spoken into anyway
     if state.rooms is None:
         missing = ", ".join(state.service_settings.missing_livekit())
         raise ServiceError(
@@ -30,7 +31,6 @@ async def synthesize_into_room(body: RoomSpeechRequest, state: State) -> RoomSpe
             f"speaking into rooms needs a LiveKit server: set {missing} "
             "(environment or .env) and restart the service",
         )
-    state.require_ready()
     voice = body.voice_id if body.voice_id is not None else state.settings.voice
     await state.check_voice(voice)
     tts_ = state.request_tts(

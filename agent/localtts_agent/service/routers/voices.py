@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.routing import APIRoute
 from livekit.plugins.localtts.engines import VoiceError
+from livekit.plugins.localtts.voices.audio import oversize
 from livekit.plugins.localtts.voices.errors import DatabaseUnavailableError
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -80,7 +81,7 @@ async def add_voice(
     library = _library(state)
     data = await file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ServiceError(413, "payload_too_large", f"the clip exceeds {MAX_UPLOAD_BYTES} bytes")
+        raise ServiceError(413, "payload_too_large", oversize(len(data)))
     if not data:
         raise ServiceError(400, "invalid_voice", "the uploaded clip is empty")
     try:
@@ -92,7 +93,8 @@ async def add_voice(
     return info.to_dict()
 
 
-@router.get(VOICES_PATH + "/{voice_id}")
+# `:path`: ids with "/" stored before the id rules can still be read and removed
+@router.get(VOICES_PATH + "/{voice_id:path}")
 async def get_voice(voice_id: str, state: State) -> dict[str, Any]:
     library = _library(state)
     try:
@@ -101,7 +103,7 @@ async def get_voice(voice_id: str, state: State) -> dict[str, Any]:
         raise voice_error(e) from e
 
 
-@router.delete(VOICES_PATH + "/{voice_id}", status_code=204)
+@router.delete(VOICES_PATH + "/{voice_id:path}", status_code=204)
 async def delete_voice(voice_id: str, state: State) -> Response:
     library = _library(state)
     try:

@@ -26,7 +26,7 @@ from .engines import (
 )
 from .host import EngineSelection, HostInfo, select_engine
 from .log import logger
-from .settings import EngineSettings, Settings, get_settings
+from .settings import EngineSettings, Settings, SettingsError, get_settings
 from .tts import TTS, ChunkedStream, SynthesizeStream
 from .vad import VAD
 from .version import __version__
@@ -46,6 +46,7 @@ __all__ = [
     "InvalidRequestError",
     "KVCacheOverflowError",
     "Settings",
+    "SettingsError",
     "SynthesisParams",
     "SynthesizeStream",
     "TimedChunk",

@@ -223,13 +223,19 @@ class HostPolicyError(RuntimeError):
 
 
 def select_engine(
-    host: HostInfo, settings: Settings, unavailable: dict[str, str | None]
+    host: HostInfo,
+    settings: Settings,
+    unavailable: dict[str, str | None],
+    *,
+    source: str = "LOCALTTS_ENGINE",
 ) -> EngineSelection:
     """Pick engine, device, precision and threads for this host (pure: no I/O).
 
     `unavailable[name]` is None when the engine can run (weights and packages present),
     else why not (see `engines.availability`); a name missing from the dict counts as
-    unavailable. Raises `HostPolicyError` (a RuntimeError) when the settings cannot be met.
+    unavailable. `source` names where `settings.engine` came from (LOCALTTS_ENGINE, a
+    constructor argument, a CLI flag), for the reason and the errors. Raises
+    `HostPolicyError` (a RuntimeError) when the settings cannot be met.
     """
     use_cuda = _use_cuda(host, settings)
     threads = settings.threads or max(1, host.performance_cores)
@@ -239,9 +245,9 @@ def select_engine(
         why = unavailable.get(name, "not checked")
         if why is not None:
             raise HostPolicyError(
-                f"engine {name!r} was asked for by LOCALTTS_ENGINE but cannot run: {why}"
+                f"engine {name!r} was asked for by {source} but cannot run: {why}"
             )
-        reason = "asked for by LOCALTTS_ENGINE"
+        reason = f"asked for by {source}"
         return _configure(name, host, settings, use_cuda, threads, reason)
 
     if use_cuda:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import platformdirs
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .models import DeviceChoice, EngineChoice
@@ -42,6 +42,16 @@ class EngineSettings(_DataDirSettings):
     """Exactly what an engine reads: a new field here is part of `engine_key` by itself."""
 
     device: DeviceChoice = "auto"
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _no_mps(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "mps":
+            raise ValueError(
+                "MPS is not used: XTTS on Apple Silicon runs on the CPU (slower and it hangs "
+                "on MPS); set LOCALTTS_DEVICE=auto or cpu"
+            )
+        return value
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on CUDA (float16 without bf16), float32 on CPU"
     )
@@ -148,6 +158,39 @@ class Settings(EngineSettings, VoiceLibrarySettings):
     max_piece_chars: int = Field(300, description="longest text piece handed to an engine at once")
 
 
+class SettingsError(ValueError):
+    """Settings from the environment or `.env` that cannot be used. The message is one line
+    per problem, naming the variable, what it holds and what to set instead."""
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(model: type[SettingsT]) -> SettingsT:
+    """`model()` from the environment and `.env`, or a `SettingsError` naming the variables."""
+    try:
+        return model()
+    except ValidationError as e:
+        raise SettingsError(describe_settings_error(e, model)) from None
+
+
+def describe_settings_error(error: ValidationError, model: type[BaseSettings]) -> str:
+    """One line per invalid setting: `LOCALTTS_DEVICE='mps': <what is wrong and the fix>`."""
+    prefix = model.model_config.get("env_prefix", "")
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        field = model.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        variable = (
+            str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
+        )
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"{variable}={problem.get('input')!r} is not valid: {message}")
+    return "\n".join(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings (read once); `SettingsError` when a variable is invalid."""
+    return load_settings(Settings)

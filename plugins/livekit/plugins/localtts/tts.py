@@ -12,23 +12,19 @@ Aligned transcripts: before the audio a word starts in, the word's slice of the 
 `TimedString`, timed from the start of the request's audio. An engine that yields
 `TimedChunk`s gives the times (Piper: from its phoneme durations); for the others each
 piece's start is exact and its words are spread by an estimate of their length
-(`_SpeakingPace`), never ahead of the audio produced so far.
+(`SpeakingPace`), never ahead of the audio produced so far.
 
 A reply starts at its first sound, and where a piece ends mid-sentence (the first piece cut
 at a word) the silence the engine puts around the cut is shortened to a word gap
-(`_PieceEdges`); word times move with the silence dropped.
+(`PieceEdges`); word times move with the silence dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import aclosing, closing
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -47,13 +43,13 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import is_given
 from livekit.agents.utils.aio.channel import ChanEmpty
 
+from .engine_calls import admitted, engine_chunks, warm_engine
 from .engines import (
     Engine,
     EngineBusyError,
     EngineUnavailableError,
     InvalidRequestError,
     SynthesisParams,
-    TimedChunk,
     UnknownVoiceError,
     VoiceConditioning,
     VoiceError,
@@ -61,38 +57,21 @@ from .engines import (
     availability,
     shared_engine,
 )
-from .engines.scheduler import Lease, StreamTimes, stream_context
+from .engines.scheduler import Lease, StreamTimes
 from .host import EngineSelection, detect_host, select_engine
 from .log import logger
 from .models import ENGINE_NAMES, EngineChoice
+from .piece_timing import (
+    JOIN_KEEP_START_S,
+    REPLY_LEAD_IN_S,
+    PieceEdges,
+    PieceTranscript,
+    SpeakingPace,
+)
 from .settings import Settings, get_settings
 from .text import Piece, TextSplitter
 
-# Threads here only wait: for an engine's chunks (its scheduler thread computes them), for an
-# admission lease, for a load or warmup to finish.
-_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="localtts-engine")
 _NOTHING_SPEAKABLE_S = 0.05  # text with nothing to say (emoji only, markup) -> 50 ms silence
-
-
-# one warmup per engine instance, however many TTS objects (rooms) prewarm it
-_warmups: dict[int, tuple[Engine, Future[None]]] = {}  # id(engine) -> (engine, warmup)
-_warmups_lock = threading.Lock()
-
-
-def _warm_engine(engine: Engine) -> Future[None]:
-    def load_and_warm() -> None:
-        engine.load()
-        engine.warmup()
-
-    with _warmups_lock:
-        _, future = _warmups.get(id(engine), (engine, None))
-        failed = future is not None and future.done() and (
-            future.cancelled() or future.exception() is not None
-        )
-        if future is None or failed:
-            future = _executor.submit(load_and_warm)  # a failed warmup is tried again
-            _warmups[id(engine)] = (engine, future)
-        return future
 
 
 @dataclass
@@ -106,16 +85,27 @@ class _TTSOptions:
     read_ahead_s: float
 
 
-def resolve_engine(engine: EngineChoice, settings: Settings) -> EngineSelection:
-    """Turn "auto" or an engine name into a selection, with host facts and weights checked."""
+def resolve_engine(
+    engine: EngineChoice | None, settings: Settings, *, source: str | None = None
+) -> EngineSelection:
+    """Turn "auto" or an engine name into a selection, with host facts and weights checked.
+
+    `engine` None means the settings' choice (LOCALTTS_ENGINE, `.env`, else "auto");
+    `source` names where an explicit choice came from, for the errors (default: the
+    `engine=` argument)."""
+    if engine is None:
+        engine, source = settings.engine, "LOCALTTS_ENGINE"
+    source = source or f"engine={engine!r}"
     if engine not in ("auto", *ENGINE_NAMES):
-        raise ValueError(f"unknown engine {engine!r}: choose auto, {', '.join(ENGINE_NAMES)}")
+        raise ValueError(
+            f"unknown engine {engine!r} (from {source}): choose auto, {', '.join(ENGINE_NAMES)}"
+        )
     settings = settings.model_copy(update={"engine": engine})
     candidates = ENGINE_NAMES if engine == "auto" else (engine,)
     unavailable = {name: availability(name, settings) for name in candidates}
     host = detect_host(probe_cuda=engine != "piper")
     try:
-        return select_engine(host, settings, unavailable)
+        return select_engine(host, settings, unavailable, source=source)
     except RuntimeError as e:
         raise EngineUnavailableError(str(e)) from e
 
@@ -124,7 +114,7 @@ class TTS(tts.TTS):
     def __init__(
         self,
         *,
-        engine: EngineChoice | Engine = "auto",
+        engine: EngineChoice | Engine | None = None,
         voice: str | None = None,
         voice_library: VoiceSource | None = None,
         language: str | None = None,
@@ -140,7 +130,8 @@ class TTS(tts.TTS):
 
         Args:
             engine: "auto" (host policy: Chatterbox on CUDA, XTTS on CPU, Piper when no
-                weights exist), an engine name, or an `Engine` instance.
+                weights exist), an engine name, or an `Engine` instance; None (the default):
+                the settings' choice, LOCALTTS_ENGINE (or `.env`), else "auto".
             voice: default voice id (a cloned voice from `voice_library`); None speaks with
                 the engine's built-in voice.
             voice_library: where cloned voices and their conditioning come from (a
@@ -152,18 +143,30 @@ class TTS(tts.TTS):
                 wait in line up to `LOCALTTS_ENGINE_WAIT_S`, then fail with a retryable
                 503 "busy" (a service's choice). False (default, agents): a room already
                 here is always served; its stream still counts towards the engine's load.
+
+        Raises `APIError(retryable=False)` when the engine cannot run here (naming what is
+        missing and where the choice came from), `APIStatusError(400)` for a bad argument.
         """
         self._settings = settings or get_settings()
-        if isinstance(engine, str):
-            self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
-            for warning in self._selection.warnings:
-                logger.warning(warning)
-            self._engine: Engine = shared_engine(
-                self._selection.engine, self._selection.apply(self._settings)
-            )
-        else:
-            self._selection = None
-            self._engine = engine
+        try:
+            params = SynthesisParams(
+                language=language, speed=speed, temperature=temperature,
+                exaggeration=exaggeration, cfg_weight=cfg_weight, seed=seed,
+            )  # fmt: skip
+            if engine is None or isinstance(engine, str):
+                self._selection: EngineSelection | None = resolve_engine(engine, self._settings)
+                self._engine: Engine = shared_engine(
+                    self._selection.engine, self._selection.apply(self._settings)
+                )
+            else:
+                self._selection = None
+                self._engine = engine
+        except EngineUnavailableError as e:
+            raise APIError(str(e), retryable=False) from e
+        except ValueError as e:
+            raise APIStatusError(str(e), status_code=400, retryable=False) from e
+        for warning in self._selection.warnings if self._selection else ():
+            logger.warning(warning)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=self._engine.sample_rate,
@@ -171,14 +174,7 @@ class TTS(tts.TTS):
         )
         self._opts = _TTSOptions(
             voice=voice if voice is not None else self._settings.voice,
-            params=SynthesisParams(
-                language=language,
-                speed=speed,
-                temperature=temperature,
-                exaggeration=exaggeration,
-                cfg_weight=cfg_weight,
-                seed=seed,
-            ),
+            params=params,
             first_clause_min_chars=self._settings.first_clause_min_chars,
             first_piece_min_words=self._settings.first_piece_min_words,
             first_piece_wait_s=self._settings.first_piece_wait_s,
@@ -188,7 +184,7 @@ class TTS(tts.TTS):
         self._voice_library = voice_library
         self._limit_to_capacity = limit_to_capacity
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
-        self._pace = _SpeakingPace()
+        self._pace = SpeakingPace()
 
     @property
     def model(self) -> str:
@@ -238,15 +234,18 @@ class TTS(tts.TTS):
             if is_given(v)
         }
         if changes:
-            self._opts.params = replace(self._opts.params, **changes)
+            try:
+                self._opts.params = replace(self._opts.params, **changes)
+            except ValueError as e:
+                raise APIStatusError(str(e), status_code=400, retryable=False) from e
 
     def prewarm(self) -> None:
         """Load and warm the engine in the background (returns at once)."""
-        _warm_engine(self._engine)
+        warm_engine(self._engine)
 
     async def warmup(self) -> None:
         """Load and warm the engine; returns when it is ready to speak."""
-        await asyncio.wrap_future(_warm_engine(self._engine))
+        await asyncio.wrap_future(warm_engine(self._engine))
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -276,96 +275,8 @@ class TTS(tts.TTS):
         return await self._voice_library.conditioning(voice_id, self._engine)
 
 
-async def _admitted(engine: Engine, *, limit: bool) -> Lease:
-    """The engine's admission lease (see `TTS(limit_to_capacity=)`), waited for in a worker
-    thread; a caller that gives up (cancellation) leaves no lease behind."""
-    admission = engine.scheduler.admission
-    if not limit:
-        return admission.acquire(limit=False)  # counted only: never waits
-    cancel = threading.Event()
-    future = asyncio.get_running_loop().run_in_executor(
-        _executor, lambda: admission.acquire(cancel=cancel)
-    )
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancel.set()
-
-        def release(done: asyncio.Future[Lease]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                done.result().release()
-
-        future.add_done_callback(release)
-        raise
-
-
 def _to_pcm16(chunk: np.ndarray) -> bytes:
     return (np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-class _Done:
-    pass
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-async def engine_chunks(
-    engine: Engine,
-    text: str,
-    voice: VoiceConditioning | None,
-    params: SynthesisParams,
-    times: list[StreamTimes] | None = None,
-    *,
-    continues_at: float | None = None,
-) -> AsyncIterator[np.ndarray]:
-    """Consume `engine.stream` in a worker thread; yield its chunks on the event loop.
-
-    Closing the iterator (cancellation, aclose) sets the engine's cancel event, so the
-    model stops at its next step and is free for the next request. `times` receives the
-    stream's `StreamTimes` (how long it waited for the engine); `continues_at`: see
-    `engines.scheduler.stream_context`.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    cancel = threading.Event()
-
-    def deliver(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            cancel.set()
-
-    def work() -> None:
-        try:
-            # closed here, not left to the garbage collector: the engine's generator holds
-            # its stream (cache slot, buffers) until it is closed
-            context = stream_context([] if times is None else times, continues_at=continues_at)
-            with context, closing(
-                engine.stream(text, voice, params, cancel)
-            ) as chunks:
-                for chunk in chunks:
-                    if cancel.is_set():
-                        break
-                    deliver(chunk)
-        except BaseException as e:  # handed to the loop, re-raised there
-            deliver(_Failed(e))
-        finally:
-            deliver(_Done())
-
-    loop.run_in_executor(_executor, work)
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, _Done):
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        cancel.set()
 
 
 def _api_error(e: Exception, engine: Engine, *, audio_started: bool) -> APIError:
@@ -439,155 +350,6 @@ class _ReadAheadStream:
         return ev
 
 
-_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
-_PAUSE_UNITS = {",": 1.0, ";": 1.5, ":": 1.5, ".": 2.0, "!": 2.0, "?": 2.0}
-
-
-def _speaking_units(word: str) -> float:
-    """How long a word takes to say, in syllables: vowel groups, digits (most are said as
-    one or two syllables), and the pause its punctuation makes."""
-    lower = word.lower()
-    syllables = len(_VOWEL_GROUPS.findall(lower)) + 1.5 * sum(ch.isdigit() for ch in lower)
-    return max(1.0, syllables) + _PAUSE_UNITS.get(lower.rstrip("\"')]*")[-1:], 0.0)
-
-
-class _SpeakingPace:
-    """Seconds per speaking unit of an engine that gives no word timings, learned from the
-    pieces it has spoken (starts at a typical 4.5 syllables per second)."""
-
-    def __init__(self) -> None:
-        self.seconds_per_unit = 0.22
-
-    def learn(self, units: float, seconds: float) -> None:
-        if units >= 3 and seconds > 0:  # a word or two says little about the pace
-            self.seconds_per_unit += 0.3 * (seconds / units - self.seconds_per_unit)
-
-
-class _PieceTranscript:
-    """The timed input text of one piece: each word's slice of the input, timed from the
-    request's first audio, pushed before (or with) the audio its word starts in.
-
-    With `TimedChunk`s the engine's times are used; otherwise the piece's start is exact and
-    each word is placed by its share of an estimated length, never later than the audio
-    produced so far, and the words left at the end share what remains of the piece."""
-
-    def __init__(self, piece: Piece, start_s: float, pace: _SpeakingPace, speed: float) -> None:
-        self._words = piece.raw_words()
-        self._start = start_s
-        self._pace = pace
-        self._speed = speed
-        self._units = [_speaking_units(w) for w in self._words]
-        per_unit = pace.seconds_per_unit / speed
-        self._estimate = list(start_s + per_unit * np.cumsum([0.0, *self._units[:-1]]))
-        self._pushed = [False] * len(self._words)
-        self._last = start_s  # the latest start pushed: times never go back
-        self._timed_by_engine = False
-
-    def shift(self, seconds: float) -> None:
-        """The engine's audio of the piece starts `seconds` later (earlier, if negative) than
-        thought; its words still start no earlier than its first sample pushed."""
-        self._start += seconds
-        self._estimate = [t + seconds for t in self._estimate]
-
-    def before(self, chunk: np.ndarray, audio_end_s: float) -> list[TimedString]:
-        """The words to push before `chunk`, whose audio ends at `audio_end_s`."""
-        if isinstance(chunk, TimedChunk) and chunk.words:
-            self._timed_by_engine = True
-            return [
-                self._timed(w.word, self._start + w.start_s, self._start + w.end_s)
-                for w in chunk.words
-                if 0 <= w.word < len(self._words) and not self._pushed[w.word]
-            ]
-        if self._timed_by_engine:
-            return []
-        return [
-            self._timed(k, self._estimate[k], None)
-            for k in range(len(self._words))
-            if not self._pushed[k] and self._estimate[k] < audio_end_s
-        ]
-
-    def finish(self, end_s: float) -> list[TimedString]:
-        """The piece's audio ended at `end_s`: the words not pushed yet share what is left
-        of it with the last word pushed (by their units)."""
-        if not self._timed_by_engine:  # the pace at speed 1
-            self._pace.learn(sum(self._units), (end_s - self._start) * self._speed)
-        left = [k for k, done in enumerate(self._pushed) if not done]
-        if not left:
-            return []
-        spoken = [k for k, done in enumerate(self._pushed) if done]
-        units = [self._units[spoken[-1]] if spoken else 0.0] + [self._units[k] for k in left]
-        offsets = np.cumsum(units)[:-1] / sum(units) * max(0.0, end_s - self._last)
-        starts = [self._last + float(t) for t in offsets]
-        out = [self._timed(k, t, None) for k, t in zip(left[:-1], starts[:-1], strict=True)]
-        return [*out, self._timed(left[-1], starts[-1], max(end_s, starts[-1]))]
-
-    def _timed(self, k: int, start: float, end: float | None) -> TimedString:
-        self._pushed[k] = True
-        start = max(start, self._last)
-        self._last = start
-        if end is None:
-            return TimedString(self._words[k], start_time=start)
-        return TimedString(self._words[k], start_time=start, end_time=max(end, start))
-
-
-_AUDIBLE = 1e-3  # -60 dBFS: quieter is silence
-# A reply starts at its first audible sample (engines lead with 25-50 ms of silence, which a
-# listener would wait through before hearing anything), less a few ms for the onset's ramp
-_REPLY_LEAD_IN_S = 0.005
-# Silence kept at a mid-sentence join: the end of the piece cut at a word, the start of the
-# next (a word gap in fluent speech; an engine leaves 120-260 ms there, a sentence pause)
-_JOIN_KEEP_END_S = 0.04
-_JOIN_KEEP_START_S = 0.02
-
-
-def _audible(audio: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.abs(audio) > _AUDIBLE)
-
-
-class _PieceEdges:
-    """Drops the silence an engine puts at the edges of a piece where a listener would hear
-    it as a wait: before the reply's first sound (all but `_REPLY_LEAD_IN_S`), and around a
-    cut mid-sentence (the first piece cut at a word), where the piece's trailing silence is
-    held back as it arrives and all but `_JOIN_KEEP_END_S` of it dropped once the piece
-    ends, and the next piece's leading silence all but `_JOIN_KEEP_START_S`. Only silence
-    is held or dropped: no sound is delayed or changed. `dropped` counts the samples cut
-    from the piece's start, by which its word times move earlier."""
-
-    def __init__(self, sample_rate: int, *, keep_lead_s: float | None, cut: bool) -> None:
-        # leading silence to keep; None once the piece's first sound has come
-        self._keep_lead = None if keep_lead_s is None else round(keep_lead_s * sample_rate)
-        self._lead_held = np.zeros(0, dtype=np.float32)
-        self._hold_tail = cut
-        self._tail_held = np.zeros(0, dtype=np.float32)
-        self._keep_tail = round(_JOIN_KEEP_END_S * sample_rate)
-        self.dropped = 0
-
-    def audio(self, chunk: np.ndarray) -> np.ndarray:
-        """What to push of the next chunk of the piece."""
-        audio = np.asarray(chunk, dtype=np.float32).view(np.ndarray)
-        if self._keep_lead is not None and audio.size:
-            sound = _audible(audio)
-            lead = int(sound[0]) if sound.size else audio.size
-            silence = np.concatenate([self._lead_held, audio[:lead]])
-            kept = silence[len(silence) - min(self._keep_lead, len(silence)) :]
-            self.dropped += len(silence) - len(kept)
-            if not sound.size:  # silence so far: keep holding the end of it
-                self._lead_held = kept
-                return audio[:0]
-            audio = np.concatenate([kept, audio[lead:]])
-            self._keep_lead = None
-        if self._hold_tail:
-            audio = np.concatenate([self._tail_held, audio])  # held silence was a pause inside
-            sound = _audible(audio)
-            end = int(sound[-1]) + 1 if sound.size else 0
-            audio, self._tail_held = audio[:end], audio[end:]
-        return audio
-
-    def end(self) -> np.ndarray:
-        """What to push when the piece has ended: the start of its trailing silence."""
-        return self._tail_held[: self._keep_tail]
-
-
 class _Speaker:
     """Speaks pieces of text into one emitter, with their timed transcript; shared by both
     stream kinds. The first audio of the request must come within `timeout_s` of the first
@@ -650,14 +412,14 @@ class _Speaker:
             self._voice = await self._tts._resolve_voice(self._opts.voice)
             self._voice_resolved = True
         if self._lease is None:  # one lease for the whole reply: its pieces never queue
-            self._lease = await _admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
+            self._lease = await admitted(self._tts.engine, limit=self._tts._limit_to_capacity)
             self.waited_s += self._lease.waited_s
-        transcript = _PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
+        transcript = PieceTranscript(piece, self.audio_s, self._tts._pace, self._opts.params.speed)
         if self.pushed_samples == 0:
-            keep_lead_s: float | None = _REPLY_LEAD_IN_S  # the reply starts at its first sound
+            keep_lead_s: float | None = REPLY_LEAD_IN_S  # the reply starts at its first sound
         else:  # a sentence goes on after a cut; else the engine's pause between sentences
-            keep_lead_s = _JOIN_KEEP_START_S if self._mid_sentence else None
-        edges = _PieceEdges(
+            keep_lead_s = JOIN_KEEP_START_S if self._mid_sentence else None
+        edges = PieceEdges(
             self._tts.sample_rate, keep_lead_s=keep_lead_s, cut=piece.ends_mid_sentence
         )
         times: list[StreamTimes] = []

@@ -75,7 +75,7 @@ def reference_audio(clip: VoiceClip, *, min_seconds: float, engine: str) -> np.n
     if clip.duration < min_seconds:
         raise VoiceError(
             f"voice {clip.voice_id!r}: reference clip is {clip.duration:.2f} s; {engine} "
-            f"needs at least {min_seconds} s (3-10 s recommended)"
+            f"needs at least {min_seconds} s"
         )
     if float(np.max(np.abs(audio))) < 1e-4:
         raise VoiceError(f"voice {clip.voice_id!r}: reference clip is silent")

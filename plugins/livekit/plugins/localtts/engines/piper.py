@@ -165,7 +165,8 @@ class PiperEngine:
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
         raise UnsupportedVoiceError(
             f"Piper cannot clone voices (voice {clip.voice_id!r}); use the xtts or "
-            "chatterbox engine for cloned voices"
+            "chatterbox engine for cloned voices. Piper speaks when LOCALTTS_ENGINE=piper or "
+            "when their weights are missing: `localtts doctor` says which, and how to get them"
         )
 
     def dump_conditioning(self, conditioning: VoiceConditioning) -> bytes:

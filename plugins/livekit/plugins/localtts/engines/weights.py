@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,22 +82,58 @@ def resolve_weights(spec: WeightsSpec, model: str, *, allow_download: bool) -> P
     if directory is None:
         raise EngineUnavailableError(
             f"{spec.label} weights {model!r} are not in the local Hugging Face cache (missing "
-            f"{', '.join(missing)}); download them once (`huggingface-cli download {model}`), "
+            f"{', '.join(missing)}); download them once (`hf download {model}`), "
             f"point {spec.env_var} at a local directory, or set LOCALTTS_ALLOW_DOWNLOAD=1"
         )
     return directory
 
 
 def weights_problem(spec: WeightsSpec, model: str, *, allow_download: bool) -> str | None:
-    """None when the weights are here (or a repo id may be downloaded at load), else why not.
-    Cheap: never the network."""
-    if allow_download and not looks_like_path(model):
-        return None  # fetched at load; a failure then raises EngineUnavailableError
+    """None when the weights are here (or a repo id can be downloaded at load), else why not.
+    Cheap: the network only when a download is allowed and needed, and then one connection
+    attempt of at most `_HUB_PROBE_TIMEOUT_S` (a hub that cannot be reached makes the engine
+    unavailable now, so "auto" falls back at once instead of failing at load)."""
     try:
         resolve_weights(spec, model, allow_download=False)
     except EngineUnavailableError as e:
-        return str(e)
+        if not allow_download or looks_like_path(model):
+            return str(e)
+        if (unreachable := hub_unreachable()) is None:
+            return None  # fetched at load; a failure then raises EngineUnavailableError
+        return (
+            f"{spec.label} weights {model!r} are not in the local Hugging Face cache and "
+            f"LOCALTTS_ALLOW_DOWNLOAD=1 cannot fetch them: {unreachable}; download them where "
+            f"the hub can be reached (`hf download {model}`) or point {spec.env_var} at a local "
+            "directory"
+        )
     return None
+
+
+_HUB_PROBE_TIMEOUT_S = 2.0
+_HUB_PROBE_TTL_S = 30.0  # one probe serves every engine checked at startup or by `doctor`
+_hub_probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, answer)
+
+
+def hub_unreachable() -> str | None:
+    """None when the Hugging Face hub (HF_ENDPOINT) accepts a connection, else why not."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    probed = _hub_probes.get(constants.ENDPOINT)
+    if probed is not None and time.monotonic() - probed[0] < _HUB_PROBE_TTL_S:
+        return probed[1]
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    answer = None
+    try:
+        socket.create_connection((endpoint.hostname or "", port), _HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        answer = f"the hub {constants.ENDPOINT} cannot be reached ({e.strerror or e})"
+    _hub_probes[constants.ENDPOINT] = (time.monotonic(), answer)
+    return answer
 
 
 def hub_snapshot(

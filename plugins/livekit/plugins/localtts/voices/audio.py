@@ -22,12 +22,31 @@ import soxr
 import webrtcvad
 
 from ..engines.base import VoiceClip, VoiceError
+from ..vad_features import FeatureTracker
 
 # what every stored clip is resampled to: the output rate of both cloning engines
 LIBRARY_SAMPLE_RATE = 24_000
-MAX_AUDIO_BYTES = 20 * 1024 * 1024
+
+# The rules of a reference clip, stated once: every message and doc takes them from here
+# (`CLIP_RULES`; tests/test_voice_rules.py checks the docs quote it).
+MAX_AUDIO_MIB = 20
+MAX_AUDIO_BYTES = MAX_AUDIO_MIB * 1024 * 1024
 MIN_SPEECH_SECONDS = 2.0
 MAX_CLIP_SECONDS = 30.0  # XTTS reads at most 30 s of reference, Chatterbox 10 s
+BEST_SPEECH_SECONDS = (5, 15)
+
+
+def format_size(size: int) -> str:
+    """Bytes as the limits are stated: MiB, one decimal when it is not whole."""
+    mib = size / 2**20
+    return f"{mib:.0f} MiB" if mib == round(mib) else f"{mib:.1f} MiB"
+
+
+CLIP_RULES = (
+    f"A reference clip holds {MIN_SPEECH_SECONDS:g}-{MAX_CLIP_SECONDS:g} s of speech "
+    f"({BEST_SPEECH_SECONDS[0]}-{BEST_SPEECH_SECONDS[1]} s of one clear voice clone best) "
+    f"in a WAV, FLAC, OGG or MP3 file of at most {format_size(MAX_AUDIO_BYTES)}."
+)
 # what a file may hold before decoding: room for silence around the speech, no more
 MAX_SOURCE_SECONDS = 300.0
 MAX_DECODED_SAMPLES = int(MAX_SOURCE_SECONDS * 48_000 * 2)  # 5 min of 48 kHz stereo: 115 MB
@@ -47,6 +66,10 @@ _VAD_FRAME = 480  # 30 ms at 16 kHz
 _VAD_AGGRESSIVENESS = 2
 _VAD_WINDOW = 5  # a frame starts/ends speech when most of the 150 ms around it is speech
 _EDGE_PAD_SECONDS = 0.1  # keep the breath before the first word and the decay after the last
+# webrtcvad takes white or pink noise for speech; a voice is pitched (periodic) much of the
+# time: at least this share of what the VAD calls speech must be (speech: ~45%, noise: ~0%)
+_MIN_PITCHED_SHARE = 0.2
+_PITCHED = 0.35  # YIN aperiodicity below this: a pitched frame (vad_features.py)
 
 
 @dataclass(frozen=True)
@@ -92,14 +115,11 @@ def prepare_clip(
 ) -> PreparedClip:
     """Decode and validate `data`; VoiceError says what is wrong and what to do.
 
-    `max_seconds` bounds the clip kept (from the first word on), `max_source_seconds` the
-    file read: a longer one is refused from its header, before anything is decoded."""
+    `max_seconds` bounds the clip from its first word to its last (a longer one is refused,
+    never silently cut), `max_source_seconds` the file read: a longer one is refused from
+    its header, before anything is decoded."""
     if len(data) > max_bytes:
-        raise VoiceError(
-            f"voice {voice_id!r}: the audio is {len(data) / 1e6:.1f} MB, over the "
-            f"{max_bytes / 1e6:.1f} MB limit; a reference clip needs only 5-30 s of speech "
-            "(trim it, or save it as 16-bit mono WAV/FLAC)"
-        )
+        raise VoiceError(f"voice {voice_id!r}: {oversize(len(data), max_bytes)}")
     if not data:
         raise VoiceError(f"voice {voice_id!r}: the audio is empty")
     try:
@@ -135,14 +155,24 @@ def prepare_clip(
 
     mono = raw.mean(axis=1) if raw.shape[1] > 1 else raw[:, 0]
     audio = _resample(mono, source_rate, sample_rate)
-    start, end, speech_seconds = _speech_bounds(audio, sample_rate)
-    end = min(end, start + int(max_seconds * sample_rate))
-    if end > start:
-        speech_seconds = min(speech_seconds, (end - start) / sample_rate)
+    start, end, speech_seconds, pitched_seconds = _speech_bounds(audio, sample_rate)
     if speech_seconds < min_speech_seconds:
         raise VoiceError(
-            f"voice {voice_id!r}: only {speech_seconds:.1f} s of speech found, at least "
-            f"{min_speech_seconds:g} s are needed (5-15 s of clear speech clone best)"
+            f"voice {voice_id!r}: only {speech_seconds:.1f} s of speech found. {CLIP_RULES}"
+        )
+    if pitched_seconds < _MIN_PITCHED_SHARE * speech_seconds:
+        raise VoiceError(
+            f"voice {voice_id!r}: the audio sounds like noise, not a voice: of the "
+            f"{speech_seconds:.1f} s a voice detector took for speech only "
+            f"{pitched_seconds:.1f} s have a pitch (voiced speech is periodic); record one "
+            f"person speaking in a quiet room. {CLIP_RULES}"
+        )
+    # the edges' padding is the breath and decay around the words: not counted
+    if (end - start) / sample_rate > max_seconds + 2 * _EDGE_PAD_SECONDS:
+        raise VoiceError(
+            f"voice {voice_id!r}: the clip lasts {(end - start) / sample_rate:.1f} s from its "
+            f"first word to its last, and only the first {max_seconds:g} s would be used: "
+            f"trim it. {CLIP_RULES}"
         )
     clip = VoiceClip(
         voice_id=voice_id,
@@ -208,8 +238,7 @@ def _check_decoded_size(
     if seconds > max_source_seconds:
         raise VoiceError(
             f"voice {voice_id!r}: the audio lasts {_minutes(seconds)}, over the "
-            f"{_minutes(max_source_seconds)} limit; a reference clip needs only 5-30 s of "
-            "speech: trim it"
+            f"{_minutes(max_source_seconds)} limit for a file: trim it. {CLIP_RULES}"
         )
     if frames * channels > MAX_DECODED_SAMPLES:
         raise VoiceError(
@@ -241,30 +270,45 @@ def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return soxr.resample(audio, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
 
 
-def _speech_bounds(audio: np.ndarray, sample_rate: int) -> tuple[int, int, float]:
-    """(start, end) sample indices around the speech in `audio`, and seconds of speech."""
+def oversize(size: int, max_bytes: int = MAX_AUDIO_BYTES) -> str:
+    """What to say of a file of `size` bytes over the limit."""
+    return (
+        f"the file is {format_size(size)}, over the {format_size(max_bytes)} limit: trim it, "
+        f"or save it as 16-bit mono WAV/FLAC. {CLIP_RULES}"
+    )
+
+
+def _speech_bounds(audio: np.ndarray, sample_rate: int) -> tuple[int, int, float, float]:
+    """(start, end) sample indices around the speech in `audio`, seconds of speech, and of
+    those the seconds that are pitched (periodic, as a voice is and noise is not)."""
     at_16k = _resample(audio, sample_rate, _VAD_RATE)
     pcm = (np.clip(at_16k, -1.0, 1.0) * 32767).astype("<i2")
     n_frames = len(pcm) // _VAD_FRAME
     if n_frames == 0:
-        return 0, 0, 0.0
+        return 0, 0, 0.0, 0.0
     vad = webrtcvad.Vad(_VAD_AGGRESSIVENESS)
     frames = pcm[: n_frames * _VAD_FRAME].reshape(n_frames, _VAD_FRAME)
     voiced = np.fromiter(
         (vad.is_speech(frame.tobytes(), _VAD_RATE) for frame in frames), bool, n_frames
     )
+    features = FeatureTracker(_VAD_RATE, _VAD_FRAME, floor_s=2.0)
+    pitched = np.zeros(n_frames, bool)
+    for i, frame in enumerate(frames):
+        features.update(frame.astype(np.float64))
+        pitched[i] = voiced[i] and features.aperiodicity() < _PITCHED
     # majority over a short window: a lone click is not speech, a short pause inside is
     window = np.convolve(voiced, np.ones(_VAD_WINDOW), mode="same")
     steady = np.flatnonzero(window * 2 > _VAD_WINDOW)
     if steady.size == 0:
-        return 0, 0, 0.0
+        return 0, 0, 0.0, 0.0
     first, last = int(steady[0]), int(steady[-1]) + 1
     speech_seconds = float(voiced[first:last].sum()) * _VAD_FRAME / _VAD_RATE
+    pitched_seconds = float(pitched[first:last].sum()) * _VAD_FRAME / _VAD_RATE
     scale = sample_rate / _VAD_RATE
     pad = int(_EDGE_PAD_SECONDS * sample_rate)
     start = max(0, int(first * _VAD_FRAME * scale) - pad)
     end = min(len(audio), int(last * _VAD_FRAME * scale) + pad)
-    return start, end, speech_seconds
+    return start, end, speech_seconds, pitched_seconds
 
 
 def _dbfs(value: float) -> float:

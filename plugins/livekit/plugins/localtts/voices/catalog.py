@@ -52,21 +52,39 @@ class VoiceEntry:
     path: Path | None = None  # directory voices
 
 
+# Control (NUL included), format (invisible: zero-width, bidi overrides...), surrogate,
+# private-use and unassigned characters, and line/paragraph separators: an id holding one
+# looks like another id, or like nothing at all
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+VOICE_ID_RULES = (
+    f"a voice id is 1-{MAX_VOICE_ID_CHARS} characters of printable text (letters of any "
+    "script, digits, spaces inside, punctuation) without '/' or '\\', invisible or control "
+    "characters; it is stored in Unicode NFKC form, so ids that only look alike are one id"
+)
+
+
+def normalize_voice_id(voice_id: str) -> str:
+    return unicodedata.normalize("NFKC", voice_id)
+
+
 def check_voice_id(voice_id: str) -> str:
-    """Any printable text up to 128 characters (quotes and unicode welcome)."""
-    if not isinstance(voice_id, str) or not voice_id or voice_id != voice_id.strip():
+    """The id as stored (NFKC-normalized), or VoiceError naming what breaks the rules
+    (`VOICE_ID_RULES`). Ids stored before these rules are still found and removable."""
+    if not isinstance(voice_id, str) or not voice_id:
+        raise VoiceError(f"invalid voice id {voice_id!r}: {VOICE_ID_RULES}")
+    shown = repr(voice_id[:40]) + ("..." if len(voice_id) > 40 else "")
+    if bad := sorted({ch for ch in voice_id if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES}):
+        names = ", ".join(f"U+{ord(ch):04X}" for ch in bad[:5])
+        raise VoiceError(f"invalid voice id {shown}: it holds {names}; {VOICE_ID_RULES}")
+    if "/" in voice_id or "\\" in voice_id:
+        raise VoiceError(f"invalid voice id {shown}: it holds a slash; {VOICE_ID_RULES}")
+    normalized = normalize_voice_id(voice_id)
+    if normalized != normalized.strip() or len(normalized) > MAX_VOICE_ID_CHARS:
         raise VoiceError(
-            f"invalid voice id {voice_id!r}: use 1-{MAX_VOICE_ID_CHARS} characters "
-            "without leading or trailing spaces"
+            f"invalid voice id {shown}: {len(normalized)} characters, leading or trailing "
+            f"spaces count too; {VOICE_ID_RULES}"
         )
-    if len(voice_id) > MAX_VOICE_ID_CHARS:
-        raise VoiceError(
-            f"invalid voice id {voice_id[:40]!r}...: {len(voice_id)} characters, "
-            f"at most {MAX_VOICE_ID_CHARS} allowed"
-        )
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in voice_id):
-        raise VoiceError(f"invalid voice id {voice_id!r}: control characters are not allowed")
-    return voice_id
+    return normalized
 
 
 def row_info(row: VoiceRow) -> VoiceInfo:
@@ -103,7 +121,12 @@ class VoiceCatalog:
         self._on_changed = on_changed
 
     def entry(self, voice_id: str) -> VoiceEntry | None:
-        return self.db.get(voice_id) or self.dir.get(voice_id)
+        """The voice stored under exactly `voice_id` (ids from before the id rules), else
+        under its normalized form (what `check_voice_id` stores)."""
+        for key in dict.fromkeys((voice_id, normalize_voice_id(voice_id))):
+            if (found := self.db.get(key) or self.dir.get(key)) is not None:
+                return found
+        return None
 
     def ids(self) -> list[str]:
         return sorted(set(self.db) | set(self.dir))

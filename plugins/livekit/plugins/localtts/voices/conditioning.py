@@ -92,6 +92,18 @@ class ConditioningCache:
         if self.inflight.get(flight) is task:
             del self.inflight[flight]
 
+    def ready(self, engine: Engine) -> list[str]:
+        """The voices whose conditioning for `engine` is in memory now, for their current
+        clip (what /health counts: it changes as voices are added, replaced, removed)."""
+        ready = []
+        for (voice_id, name, revision), (digest, _) in self._memory.items():
+            entry = self._catalog.entry(voice_id)
+            if (name, revision) == (engine.name, engine.model_revision) and (
+                entry is not None and entry.digest == digest
+            ):
+                ready.append(voice_id)
+        return sorted(ready)
+
     def forget(self, voice_id: str) -> None:
         for key in [k for k in self._memory if k[0] == voice_id]:
             del self._memory[key]

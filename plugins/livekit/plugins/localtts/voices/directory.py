@@ -56,7 +56,7 @@ async def scan_directory(
     )
     for voice_id, result in zip(files, results, strict=True):
         if isinstance(result, VoiceEntry):
-            voices[voice_id] = result
+            voices[result.info.voice_id] = result  # the id normalized, as lookups expect
         else:
             problems[voice_id] = result
             logger.warning("skipping directory voice %s: %s", files[voice_id], result)
@@ -82,7 +82,7 @@ def _clip_files(directory: Path) -> tuple[dict[str, Path], dict[str, str]]:
 
 async def _read_voice(voice_id: str, path: Path, prepare: Prepare) -> VoiceEntry | str:
     try:
-        check_voice_id(voice_id)
+        voice_id = check_voice_id(voice_id)  # e.g. macOS file names are decomposed (NFD)
         data = await asyncio.to_thread(path.read_bytes)
         meta = read_sidecar(path.with_suffix(".json"))
         prepared = await prepare(voice_id, data, language=meta.get("language"))

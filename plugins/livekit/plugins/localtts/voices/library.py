@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class VoiceLibrary:
         `connect_attempts` times with exponential backoff from `connect_backoff` seconds."""
         self._voices_dir = Path(voices_dir) if voices_dir is not None else None
         self._use_database = use_database
+        # where the embedded PostgreSQL would live (None: DATABASE_URL is used instead)
+        self._embedded_dir = Path(data_dir) if database_url is None and data_dir else None
         self._database = VoiceDatabase(
             url=database_url,
             data_dir=Path(data_dir) if data_dir is not None else None,
@@ -144,7 +147,11 @@ class VoiceLibrary:
             self._status, self._detail = "ok", self._describe("no database (disabled)")
             return
         try:
-            await self._database.open(self._on_connected, directory_voices=len(self._catalog.dir))
+            if (problem := unwritable_dir_problem(self._embedded_dir)) is not None:
+                raise DatabaseUnavailableError(problem)  # no retries: waiting will not help
+            await self._database.open(
+                self._on_connected, directory_voices=len(self._catalog.dir)
+            )
         except DatabaseUnavailableError as e:
             self._status, self._detail = "degraded", str(e)
             logger.error("voice library degraded: %s", e)
@@ -243,6 +250,10 @@ class VoiceLibrary:
     async def get(self, voice_id: str) -> VoiceInfo:
         return self._require(voice_id).info
 
+    def ready_voices(self, engine: Engine) -> list[str]:
+        """The voices `engine` can speak with at once now (conditioning in memory)."""
+        return self._cache.ready(engine)
+
     async def list(self) -> list[VoiceInfo]:
         return [self._require(v).info for v in self._catalog.ids()]
 
@@ -257,8 +268,9 @@ class VoiceLibrary:
         language: str | None = None,
         replace: bool = False,
     ) -> VoiceInfo:
-        """Validate `audio` and store it as voice `voice_id` (VoiceError says what is wrong)."""
-        check_voice_id(voice_id)
+        """Validate `audio` and store it as voice `voice_id` (VoiceError says what is wrong);
+        the id is stored normalized (`check_voice_id`)."""
+        voice_id = check_voice_id(voice_id)
         store = self._require_store()
         catalog = self._catalog
         if not replace and voice_id in catalog.dir and voice_id not in catalog.db:
@@ -294,6 +306,8 @@ class VoiceLibrary:
 
     async def remove(self, voice_id: str) -> None:
         store = self._require_store()
+        if (entry := self._catalog.entry(voice_id)) is not None:
+            voice_id = entry.info.voice_id  # as stored: exact, or the normalized form
         async with database_errors(f"remove voice {voice_id!r}"):
             deleted = await store.delete_voice(voice_id)
         if not deleted:
@@ -305,3 +319,21 @@ class VoiceLibrary:
             raise UnknownVoiceError(f"unknown voice {voice_id!r}: nothing to remove")
         self._catalog.drop_db_voice(voice_id)
         logger.info("voice %r removed", voice_id)
+
+
+def unwritable_dir_problem(data_dir: Path | None) -> str | None:
+    """Why the embedded PostgreSQL cannot live under `data_dir` (None: it can, or no
+    embedded server is wanted): a directory that cannot be created or written to."""
+    if data_dir is None:
+        return None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as e:
+        return (
+            f"LOCALTTS_DATA_DIR={str(data_dir)!r} is not writable ({e.strerror or e}): the "
+            "embedded PostgreSQL keeps the voices there; set LOCALTTS_DATA_DIR to a writable "
+            "directory, or DATABASE_URL to a PostgreSQL server"
+        )
+    return None
