@@ -97,7 +97,8 @@ async def test_half_sent_headers_time_out_and_connections_past_the_cap_get_503(
         # and the service still serves, at full speed, with the slow ones gone
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             assert (await client.get("/health")).status_code == 200
-            speech = await client.post("/v1/audio/speech", json={"input": "Still here.", "response_format": "pcm"})
+            pcm = {"input": "Still here.", "response_format": "pcm"}
+            speech = await client.post("/v1/audio/speech", json=pcm)
             assert speech.status_code == 200 and len(speech.content) > 10_000
 
 
@@ -145,7 +146,9 @@ async def test_sigterm_lets_short_streams_finish_ends_long_ones_after_the_grace_
 
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             async with client.stream(
-                "POST", "/v1/audio/speech", json={"input": "A short reply, nearly done.", "response_format": "pcm"}
+                "POST",
+                "/v1/audio/speech",
+                json={"input": "A short reply, nearly done.", "response_format": "pcm"},
             ) as short:
                 assert short.status_code == 200
                 proc.send_signal(signal.SIGTERM)
