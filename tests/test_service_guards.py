@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from livekit.plugins import localtts
+from livekit.plugins.localtts.voices.audio import CLIP_RULES
 
 from localtts_agent.service.app import create_app
 from localtts_agent.service.models import MAX_JSON_BODY_BYTES, MAX_UPLOAD_BYTES, body_limit
@@ -85,11 +86,12 @@ async def test_json_bodies_up_to_the_limit_pass_one_byte_more_does_not(
 ) -> None:
     _, client = guarded
     auth = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
-    limit = body_limit("/v1/audio/speech")
+    limit, message = body_limit("/v1/audio/speech")
     assert limit == MAX_JSON_BODY_BYTES == 256 * 1024
+    assert message == "request body exceeds 256 KiB"
     too_large = {
         "error": {
-            "message": f"request body exceeds {limit} bytes",
+            "message": message,
             "type": "invalid_request_error",
             "code": "payload_too_large",
         }
@@ -114,7 +116,7 @@ async def test_a_false_content_length_is_still_counted(
     """A client that declares a small (or unreadable) length and sends more is cut off by the
     count, not trusted: the ASGI app is called directly to send what no httpx would."""
     app, _ = guarded
-    limit = body_limit("/v1/audio/speech")
+    limit, _message = body_limit("/v1/audio/speech")
     body = _json_body(limit + 1)
     for declared in (b"10", b"not-a-number"):
         sent: list[dict[str, Any]] = []
@@ -145,14 +147,16 @@ async def test_voice_uploads_have_their_own_larger_limit(
     guarded: tuple[Any, httpx.AsyncClient],
 ) -> None:
     _, client = guarded
-    voices = body_limit("/api/voices")
-    assert voices == body_limit("/api/voices/") == MAX_UPLOAD_BYTES + 64 * 1024
+    voices, message = body_limit("/api/voices")
+    assert (voices, message) == body_limit("/api/voices/")
+    assert voices == MAX_UPLOAD_BYTES + 64 * 1024
+    assert message == f"the upload is over the 20 MiB limit. {CLIP_RULES}"
     assert voices > MAX_JSON_BODY_BYTES
     auth = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/octet-stream"}
     # the size guard answers before the token is even looked at, and before anything is read
     over = await client.post("/api/voices", content=b"\0" * (voices + 1), headers=auth)
     assert over.status_code == 413
-    assert over.json()["error"]["message"] == f"request body exceeds {voices} bytes"
+    assert over.json()["error"]["message"] == message
     # a body that large is no problem for the voices path, only for the JSON ones
     at_limit = await client.post("/api/voices", content=b"\0" * voices, headers=auth)
     assert at_limit.status_code == 422  # not a form: validation, not the size guard
