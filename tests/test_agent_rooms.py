@@ -342,7 +342,10 @@ async def test_agent_joins_greets_and_answers_a_spoken_question(
         assert chat.texts("user") == [question]
     # and the participant heard the scripted answer, whole, after the question
     assert answer_at > said.last_sent
-    assert answer_end - answer_at == pytest.approx(speech_extent(speech(answer)), abs=0.25)
+    # (streamed from the LLM, the answer is spoken in pieces: the pauses between them may be
+    # up to ~0.3 s longer than in one run of the whole text; a lost or doubled sentence is
+    # more than a second off)
+    assert answer_end - answer_at == pytest.approx(speech_extent(speech(answer)), abs=0.4)
     print(
         f"\ngreeting {greeting_at - joined:.2f} s after joining; answer "
         f"{answer_at - said.last_sent:.2f} s after the question's last frame"
