@@ -733,3 +733,73 @@ def test_speech_word_clock_follows_the_text_position() -> None:
     rest = clock.words_until(16, final=True)
     assert [(w.word, round(w.start_s, 2)) for w in rest] == [(1, 0.2), (2, 0.52)]
     assert rest[-1].end_s == pytest.approx(16 * 0.04)
+
+
+@pytest.fixture()
+def aligned(engine: ChatterboxEngine):
+    """The engine's decoder reading two heads of the tiny model (a full-size T3 reads
+    upstream's three; the tiny one lacks their layers)."""
+    decoder = engine._decoder
+    assert decoder.aligned_heads == ()
+    decoder.aligned_heads = ((1, 0), (1, 3))
+    yield engine
+    decoder.aligned_heads = ()
+
+
+def _timed(engine: ChatterboxEngine, seed: int) -> list[np.ndarray]:
+    return list(engine.stream(BATCH_TEXTS[seed], None, SynthesisParams(seed=seed),
+                              threading.Event()))
+
+
+def test_aligned_heads_time_every_word(aligned: ChatterboxEngine, monkeypatch) -> None:
+    """With aligned heads the decoder records a text position per token, and the engine
+    yields every word of the text, in order, each in the chunk its audio starts in (or
+    before), at a multiple of a speech token (40 ms)."""
+    from livekit.plugins.localtts.engines import TimedChunk
+
+    engine = aligned
+    stats = _stats_by_seed(monkeypatch)
+    chunks = _timed(engine, 1)
+    assert len(chunks) > 1 and all(isinstance(c, TimedChunk) for c in chunks)
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == list(range(len(TEXT.split())))
+    starts = [w.start_s for w in words]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    token_s = SAMPLES_PER_TOKEN / engine.sample_rate
+    assert all(abs(s / token_s - round(s / token_s)) < 1e-6 for s in starts)
+    chunk_ends = np.cumsum([len(c) for c in chunks]) / engine.sample_rate
+    for chunk_end, chunk in zip(chunk_ends, chunks, strict=True):
+        assert all(w.start_s <= chunk_end + 1e-9 for w in chunk.words)
+    assert words[-1].end_s == pytest.approx(len(stats[1].speech_tokens) * token_s)
+
+
+def test_text_positions_are_the_same_alone_and_in_a_batch(aligned, monkeypatch) -> None:
+    """Each slot reads its own text: a stream's positions (hence word times) do not change
+    when other streams share its steps, and every position lies in its text's span."""
+    engine = aligned
+    read = engine._decoder.read
+    positions: dict[int, list[int]] = {}
+
+    def recording_read(ranges):
+        out = read(ranges)
+        for (slot, _, _), (_, pos) in zip(ranges, out, strict=True):
+            owner = engine._decoder.owners[slot]
+            positions.setdefault(owner.seed, []).extend(pos)
+        return out
+
+    monkeypatch.setattr(engine._decoder, "read", recording_read)
+    alone_words = {}
+    for seed in (1, 2):
+        chunks = _timed(engine, seed)
+        alone_words[seed] = [(w.word, w.start_s) for c in chunks for w in c.words]
+    alone_positions = dict(positions)
+    positions.clear()
+    together_chunks = together({seed: (lambda s=seed: _timed(engine, s)) for seed in (1, 2)})
+    for seed in (1, 2):
+        assert positions[seed] == alone_positions[seed]
+        got = [(w.word, w.start_s) for c in together_chunks[seed] for w in c.words]
+        assert got == alone_words[seed]
+        recorded = [p for p in positions[seed] if p >= 0]
+        assert len(recorded) >= len(positions[seed]) - 1  # all but the prefill's token
+        ids = engine._tokenizer.text_to_tokens(BATCH_TEXTS[seed]).shape[1]
+        assert max(recorded) - min(recorded) <= ids + 1

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import SynthesisParams
+from .base import SynthesisParams, TimedChunk
 from .chatterbox_options import SAMPLE_RATE, StreamStats
+from .chatterbox_words import UtteranceWords, utterance_words
 from .scheduler import Step
 
 if TYPE_CHECKING:
@@ -59,6 +60,14 @@ class ChatterboxStreamWork:
         with torch.inference_mode():
             self._embeds: Any = engine._prompt_embeds(text, conds, exaggeration)
             voice = engine._streamer.prepare(conds.gen)
+        # word times from where T3 reads the text, where the decoder reads its aligned heads
+        self.words: UtteranceWords | None = None
+        if self._decoder.aligned_heads:
+            from .chatterbox_s3gen import SAMPLES_PER_TOKEN
+
+            self.words = utterance_words(
+                engine._tokenizer, text, self._embeds.shape[1], SAMPLES_PER_TOKEN / SAMPLE_RATE
+            )
         self.stream = engine._streamer.open(voice, seed=self.seed)
         self._max_new = max_new_tokens or engine.options.max_new_tokens
         self.slot = -1
@@ -86,13 +95,14 @@ class ChatterboxStreamWork:
     def prefill(self) -> None:
         started = time.perf_counter()
         decoder = self._decoder
-        decoder.start(self, self._embeds, self.sampling, self.seed)
+        span = self.words.text_span if self.words is not None else None
+        decoder.start(self, self._embeds, self.sampling, self.seed, text_span=span)
         self.joined = self.holds_slot = True
         self.limit = min(decoder.capacity_for(self._embeds.shape[1]), self._max_new)
         self._embeds = None
         self.stats.prefill_s = time.perf_counter() - started
         if self.limit <= 1:  # nothing more to decode: read the one token now
-            self.take(decoder.tokens([(self.slot, 0, 1)])[0], 0.0)
+            self.take(*decoder.read([(self.slot, 0, 1)])[0], 0.0)
             self.leave()
 
     def steps_wanted(self) -> int:
@@ -103,15 +113,20 @@ class ChatterboxStreamWork:
         steps = interval if want <= 0 else min(interval, want)
         return max(1, min(steps, self.limit - self._decoder.length[self.slot]))
 
-    def take(self, new: list[int], seconds: float) -> None:
-        """Tokens read from the slot since the last read."""
+    def take(self, new: list[int], positions: list[int], seconds: float) -> None:
+        """Tokens (and the text positions they were sampled at) read from the slot since
+        the last read."""
         hp = self._decoder.hp
         self.stats.t3_s += seconds
         self.read = length = self._decoder.length[self.slot]
         if hp.stop_speech_token in new:
-            new = new[: new.index(hp.stop_speech_token)]
+            cut = new.index(hp.stop_speech_token)
+            new, positions = new[:cut], positions[:cut]
             self.stats.stopped = True
-        self.stream.add([t for t in new if t < hp.start_speech_token])  # ids >= 6561: none
+        speech = [i for i, t in enumerate(new) if t < hp.start_speech_token]  # >= 6561: none
+        self.stream.add([new[i] for i in speech])
+        if self.words is not None:
+            self.words.add([positions[i] for i in speech])
         if self.stats.stopped or length >= self.limit:
             self.finished = True
             self.stats.tokens = length
@@ -137,7 +152,12 @@ class ChatterboxStreamWork:
         elif self._engine._watermarker is not None:
             chunk = self._engine._watermark(chunk)
         stats.audio_s += len(chunk) / SAMPLE_RATE
-        return np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
+        audio = np.clip(chunk, -1.0, 1.0).astype(np.float32, copy=False)
+        if self.words is None:
+            return audio
+        # the words whose first speech token is in audio emitted so far
+        final = self.finished and len(stream.tokens) <= stream.committed
+        return TimedChunk.of(audio, self.words.words_until(stream.committed, final=final))
 
     def close(self) -> None:
         stats = self.stats
@@ -161,14 +181,14 @@ def decode_batch(
     started = time.perf_counter()
     try:
         decoder.step(works, steps)
-        new = decoder.tokens([(w.slot, w.read, decoder.length[w.slot]) for w in works])
+        new = decoder.read([(w.slot, w.read, decoder.length[w.slot]) for w in works])
     except Exception as e:
         return dict.fromkeys(range(len(works)), e)
     seconds = time.perf_counter() - started
     failures: dict[int, BaseException] = {}
-    for i, (work, tokens) in enumerate(zip(works, new, strict=True)):
+    for i, (work, (tokens, positions)) in enumerate(zip(works, new, strict=True)):
         try:
-            work.take(tokens, seconds)
+            work.take(tokens, positions, seconds)
         except Exception as e:
             failures[i] = e
     for work in works:

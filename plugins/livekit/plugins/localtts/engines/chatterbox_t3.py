@@ -37,6 +37,9 @@ import torch.nn.functional as F
 from .base import InvalidRequestError, KVCacheOverflowError
 
 CFG_BATCH = 2  # per stream: row 0 conditional, row 1 unconditional (zeroed text embedding)
+# (layer, head) of T3's Llama whose attention follows the text being spoken: upstream's
+# AlignmentStreamAnalyzer (chatterbox-tts 0.1.7, LLAMA_ALIGNED_HEADS) reads the same three
+ALIGNED_HEADS: tuple[tuple[int, int], ...] = ((12, 15), (13, 11), (9, 2))
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _M32 = 0xFFFFFFFF
 
@@ -149,6 +152,7 @@ class T3BatchDecoder:
         compile_step: bool = False,
         cuda_graph: bool = False,
         stop_check_interval: int = 8,
+        aligned_heads: tuple[tuple[int, int], ...] | None = None,
     ) -> None:
         if getattr(t3, "is_gpt", False):
             raise ValueError("only Llama-based T3 models are supported")
@@ -171,6 +175,13 @@ class T3BatchDecoder:
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        if aligned_heads is None:  # upstream's heads, where the model has them (full size)
+            fits = all(
+                layer < self.n_layers and head < self.n_heads for layer, head in ALIGNED_HEADS
+            )
+            aligned_heads = ALIGNED_HEADS if fits else ()
+        # read in every step: the text position each stream's token is sampled at (word times)
+        self.aligned_heads = tuple(aligned_heads)
         rows = CFG_BATCH * slots
         kv_shape = (rows, self.n_kv_heads, max_cache_len, self.head_dim)
         self._k = [torch.zeros(kv_shape, device=dev, dtype=dt) for _ in range(self.n_layers)]
@@ -193,11 +204,17 @@ class T3BatchDecoder:
         self._seed = torch.zeros(slots, dtype=torch.long, device=dev)
         self._seen = torch.zeros(slots, self.vocab, dtype=torch.bool, device=dev)
         self._out = torch.zeros(slots, self.hp.max_speech_tokens, dtype=torch.long, device=dev)
+        # the prompt position the aligned heads looked at most, among the slot's text
+        # positions [text_lo, text_hi), when each token was sampled (-1: not read)
+        self._text_pos = torch.full_like(self._out, -1)
+        self._text_lo = torch.zeros(slots, 1, dtype=torch.long, device=dev)
+        self._text_hi = torch.zeros(slots, 1, dtype=torch.long, device=dev)
         self._knobs = {
             name: torch.zeros(slots, 1, dtype=torch.float32, device=dev) for name in _KNOBS
         }
         self._state = [self._token, self._cache_pos, self._speech_pos, self._n, self._live,
-                       self._seed, self._seen, self._out, *self._knobs.values()]
+                       self._seed, self._seen, self._out, self._text_pos, self._text_lo,
+                       self._text_hi, *self._knobs.values()]
         self._graphs: dict[int, Any] = {}
         self._forward_step: Callable[[int], None] = self._decode_step
         if self.compile_step:
@@ -245,9 +262,13 @@ class T3BatchDecoder:
     # -- joining: prefill ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def start(self, owner: Any, embeds: torch.Tensor, sampling: SamplingParams, seed: int) -> int:
+    def start(
+        self, owner: Any, embeds: torch.Tensor, sampling: SamplingParams, seed: int,
+        text_span: tuple[int, int] | None = None,
+    ) -> int:  # fmt: skip
         """Take a free slot for `owner`, prefill it with the (2, L, D) prompt embeddings and
-        sample the first token; returns the slot (`owner.slot` follows later moves)."""
+        sample the first token; returns the slot (`owner.slot` follows later moves).
+        `text_span`: the prompt positions of the text (for `read`'s text positions)."""
         if embeds.shape[0] != CFG_BATCH:
             raise ValueError("embeds must hold the conditional and unconditional rows")
         length = embeds.shape[1]
@@ -262,6 +283,8 @@ class T3BatchDecoder:
         self._seen[slot] = False
         self._seen[slot, self.hp.start_speech_token] = True  # the stock history starts at BOS
         self._n[slot] = 0
+        self._text_pos[slot] = -1
+        self._text_lo[slot], self._text_hi[slot] = text_span or (0, 0)
         self._live[slot] = True
         logits = self._prefill_logits(slot, embeds.to(self.dtype))
         self._sample(logits, slice(slot, slot + 1))
@@ -325,13 +348,41 @@ class T3BatchDecoder:
         # each row attends to its own written positions, nothing beyond
         mask = (self._cache_positions[None, :] <= pos[:, None]).view(rows, 1, 1, -1)
         row_ids = self._rows[:rows]
+        attention: torch.Tensor | None = None  # the aligned heads' attention, summed
         for i in range(self.n_layers):
             q, k, v, layer = self._qkv(i, x, cos, sin)
             self._k[i][row_ids, :, pos] = k[:, :, 0]
             self._v[i][row_ids, :, pos] = v[:, :, 0]
+            for layer_index, head in self.aligned_heads:
+                if layer_index == i:
+                    read = self._head_attention(i, q, head, mask)
+                    attention = read if attention is None else attention + read
             x = self._attend(layer, x, q, self._k[i][:rows], self._v[i][:rows], mask,
                              causal=False)
+        if attention is not None:
+            self._record_text_position(b, attention)
         return self._logits(x)
+
+    def _head_attention(self, i: int, q: torch.Tensor, head: int, mask: torch.Tensor
+                        ) -> torch.Tensor:  # fmt: skip
+        """(b, M) attention of `head` of layer i, conditional rows: where it reads now."""
+        rows = q.shape[0]
+        kv_head = head // (self.n_heads // self.n_kv_heads)
+        keys = self._k[i][0:rows:CFG_BATCH, kv_head]  # (b, M, head_dim)
+        scores = (keys @ q[0::CFG_BATCH, head, 0, :, None])[..., 0].float()
+        scores = scores * self.t3.tfmr.layers[i].self_attn.scaling
+        scores = scores.masked_fill(~mask[0::CFG_BATCH, 0, 0], float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+    def _record_text_position(self, b: int, attention: torch.Tensor) -> None:
+        """The text position each live slot's token (sampled next, index n) is read at."""
+        positions = self._cache_positions[None]
+        text = (positions >= self._text_lo[:b]) & (positions < self._text_hi[:b])
+        focus = attention.masked_fill(~text, -1.0).argmax(dim=-1)  # (b,)
+        index = self._n[:b].clamp(max=self.hp.max_speech_tokens - 1)[:, None]
+        recorded = self._text_pos[:b]
+        keep = recorded.gather(1, index)[:, 0]
+        recorded.scatter_(1, index, torch.where(self._live[:b], focus, keep)[:, None])
 
     def _sample(self, logits: torch.Tensor, sl: slice) -> None:
         """Sample the next token of the slots in `sl` (those live) and record it."""
@@ -381,13 +432,20 @@ class T3BatchDecoder:
 
     def tokens(self, ranges: list[tuple[int, int, int]]) -> list[list[int]]:
         """Sampled tokens [start, end) of each (slot, start, end): one host sync for all."""
+        return [tokens for tokens, _ in self.read(ranges)]
+
+    def read(self, ranges: list[tuple[int, int, int]]) -> list[tuple[list[int], list[int]]]:
+        """(tokens, text positions) [start, end) of each (slot, start, end), in one host
+        sync; a position is -1 where none was read (no aligned heads, the prefill's token)."""
         if not ranges:
             return []
-        flat = torch.cat([self._out[slot, a:e] for slot, a, e in ranges]).tolist()
+        parts = [t[slot, a:e] for slot, a, e in ranges for t in (self._out, self._text_pos)]
+        flat = torch.cat(parts).tolist()
         out, at = [], 0
         for _, a, e in ranges:
-            out.append(flat[at : at + e - a])
-            at += e - a
+            n = e - a
+            out.append((flat[at : at + n], flat[at + n : at + 2 * n]))
+            at += 2 * n
         return out
 
     # -- compile / capture ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ never moves back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .base import WordTiming
 
@@ -95,3 +96,40 @@ def text_token_words(token_texts: Sequence[str], space: str) -> list[int]:
             word += 1
         words.append(word)
     return words
+
+
+class UtteranceWords:
+    """One stream's word clock and where its text sits in the prompt: the decoder records
+    text positions within `text_span`; `add` takes what each host read returns."""
+
+    def __init__(self, clock: SpeechWordClock, text_span: tuple[int, int]) -> None:
+        self.clock = clock
+        self.text_span = text_span  # prompt positions of the text, start/stop tokens included
+
+    def add(self, positions: Sequence[int]) -> None:
+        """Positions of the speech tokens the stream kept (not those after its stop)."""
+        self.clock.add(positions)
+
+    def words_until(self, speech_tokens: int, *, final: bool = False) -> list[WordTiming]:
+        return self.clock.words_until(speech_tokens, final=final)
+
+
+def utterance_words(
+    tokenizer: Any, text: str, prompt_len: int, seconds_per_token: float
+) -> UtteranceWords:
+    """The word clock of `text` in a prompt of `prompt_len` positions, as the engine builds
+    it: the text (its tokens between start/stop-of-text) is followed by a start-of-speech
+    token and upstream's second one, so its first token is at prompt_len - 3 - len(ids)."""
+    from chatterbox.models.tokenizers.tokenizer import SPACE
+    from chatterbox.tts import punc_norm
+
+    from ..textcut import word_spans
+
+    ids = tokenizer.text_to_tokens(punc_norm(text))[0].tolist()
+    token_texts = [tokenizer.tokenizer.id_to_token(i) for i in ids]
+    text_start = prompt_len - 3 - len(ids)
+    clock = SpeechWordClock(
+        text_token_words(token_texts, SPACE), text_start, len(word_spans(text)),
+        seconds_per_token=seconds_per_token,
+    )  # fmt: skip
+    return UtteranceWords(clock, (text_start - 1, text_start + len(ids) + 1))
