@@ -317,7 +317,11 @@ async def main() -> None:
         for name, text in FIRST_SENTENCES.items():
             from livekit.plugins.localtts.text import split_text
 
-            piece = split_text(text)[0].text
+            piece = split_text(
+                text,
+                first_clause_min_chars=tts._opts.first_clause_min_chars,
+                first_piece_min_words=tts._opts.first_piece_min_words,
+            )[0].text
             ours_wer, unsplit_wer = await word_errors(tts, voice, text, args.asr_runs)
             wers.append({"text": name, "ours": ours_wer, "unsplit": unsplit_wer})
             print(f"| {name} | {piece} | {ours_wer:.3f} | {unsplit_wer:.3f} |")

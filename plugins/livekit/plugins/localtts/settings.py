@@ -19,6 +19,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .models import DeviceChoice, EngineChoice
+from .text import FIRST_CLAUSE_MIN_CHARS, FIRST_PIECE_MIN_WORDS
 
 _CONFIG = SettingsConfigDict(
     env_prefix="LOCALTTS_", env_file=".env", extra="ignore", populate_by_name=True
@@ -141,10 +142,13 @@ class Settings(EngineSettings, VoiceLibrarySettings):
 
     # text
     first_clause_min_chars: int = Field(
-        16, description="the first piece of a reply is cut at the first clause end after this"
+        FIRST_CLAUSE_MIN_CHARS,
+        description="the first piece of a reply is cut at the first clause end after this",
     )
     first_piece_min_words: int = Field(
-        4, ge=1, description="else at a word boundary once this many words are complete"
+        FIRST_PIECE_MIN_WORDS,
+        ge=1,
+        description="else at a word boundary once this many words are complete",
     )
     first_piece_wait_s: float = Field(
         0.25,
