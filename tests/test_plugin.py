@@ -93,9 +93,7 @@ async def test_text_pushed_before_synthesis_starts_is_split_as_one(
     """Text already queued when the stream reads it (AgentSession.say, a fast LLM) is split
     together: a short first sentence pushed in two parts is not cut as if the rest were
     still to come."""
-    # "Hello," would be a first piece of its own by default: the subject here is the sentence
-    settings = localtts.Settings(first_clause_min_chars=16)  # type: ignore[call-arg]
-    tts = localtts.TTS(engine=recording, settings=settings)  # type: ignore[arg-type]
+    tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]
     stream = tts.stream()
     for part in ("Hello, this is the local voice", " agent.", " How can I help you today?"):
         stream.push_text(part)

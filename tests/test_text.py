@@ -34,24 +34,14 @@ def streamed(words: list[str], splitter: TextSplitter | None = None) -> list[tup
 
 
 def test_first_piece_is_a_clause_then_sentences() -> None:
-    text = "Well, I think that this is good, really. And here is a second sentence! Third?"
-    # by default the first clause end, however short the clause ("Sure, | I can help")
-    assert texts(split_text(text)) == [
-        "Well,",
-        "I think that this is good, really.",
-        "And here is a second sentence!",
-        "Third?",
-    ]
-    assert texts(split_text(text, first_clause_min_chars=16)) == [
+    pieces = split_text(
+        "Well, I think that this is good, really. And here is a second sentence! Third?"
+    )
+    assert texts(pieces) == [
         "Well, I think that this is good,",
         "really.",
         "And here is a second sentence!",
         "Third?",
-    ]
-    assert texts(split_text("Sure, I can help with that. Your order shipped.")) == [
-        "Sure,",
-        "I can help with that.",
-        "Your order shipped.",
     ]
 
 
@@ -123,11 +113,8 @@ def test_streamed_tokens_give_the_first_words_before_the_clause_ends() -> None:
 
 
 def test_a_clause_that_comes_first_wins() -> None:
-    words = "Certainly, my friend, let me check that for you.".split(" ")
-    # released by the next word (its space shows the clause ended)
-    assert streamed(words)[0] == (1, "Certainly,")
-    longer = TextSplitter(first_clause_min_chars=16)
-    assert streamed(words, longer)[0] == (3, "Certainly, my friend,")  # before four words
+    got = streamed("Certainly, my friend, let me check that for you.".split(" "))
+    assert got[0] == (3, "Certainly, my friend,")  # before four words are complete
 
 
 def test_the_wait_cuts_at_the_last_word_a_piece_may_end_on() -> None:
@@ -220,10 +207,10 @@ def test_normalize_keeps_comparisons_symbols_and_words() -> None:
 def test_a_short_sentence_pushed_whole_is_not_cut() -> None:
     """A whole text pushed at once (AgentSession.say): a short first sentence ending the
     buffer waits for the next token, which shows whether it ended; a long one is cut."""
-    splitter = TextSplitter(first_clause_min_chars=16)  # "Hello," is no first piece here
+    splitter = TextSplitter()
     assert splitter.push("Hello, this is the local voice agent.") == []
     assert texts(splitter.flush()) == ["Hello, this is the local voice agent."]
-    splitter = TextSplitter(first_clause_min_chars=16)  # "Hello," is no first piece here
+    splitter = TextSplitter()
     assert splitter.push("Hello, this is the local voice agent.") == []
     assert texts(splitter.push(" How")) == ["Hello, this is the local voice agent."]
     splitter = TextSplitter()
@@ -234,7 +221,7 @@ def test_after_the_wait_a_sentence_end_at_the_end_of_the_buffer_is_one() -> None
     """An LLM pauses after a sentence (the space after its end not sent yet): once the wait
     runs out, the sentence is spoken whole, not cut before its last word; a period after
     an abbreviation or a digit ends nothing."""
-    splitter = TextSplitter(first_clause_min_chars=16)  # "Hello," is no first piece here
+    splitter = TextSplitter()
     assert splitter.push("Hello, this is the local voice agent.") == []
     assert texts(splitter.wait_expired()) == ["Hello, this is the local voice agent."]
     assert texts(splitter.flush(" How")) == ["How"]

@@ -37,10 +37,12 @@ from .textcut import CLAUSE_END, cut_long, word_spans
 
 # SSML/XML/HTML tags are not spoken; "x < 5 and y > 3" is not a tag
 _TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]{0,200})?/?>")
-# defaults of the first-piece rules (the plugin's settings use the same)
-# a clause end of any length: "Sure, | I can help" is a natural pause, and cutting there
-# halved first audio for a short first sentence with no loss in word error (benchmarks.md)
-FIRST_CLAUSE_MIN_CHARS = 2
+# defaults of the first-piece rules (the plugin's settings use the same). A shorter first
+# clause ("Sure, | I can help", LOCALTTS_FIRST_CLAUSE_MIN_CHARS=2) halved stream() first audio
+# for a short first sentence with no loss in word error, but four rooms sharing one Piper
+# engine on 2 cores then heard "Hello," and over a second of silence (the second pieces queue
+# behind the other rooms' first ones): not the default (docs/benchmarks.md)
+FIRST_CLAUSE_MIN_CHARS = 16
 FIRST_PIECE_MIN_WORDS = 4
 _MARKDOWN = re.compile(r"(\*{1,3}|_{2,3}|`{1,3}|^#{1,6}\s|^\s*[-*+]\s)", re.MULTILINE)
 _SPACE = re.compile(r"\s+")
