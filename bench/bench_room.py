@@ -107,6 +107,17 @@ async def plugin_first_audio(tts: localtts.TTS, text: str) -> tuple[float, float
     return first, speech_onset(frames, tts.sample_rate)
 
 
+async def engine_idle(tts: localtts.TTS) -> None:
+    """Until the engine has left the plugin run's stream: that run stops at its first frames,
+    and the step in flight then (a sentence, or a decoder window) still runs; a request
+    arriving meanwhile would wait for it, which is not the room's cost."""
+    scheduler = tts.engine.scheduler
+    for _ in range(1000):  # (the scheduler has no event for it; 5 s at most)
+        if not scheduler.active_streams:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def listen(url: str, token: str) -> None:
     """The listener process: joins, then prints `speech <t>` when speech starts and `quiet
     <t>` after QUIET_S of silence (t: time.monotonic() of the frame's arrival, a clock
@@ -265,6 +276,7 @@ async def bench_engine(
                 await plugin_first_audio(tts, text)  # the plugin path's own first call
                 for i in range(runs):
                     first, onset = await plugin_first_audio(tts, text)
+                    await engine_idle(tts)
                     heard, service = await room_first_audio(c, listener, text)
                     result.plugin.append(first)
                     result.onset.append(onset)
