@@ -165,6 +165,14 @@ def stream_context(
         _context.value = previous
 
 
+def continues_reply() -> bool:
+    """Whether a stream this thread starts now is a later piece of a reply already playing
+    (`stream_context(continues_at=)`): its listener has audio ahead, so an engine may make
+    its first chunk as large as its later ones."""
+    value = getattr(_context, "value", None)
+    return value is not None and value[1] is not None
+
+
 class _Stream:
     _ids = itertools.count()
 
