@@ -89,6 +89,7 @@ class PiperEngine:
         model_path: Path | None = None,
         config_path: Path | None = None,
         scheduler: EngineScheduler | None = None,
+        decoder_windows: bool = True,
     ):
         if model_path is None:
             model_path, config_path = bundled_voice_paths()
@@ -102,6 +103,8 @@ class PiperEngine:
         # the rate is known before loading: LiveKit must be told the true rate up front
         with self.config_path.open(encoding="utf-8") as f:
             self.sample_rate: int = int(json.load(f)["audio"]["sample_rate"])
+        # False: a sentence per ONNX call even where the voice splits (what benches compare)
+        self._decoder_windows = decoder_windows
         self._voice: Any = None
         # set when the model splits at its decoder: sentences are decoded in windows
         self._split: SplitVoice | None = None
@@ -168,7 +171,8 @@ class PiperEngine:
             ) from e
         with self.config_path.open(encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
-        split = split_voice(self.model_path, hop=config.hop_length)
+        split = split_voice(self.model_path, hop=config.hop_length) if self._decoder_windows \
+            else None
         if split is not None:
             # the front is the voice's session: Piper's own call builds its inputs
             voice = PiperVoice(session=split.front, config=config)
