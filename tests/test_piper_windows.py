@@ -22,7 +22,7 @@ from livekit.plugins.localtts.engines.scheduler import stream_context
 
 HOP = 256
 # windows in latent frames: the first (0.19 s of audio), growth, the longest (3 s)
-FIRST, GROWTH, MOST = 16, 8, 256
+FIRST, GROWTH, MOST = 16, 2, 256
 LONG = ("I checked your account and found two charges from the same store on the same day, "
         "one of them a duplicate. The refund is on its way.")
 
@@ -128,9 +128,10 @@ def test_windows_join_into_the_one_pass_audio(
     (first_latent, _), (second_latent, _) = calls.fronts
     frames = first_latent.shape[2]
     sizes = [len(c) // HOP for c in chunks]
-    # a new reply: 16 frames first (0.19 s), then 8x the audio made, the rest of the sentence
-    # with the last window when it is at most half a window more
-    assert sizes[:2] == [FIRST, GROWTH * FIRST] and sum(sizes[:3]) == frames, sizes
+    # a new reply: 16 frames first (0.19 s), then twice the audio made, the rest of the
+    # sentence with the last window when it is at most half a window more
+    assert sizes[:3] == [FIRST, 2 * FIRST, 2 * 3 * FIRST], sizes
+    assert sum(sizes[:4]) == frames, sizes  # the rest: at most 1.5 x 256 frames
     assert all(len(c) % HOP == 0 for c in chunks)
     assert len(chunks[0]) == FIRST * HOP < frames * HOP / 20
     gains = {gain for *_, gain in calls.windows}
@@ -148,15 +149,22 @@ def test_windows_join_into_the_one_pass_audio(
         assert abs((ours[j] - ours[j - 1]) - (reference[j] - reference[j - 1])) < 2e-5
 
 
-def test_a_later_piece_of_a_playing_reply_starts_with_a_full_window(
+def test_a_later_piece_starts_with_a_window_as_large_as_the_audio_ahead(
     piper_engine: PiperEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = Recorder(piper_engine, monkeypatch)
-    with stream_context([], continues_at=time.monotonic() + 2.0):
+    with stream_context([], continues_at=time.monotonic() + 3.0):  # 3 s still to play
         chunks = list(speak(piper_engine, LONG))
     frames = calls.fronts[0][0].shape[2]
     assert frames > MOST * 3 // 2  # this sentence needs two windows even so
-    assert len(chunks[0]) == MOST * HOP
+    assert len(chunks[0]) == MOST * HOP  # 2 x (3 s less the wait) is more than 256 frames
+    with stream_context([], continues_at=time.monotonic() + 0.5):  # 43 frames ahead
+        chunks = list(speak(piper_engine, LONG))
+    # twice the frames still ahead when the scheduler started it (less the time it waited)
+    assert 2 * 30 * HOP <= len(chunks[0]) <= 2 * 43 * HOP, len(chunks[0]) // HOP
+    with stream_context([], continues_at=time.monotonic() - 1.0):  # the listener ran dry
+        chunks = list(speak(piper_engine, LONG))
+    assert len(chunks[0]) == FIRST * HOP
 
 
 def test_word_times_are_those_of_the_durations(
@@ -181,7 +189,7 @@ def test_word_times_are_those_of_the_durations(
     for chunk in chunks:
         begin, end = end, end + len(chunk)
         for w in chunk.words:
-            assert w.start_s < end / rate or chunk is chunks[2] or chunk is chunks[-1]
+            assert w.start_s < end / rate or chunk is chunks[3] or chunk is chunks[-1]
             assert w.start_s >= begin / rate - 0.071  # a word's onset lead (70 ms)
 
 

@@ -6,18 +6,18 @@ split at load into its front (phonemes -> latent and phoneme durations) and its 
 (latent -> audio), see `piper_split`; `stream` then speaks each sentence as a `prefill` step
 (the front) and `emit` steps that decode its latent in windows: a stream's first window is
 small (`_FIRST_WINDOW` frames: first audio is the front plus that, not the whole sentence),
-later ones grow with the audio already made (`_WINDOW_GROWTH`, up to `_MAX_WINDOW`), and a
-later piece of a reply already playing starts at full size. Windows carry the decoder's
-receptive field as context on both sides, so their audio is the one-pass audio. The
-durations give `TimedChunk`s with the time of every word (`piper_words`). A voice that does
-not split (or no `onnx` package) speaks a sentence per ONNX call, with word times when the
-model could be patched to output its durations.
+later ones grow with the audio ahead of the listener (`_WINDOW_GROWTH`, up to `_MAX_WINDOW`),
+which for a later piece of a reply already playing counts the audio still to play.
+Windows carry the decoder's receptive field as context on both sides, so their audio is
+the one-pass audio. The durations give `TimedChunk`s with the time of every word
+(`piper_words`). A voice that does not split (or no `onnx` package) speaks a sentence per
+ONNX call, with word times when the model could be patched to output its durations.
 
 Every call (and the phonemizer, and loading) runs on the engine's scheduler thread, which
 takes every stream's front and first window before any stream's later windows
 (`scheduler`). One thread also bounds memory: onnxruntime called from many threads kept
 growing (0.3 -> 3 GB). Decoder windows of several streams are not batched: on this CPU a
-batch of 4 windows costs about 4 windows (measured in docs/benchmarks.md).
+batch of 4 windows costs about 4 windows (docs/scheduling.md).
 
 Level: Piper's own `synthesize` scales each sentence to full scale, which needs the whole
 sentence's audio first. Here every sentence gets one gain: 1 / the loudest raw sample this
@@ -51,16 +51,18 @@ from .base import (
 )
 from .piper_split import SplitVoice, split_voice
 from .piper_words import WordPhonemes, WordTimer
-from .scheduler import EngineScheduler, Step, continues_reply
+from .scheduler import EngineScheduler, Step, reply_continues_at
 
 _CAPACITY_TEXT = "The weather today is sunny, with a light breeze from the west."
 
 # Decoder windows, in latent frames (256 samples, 11.6 ms at 22,050 Hz). The first is small:
-# first audio; each later one is at most `_WINDOW_GROWTH` times the audio already made, so
-# it is decoded long before that audio has played (decoding runs ~20x real time here), and
-# few windows means little context decoded twice (2 x 10 frames a join).
+# first audio; each later one is at most `_WINDOW_GROWTH` times the audio ahead of the
+# listener (made so far, or ahead of a later piece when it starts), so that it is decoded
+# before that audio has played even on a machine 6x slower than a quiet one (decoding runs
+# ~22x real time quiet; with 8x growth a loaded machine, load 10 on 2 cores, stalled a
+# single stream 0.14-0.26 s after its first window). Each join decodes 2 x 10 frames twice.
 _FIRST_WINDOW = 16
-_WINDOW_GROWTH = 8
+_WINDOW_GROWTH = 2
 # the longest window: a newcomer's first window waits for at most one such step
 _MAX_WINDOW = 256
 # The bundled voice's raw sentence peaks: median 0.54, max 0.727 over 81 noisy sentences;
@@ -234,9 +236,9 @@ class PiperEngine:
         # the voice's own pace (its config's length_scale), made faster or slower
         length_scale = (self._voice.config.length_scale or 1.0) / params.speed
         syn_config = SynthesisConfig(length_scale=length_scale)
-        continues = continues_reply()  # read here, on the caller's thread
+        continues_at = reply_continues_at()  # read here, on the caller's thread
         yield from self.scheduler.stream(
-            lambda: _PiperStreamWork(self, text, syn_config, continues=continues), cancel
+            lambda: _PiperStreamWork(self, text, syn_config, continues_at=continues_at), cancel
         )
 
     def _run_model(self, phonemes: list[str], syn_config: Any) -> tuple[np.ndarray, Any]:
@@ -309,7 +311,7 @@ class _PiperStreamWork:
     takes any left)."""
 
     def __init__(self, engine: PiperEngine, text: str, syn_config: Any, *,
-                 continues: bool) -> None:
+                 continues_at: float | None) -> None:
         self.sample_rate = engine.sample_rate
         self._engine = engine
         self._syn_config = syn_config
@@ -318,9 +320,11 @@ class _PiperStreamWork:
         phonemes_of = engine._word_phonemes
         self._words = WordTimer(text, sentences, phonemes_of) if phonemes_of is not None else None
         self._offset = 0  # samples emitted so far
-        # latent frames emitted so far: a later piece of a playing reply has audio ahead of
-        # it, so its windows start at full size
-        self._made = _MAX_WINDOW if continues else 0
+        # latent frames of audio ahead of the listener when this stream started (a later
+        # piece of a playing reply), plus those emitted since: what a window may grow to
+        ahead_s = 0.0 if continues_at is None else max(0.0, continues_at - time.monotonic())
+        hop = engine._split.hop if engine._split is not None else 1
+        self._made = int(ahead_s * self.sample_rate) // hop
         # the sentence being decoded: its latent, frames done, gain, and words not yet given
         self._latent: np.ndarray | None = None
         self._done = 0

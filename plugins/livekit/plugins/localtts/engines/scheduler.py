@@ -165,12 +165,12 @@ def stream_context(
         _context.value = previous
 
 
-def continues_reply() -> bool:
-    """Whether a stream this thread starts now is a later piece of a reply already playing
-    (`stream_context(continues_at=)`): its listener has audio ahead, so an engine may make
-    its first chunk as large as its later ones."""
+def reply_continues_at() -> float | None:
+    """When the listener of a stream this thread starts now runs out of audio, if it is a
+    later piece of a reply already playing (`stream_context(continues_at=)`), else None: an
+    engine may make its first chunk as large as the audio ahead of the listener allows."""
     value = getattr(_context, "value", None)
-    return value is not None and value[1] is not None
+    return None if value is None else value[1]
 
 
 class _Stream:
