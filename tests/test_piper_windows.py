@@ -73,9 +73,12 @@ def test_the_bundled_voice_splits_at_its_decoder(piper_engine: PiperEngine) -> N
     info = piper_engine.info()
     assert "decoder windows" in info.optimizations
     assert info.details["decoder_windows"]["context_frames"] == 10
-    # both halves run without onnxruntime's CPU arena (issue 12's memory bound)
+    # both halves run without onnxruntime's CPU arena (issue 12's memory bound), and their
+    # thread pools do not spin against each other
     for session in (split.front, split.decoder):
-        assert session.get_session_options().enable_cpu_mem_arena is False
+        options = session.get_session_options()
+        assert options.enable_cpu_mem_arena is False
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert piper_engine._voice.session is split.front
 
 
