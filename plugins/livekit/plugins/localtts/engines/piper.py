@@ -6,8 +6,8 @@ split at load into its front (phonemes -> latent and phoneme durations) and its 
 (latent -> audio), see `piper_split`; `stream` then speaks each sentence as a `prefill` step
 (the front) and `emit` steps that decode its latent in windows: a stream's first window is
 small (`_FIRST_WINDOW` frames: first audio is the front plus that, not the whole sentence),
-later ones grow with the audio ahead of the listener (`_WINDOW_GROWTH`, up to `_MAX_WINDOW`),
-which for a later piece of a reply already playing counts the audio still to play.
+later ones grow with the audio made so far (`_WINDOW_GROWTH`, up to `_MAX_WINDOW`), which
+for a later piece of a reply already playing starts at the audio its reply still had to play.
 Windows carry the decoder's receptive field as context on both sides, so their audio is
 the one-pass audio. The durations give `TimedChunk`s with the time of every word
 (`piper_words`). A voice that does not split (or no `onnx` package) speaks a sentence per
@@ -56,9 +56,9 @@ from .scheduler import EngineScheduler, Step, reply_continues_at
 _CAPACITY_TEXT = "The weather today is sunny, with a light breeze from the west."
 
 # Decoder windows, in latent frames (256 samples, 11.6 ms at 22,050 Hz). The first is small:
-# first audio; each later one is at most `_WINDOW_GROWTH` times the audio ahead of the
-# listener (made so far, or ahead of a later piece when it starts), so that it is decoded
-# before that audio has played even on a machine 6x slower than a quiet one (decoding runs
+# first audio; each later one is at most `_WINDOW_GROWTH` times the audio made so far (for a
+# later piece, counting what its reply still had to play when it started), so that it is
+# decoded before that audio has played even on a machine 6x slower than a quiet one (decoding runs
 # ~22x real time quiet; with 8x growth a loaded machine, load 10 on 2 cores, stalled a
 # single stream 0.14-0.26 s after its first window). Each join decodes 2 x 10 frames twice.
 _FIRST_WINDOW = 16
@@ -365,7 +365,7 @@ class _PiperStreamWork:
     def _window(self, frames: int) -> int:
         """Frames of the next window: small first, then growing with the audio made; a
         remainder up to half a window more is taken with it (a join costs context)."""
-        size = _FIRST_WINDOW if self._made == 0 else min(_MAX_WINDOW, _WINDOW_GROWTH * self._made)
+        size = min(_MAX_WINDOW, max(_FIRST_WINDOW, _WINDOW_GROWTH * self._made))
         rest = frames - self._done
         return rest if rest <= size * 3 // 2 else size
 
