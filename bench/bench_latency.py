@@ -3,7 +3,9 @@
     .venv/bin/python bench/bench_latency.py --engine piper --runs 10
 
 For Piper the stock call is `PiperVoice.synthesize(text)` (what a seed would call); the
-ratio column is plugin / stock, so 1.00 means the plugin adds nothing. Runs alternate
+ratio column is plugin / stock, so 1.00 means the plugin adds nothing. With a voice that
+splits at its decoder, the plugin also runs with a sentence per ONNX call ("one call":
+`PiperEngine(decoder_windows=False)`), what the windows are measured against. Runs alternate
 between the two paths so machine noise hits both alike. XTTS and Chatterbox have their
 own engine benches (bench_xtts.py, bench_chatterbox.py) with their stock paths.
 
@@ -95,19 +97,24 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-async def first_sentence_rows(tts, naive, runs: int, word_gap_s: float) -> list[dict]:
-    """First audio, ours and naive, for each first-sentence kind; runs alternate."""
+async def first_sentence_rows(tts, naive, runs: int, word_gap_s: float,
+                              one_call=None) -> list[dict]:
+    """First audio, ours and naive (and ours with a sentence per ONNX call), for each
+    first-sentence kind; runs alternate."""
     rows = []
     for name, text in FIRST_SENTENCES.items():
         first_sentence = text.split(". ")[0]
-        timings: dict[str, list[float]] = {k: [] for k in ("syn", "syn_naive", "st", "st_naive")}
+        timings: dict[str, list[float]] = {
+            k: [] for k in ("syn", "syn_one_call", "syn_naive", "st", "st_naive")}
         for _ in range(runs):
             timings["syn"].append(await first_audio_only(tts, text))
+            if one_call is not None:
+                timings["syn_one_call"].append(await first_audio_only(one_call, text))
             timings["syn_naive"].append(await first_audio_only(naive, text))
             timings["st"].append(await stream_first_audio(tts, text, word_gap_s))
             timings["st_naive"].append(await stream_first_audio(naive, text, word_gap_s))
         row = {"text": f"{name} ({len(first_sentence)} ch)"}
-        row.update({k: median_ms(v) for k, v in timings.items()})
+        row.update({k: median_ms(v) for k, v in timings.items() if v})
         rows.append(row)
     return rows
 
@@ -222,10 +229,15 @@ async def main() -> None:
     tts = localtts.TTS(engine=args.engine)
     await tts.warmup()
     stock: Callable[[str], tuple[float, float, float]] | None = None
+    one_call = None  # Piper: the plugin with a sentence per ONNX call (no decoder windows)
     if tts.engine.name == "piper":
+        from livekit.plugins.localtts.engines.piper import PiperEngine
         from piper import PiperVoice
 
         piper_engine = tts.engine
+        if getattr(piper_engine, "_split", None) is not None:
+            one_call = localtts.TTS(engine=PiperEngine(decoder_windows=False))
+            await one_call.warmup()
         voice = PiperVoice.load(piper_engine.model_path, piper_engine.config_path)
         list(voice.synthesize("Warming up."))
 
@@ -235,12 +247,17 @@ async def main() -> None:
     rows = []
     for name, text in TEXTS.items() if not args.skip_stock else ():
         ours: list[tuple[float, float, float]] = []
+        ours_one_call: list[tuple[float, float, float]] = []
         theirs: list[tuple[float, float, float]] = []
         for _ in range(args.runs):
             ours.append(await plugin_run(tts, text))
+            if one_call is not None:
+                ours_one_call.append(await plugin_run(one_call, text))
             if stock is not None:
                 theirs.append(stock(text))
-        for path, runs in (("plugin", ours), ("stock", theirs)):
+        paths = (("plugin, one call per sentence", ours_one_call), ("plugin", ours),
+                 ("stock", theirs))
+        for path, runs in paths:
             if not runs:
                 continue
             firsts = [r[0] * 1000 for r in runs]
@@ -256,9 +273,9 @@ async def main() -> None:
                 }
             )
         if theirs:
-            ratio_first = rows[-2]["first_p50_ms"] / rows[-1]["first_p50_ms"]
-            ratio_rtf = rows[-2]["rtf_p50"] / rows[-1]["rtf_p50"]
-            rows[-2]["ratio_first"], rows[-2]["ratio_rtf"] = ratio_first, ratio_rtf
+            for row in rows[-3 if ours_one_call else -2 : -1]:
+                row["ratio_first"] = row["first_p50_ms"] / rows[-1]["first_p50_ms"]
+                row["ratio_rtf"] = row["rtf_p50"] / rows[-1]["rtf_p50"]
 
     engine = tts.engine.name
     print(
@@ -285,16 +302,19 @@ async def main() -> None:
         naive = naive_stream_adapter(piper_engine.model_path, piper_engine.config_path)
         await first_audio_only(naive, "Warming up.")
         gap = args.word_gap_ms / 1000
-        first = await first_sentence_rows(tts, naive, args.runs, gap)
+        first = await first_sentence_rows(tts, naive, args.runs, gap, one_call)
         print(
             f"\nFirst audio (ms, median of {args.runs}); stream() fed a word every "
-            f"{args.word_gap_ms:g} ms; naive = Piper behind LiveKit's StreamAdapter"
+            f"{args.word_gap_ms:g} ms; naive = Piper behind LiveKit's StreamAdapter; one call "
+            f"= ours with a sentence per ONNX call (no decoder windows)"
         )
-        print("| reply | synthesize() ours | naive | stream() ours | naive | ours/naive stream |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| reply | synthesize() ours | one call | naive | stream() ours | naive "
+              "| ours/naive stream |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for r in first:
+            one = f"{r['syn_one_call']:.0f}" if "syn_one_call" in r else ""
             print(
-                f"| {r['text']} | {r['syn']:.0f} | {r['syn_naive']:.0f} | {r['st']:.0f} "
+                f"| {r['text']} | {r['syn']:.0f} | {one} | {r['syn_naive']:.0f} | {r['st']:.0f} "
                 f"| {r['st_naive']:.0f} | {r['st'] / r['st_naive']:.2f} |"
             )
         if args.first_audio_only:

@@ -165,6 +165,14 @@ def stream_context(
         _context.value = previous
 
 
+def reply_continues_at() -> float | None:
+    """When the listener of a stream this thread starts now runs out of audio, if it is a
+    later piece of a reply already playing (`stream_context(continues_at=)`), else None: an
+    engine may make its first chunk as large as the audio ahead of the listener allows."""
+    value = getattr(_context, "value", None)
+    return None if value is None else value[1]
+
+
 class _Stream:
     _ids = itertools.count()
 
