@@ -20,20 +20,21 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# module -> "file to mutate (import path)|process isolation|test selection|functions"
+# module -> "files to mutate (import paths)|process isolation|test selection|functions"
 # isolation: fork (from the process that ran the tests once: its imports and cached models
 # are shared), forkserver where a test setup is not fork-safe (tts: the engine thread pool
 # started by the stats run does not exist in a fork, and every mutant would hang);
 # functions (mutant-name globs, optional): the part of a large module this run covers
 declare -A modules=(
     [host]="livekit/plugins/localtts/host.py|fork|tests/test_host.py"
+    [text]="livekit/plugins/localtts/text.py livekit/plugins/localtts/textcut.py|fork|tests/test_text.py"
     [vad]="livekit/plugins/localtts/vad.py|fork|tests/test_vad.py|*.x__check__* *.x__rms_dbfs__* *.x__mono__* *xǁ_SpeechBufferǁ* *xǁVADStreamǁ_advance_turn__*"
     [vad_features]="livekit/plugins/localtts/vad_features.py|fork|tests/test_vad.py tests/test_vad_noise.py"
     [auth]="localtts_agent/service/auth.py|fork|tests/test_service_guards.py"
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"
     [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|fork|tests/test_xtts_windows.py"
     [tts]="livekit/plugins/localtts/tts.py|forkserver|tests/test_pcm_path.py|*.x__to_pcm16__* *.xǁ_ReadAheadǁ*"
-    [engine_calls]="livekit/plugins/localtts/engine_calls.py|forkserver|tests/test_pcm_path.py|*.x_engine_chunks__*"
+    [engine_calls]="livekit/plugins/localtts/engine_calls.py|forkserver|tests/test_engine_calls.py"
     [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"
 )
 
@@ -58,7 +59,7 @@ cp -r agent/localtts_agent tests voices "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 
 toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
-# shellcheck disable=SC2086  # the selection is a list of paths
+# shellcheck disable=SC2086  # the targets and the selection are lists of paths
 {
     # the repository's pytest settings, imports from the stage's root
     awk '/^\[tool.pytest.ini_options\]/{on=1; print; next} /^\[/{on=0} on' pyproject.toml |
@@ -67,7 +68,7 @@ toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
 
 [tool.mutmut]
 source_paths = ["livekit/plugins/localtts", "localtts_agent"]
-only_mutate = ["$target"]
+only_mutate = [$(toml_list $target)]
 also_copy = ["voices"]
 pytest_add_cli_args_test_selection = [$(toml_list $selection)]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
