@@ -36,6 +36,7 @@ declare -A modules=(
     [tts]="livekit/plugins/localtts/tts.py|forkserver|tests/test_pcm_path.py|*.x__to_pcm16__* *.xǁ_ReadAheadǁ*"
     [engine_calls]="livekit/plugins/localtts/engine_calls.py|forkserver|tests/test_engine_calls.py"
     [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"
+    [conditioning]="livekit/plugins/localtts/voices/conditioning.py|forkserver|tests/test_voices.py::test_preload_many_then_second_start_hits_the_cache tests/test_voices.py::test_changed_model_revision_recomputes tests/test_voices.py::test_concurrent_requests_share_one_computation tests/test_voices.py::test_a_changed_voice_never_gets_its_old_clips_conditioning tests/test_voices.py::test_unusable_cached_conditioning_is_recomputed tests/test_voices.py::test_an_engine_is_handed_no_more_reference_than_it_reads tests/test_voices.py::test_changes_reach_a_second_instance|*.x_conditioning_key__* *xǁConditioningCacheǁget__* *xǁConditioningCacheǁready__* *xǁConditioningCacheǁforget__* *xǁConditioningCacheǁ_load_or_compute__*"
 )
 
 module="${1:-}"
@@ -59,6 +60,13 @@ cp -r agent/localtts_agent tests voices "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 
 toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+# a forkserver run sets the session's fixtures up again for every mutant (a Piper load, a
+# PostgreSQL server): mutmut's default limit, 15 x the tests' own time, would stop them
+# while they set up and count a timeout as a kill; with forkserver a mutant may take the
+# set-up (20 s) plus 3 x the tests' time before it counts as hung
+timeouts=""
+[ "$isolation" != forkserver ] || timeouts=$'timeout_constant = 20.0\ntimeout_multiplier = 3.0'
+
 # shellcheck disable=SC2086  # the targets and the selection are lists of paths
 {
     # the repository's pytest settings, imports from the stage's root
@@ -73,6 +81,7 @@ also_copy = ["voices"]
 pytest_add_cli_args_test_selection = [$(toml_list $selection)]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 process_isolation = "$isolation"
+$timeouts
 use_git_change_detection = false
 EOF
 } >"$stage/pyproject.toml"

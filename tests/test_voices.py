@@ -415,8 +415,11 @@ async def test_changed_model_revision_recomputes(
     old = Counting(cloning_engine)
     await library.preload(old)
     new = Counting(cloning_engine, revision="another-revision")
+    # what /health counts: voices ready for this engine and revision, not another's
+    assert (library.ready_voices(old), library.ready_voices(new)) == (["a", "b"], [])
     report = await library.preload(new)
     assert sorted(report.computed) == ["a", "b"] and new.condition_calls == 2
+    assert library.ready_voices(new) == library.ready_voices(old) == ["a", "b"]
     again = Counting(cloning_engine, revision="another-revision")
     assert sorted((await (await open_library()).preload(again)).from_cache) == ["a", "b"]
     assert again.condition_calls == 0
@@ -595,8 +598,10 @@ async def test_changes_reach_a_second_instance(
     after = await reader.conditioning("live", engine)
     assert conditioning_bytes(engine, after) != conditioning_bytes(engine, before)
 
+    assert reader.ready_voices(engine) == ["live"]
     await writer.remove("live")
     await eventually(lambda: gone(reader, "live"))
+    assert reader.ready_voices(engine) == []  # its conditioning is forgotten with it
     with pytest.raises(UnknownVoiceError):
         await reader.conditioning("live", engine)
 
