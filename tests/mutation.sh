@@ -33,6 +33,7 @@ declare -A modules=(
     [auth]="localtts_agent/service/auth.py|fork|tests/test_service_guards.py"
     [middleware]="localtts_agent/service/middleware.py|fork|tests/test_service_guards.py"
     [xtts_vocoder]="livekit/plugins/localtts/engines/xtts_vocoder.py|fork|tests/test_xtts_windows.py"
+    [chatterbox_windows]="livekit/plugins/localtts/engines/chatterbox_s3gen.py|fork|tests/test_chatterbox_windows.py|*xǁVocoderStreamǁchunk_ready__* *xǁVocoderStreamǁrender_next__* *xǁVocoderStreamǁtokens_needed_for_next_chunk__* *xǁVocoderStreamǁfinish__*"
     [tts]="livekit/plugins/localtts/tts.py|forkserver|tests/test_pcm_path.py|*.x__to_pcm16__* *.xǁ_ReadAheadǁ*"
     [engine_calls]="livekit/plugins/localtts/engine_calls.py|forkserver|tests/test_engine_calls.py"
     [clip]="livekit/plugins/localtts/voices/audio.py|fork|tests/test_clip_validation.py|*.x_prepare_clip__*"

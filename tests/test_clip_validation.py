@@ -25,8 +25,8 @@ def speech() -> tuple[np.ndarray, int]:
     """The default voice's speech, float32, its peak at 0.5 (no sample near full scale)."""
     audio, rate = sf.read(DEFAULT_WAV, dtype="float32")
     # a second of silence first (the clip kept starts at the speech), and a length that is
-    # a multiple of 1000 (0.1 % of it is a whole number of samples)
-    audio = np.concatenate([np.zeros(rate, np.float32), audio])[: audio.size // 1000 * 1000]
+    # a multiple of 3000 (0.1 % of it is a whole number of flat tops of 3 samples)
+    audio = np.concatenate([np.zeros(rate, np.float32), audio])[: audio.size // 3000 * 3000]
     return (audio * (0.5 / np.max(np.abs(audio)))).astype(np.float32), rate
 
 
@@ -50,7 +50,7 @@ def _with_peaks(audio: np.ndarray, count: int, level: float) -> np.ndarray:
 
 def test_at_most_a_tenth_of_a_percent_at_full_scale_passes(speech) -> None:  # type: ignore[no-untyped-def]
     audio, rate = speech
-    limit = audio.size // 1000 // 3 * 3  # 0.1 % of the samples, in flat tops of 3
+    limit = audio.size // 1000  # exactly 0.1 % of the samples, in flat tops of 3
     kept = prepare_clip("v", _float_wav(_with_peaks(audio, limit, 1.0), rate), language="fr")
     assert kept.speech_seconds > 5.0
     assert (kept.clip.voice_id, kept.clip.language, kept.clip.sample_rate) == (

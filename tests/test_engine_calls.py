@@ -24,6 +24,10 @@ from livekit.plugins.localtts.engines.scheduler import EngineBusyError, StreamTi
 
 from .recording_engine import RecordingEngine
 
+# Piper speaks a sentence per chunk: far more than can be made before the consumer stops
+SENTENCES = 24
+LONG = " ".join(f"This is sentence number {n} of a long reply." for n in range(SENTENCES))
+
 
 class CountingLoads:
     """A real engine (the session's warm Piper: its load and warmup are quick once done),
@@ -163,25 +167,23 @@ async def test_the_engines_error_is_raised_on_the_loop(piper_engine: PiperEngine
 
 async def test_stopping_early_cancels_the_engine(piper_engine: PiperEngine) -> None:
     recording = RecordingEngine(piper_engine)
-    text = "First sentence. Second sentence. Third sentence. Fourth one."
-    chunks = engine_chunks(recording, text, None, SynthesisParams())
+    chunks = engine_chunks(recording, LONG, None, SynthesisParams())
     await chunks.__anext__()
     await chunks.aclose()
     await _until(lambda: recording.calls[0].finished is not None)
     assert recording.calls[0].cancelled
-    assert len(recording.calls[0].chunk_samples) < 4  # stopped before the last sentence
+    assert len(recording.calls[0].chunk_samples) < SENTENCES  # stopped before the last one
 
 
 async def test_a_closed_loop_cancels_the_engine(piper_engine: PiperEngine) -> None:
     """The consumer's loop ended without closing the iterator: the worker, unable to hand
     a chunk over, tells the engine to stop."""
     recording = RecordingEngine(piper_engine)
-    text = "First sentence. Second sentence. Third sentence. Fourth one."
     started = threading.Event()
 
     def consume_one_chunk_then_drop_the_loop() -> None:
         async def first() -> None:
-            chunks = engine_chunks(recording, text, None, SynthesisParams())
+            chunks = engine_chunks(recording, LONG, None, SynthesisParams())
             await chunks.__anext__()
             started.set()
 
@@ -193,5 +195,6 @@ async def test_a_closed_loop_cancels_the_engine(piper_engine: PiperEngine) -> No
     thread.start()
     thread.join(30)
     assert started.is_set()
-    await _until(lambda: recording.calls[0].finished is not None)
+    await _until(lambda: recording.calls[0].finished is not None, timeout=30)
     assert recording.calls[0].cancelled
+    assert len(recording.calls[0].chunk_samples) < SENTENCES
