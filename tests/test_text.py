@@ -375,6 +375,8 @@ def test_streamed_first_piece_bounds() -> None:
     assert texts(splitter.push("x")) == ["x" * 20]
     splitter = TextSplitter(max_piece_chars=20, first_piece_min_words=1)
     assert texts(splitter.push("a" * 21 + " b")) == ["a" * 20]
+    # a glued sentence end before a clause end is the first piece's end in a stream too
+    assert texts(TextSplitter().push("It works.Then, we left")) == ["It works."]
     # once the wait ran out, the first sentence end is the cut, however much follows it
     splitter = TextSplitter()
     splitter.wait_expired()
