@@ -20,7 +20,7 @@ from livekit.plugins.localtts.engine_calls import admitted, engine_chunks, warm_
 from livekit.plugins.localtts.engines import EngineScheduler, SynthesisParams, VoiceConditioning
 from livekit.plugins.localtts.engines.base import UnsupportedVoiceError
 from livekit.plugins.localtts.engines.piper import PiperEngine
-from livekit.plugins.localtts.engines.scheduler import EngineBusyError, StreamTimes
+from livekit.plugins.localtts.engines.scheduler import EngineBusyError, Lease, StreamTimes
 
 from .recording_engine import RecordingEngine
 
@@ -101,11 +101,17 @@ async def test_unlimited_callers_are_counted_never_held(one_place: PiperEngine) 
     assert admission.active == 0
 
 
-async def test_a_caller_who_gives_up_waiting_leaves_no_lease(one_place: PiperEngine) -> None:
-    admission = one_place.scheduler.admission
-    holder = await admitted(one_place, limit=True)
-    waiter = asyncio.create_task(admitted(one_place, limit=True))
+async def _held_and_waiting(engine: PiperEngine) -> tuple[Any, Lease, asyncio.Task[Lease]]:
+    """(admission, the lease of the one place, a caller waiting in line for it)."""
+    admission = engine.scheduler.admission
+    holder = await admitted(engine, limit=True)
+    waiter = asyncio.create_task(admitted(engine, limit=True))
     await _until(lambda: admission.waiting == 1)
+    return admission, holder, waiter
+
+
+async def test_a_caller_who_gives_up_waiting_leaves_no_lease(one_place: PiperEngine) -> None:
+    admission, holder, waiter = await _held_and_waiting(one_place)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -116,10 +122,7 @@ async def test_a_caller_who_gives_up_waiting_leaves_no_lease(one_place: PiperEng
 
 
 async def test_a_lease_granted_as_its_caller_gives_up_is_released(one_place: PiperEngine) -> None:
-    admission = one_place.scheduler.admission
-    holder = await admitted(one_place, limit=True)
-    waiter = asyncio.create_task(admitted(one_place, limit=True))
-    await _until(lambda: admission.waiting == 1)
+    admission, holder, waiter = await _held_and_waiting(one_place)
     holder.release()
     # the event loop stands still (no await) while the worker thread takes the lease
     deadline = time.monotonic() + 5
