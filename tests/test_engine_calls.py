@@ -111,6 +111,8 @@ async def _held_and_waiting(engine: PiperEngine) -> tuple[Any, Lease, asyncio.Ta
 
 
 async def test_a_caller_who_gives_up_waiting_leaves_no_lease(one_place: PiperEngine) -> None:
+    errors: list[dict[str, Any]] = []  # what the loop would log: nothing may fail unseen
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
     admission, holder, waiter = await _held_and_waiting(one_place)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -119,6 +121,7 @@ async def test_a_caller_who_gives_up_waiting_leaves_no_lease(one_place: PiperEng
     holder.release()
     await asyncio.sleep(0.2)
     assert admission.active == 0  # nobody took the freed place
+    assert errors == []  # the line's "busy" answer to the caller who left is not an error
 
 
 async def test_a_lease_granted_as_its_caller_gives_up_is_released(one_place: PiperEngine) -> None:
@@ -146,8 +149,18 @@ async def test_a_full_line_is_busy_at_once(one_place: PiperEngine) -> None:
         (await waiter).release()
 
 
+class ThreadNoting(RecordingEngine):
+    """Notes which thread consumes the engine's stream."""
+
+    thread = ""
+
+    def stream(self, *args: Any) -> Any:
+        self.thread = threading.current_thread().name
+        yield from super().stream(*args)
+
+
 async def test_chunks_arrive_unchanged_with_the_streams_times(piper_engine: PiperEngine) -> None:
-    recording = RecordingEngine(piper_engine, keep_audio=True)
+    recording = ThreadNoting(piper_engine, keep_audio=True)
     times: list[StreamTimes] = []
     text = "One sentence here. And a second one after it."
     got = [c async for c in engine_chunks(recording, text, None, SynthesisParams(), times)]  # type: ignore[arg-type]
@@ -155,6 +168,9 @@ async def test_chunks_arrive_unchanged_with_the_streams_times(piper_engine: Pipe
     assert len(got) == len(call.audio) >= 2 and not call.cancelled
     for ours, engines in zip(got, call.audio, strict=True):
         np.testing.assert_array_equal(ours, engines)
+    # waited for in the plugin's own pool: the loop's default executor (cores + 4 threads)
+    # stays free for the voice library's and everyone else's `to_thread` calls
+    assert recording.thread.startswith("localtts-engine")
     (stream_times,) = times  # the engine's stream reported into the caller's list
     assert stream_times.audio_s == pytest.approx(sum(c.size for c in got) / 22_050, abs=1e-3)
 
