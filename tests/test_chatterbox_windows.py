@@ -96,15 +96,16 @@ def test_chunk_schedule(tokens: list[int], streamed: tuple[list[np.ndarray], Any
 def test_chunks_grow_to_at_most_the_cap() -> None:
     streamer, voice = _streamer_and_voice()
     config = StreamingConfig(
-        first_chunk_tokens=4, lookahead_tokens=3, chunk_growth=1.0, max_chunk_tokens=2,
+        first_chunk_tokens=4, lookahead_tokens=3, chunk_growth=1.0, max_chunk_tokens=3,
         n_cfm_timesteps=N_CFM_STEPS,
     )
     stream = S3GenStreamer(streamer.s3gen, config=config).open(voice, seed=7)
-    stream.add(list(range(100, 108)))
+    stream.add(list(range(100, 111)))
     while stream.chunk_ready():
         stream.render_next()
-    # 1 token, then growth 1.0 still adds one (1 -> 2), then the cap of 2; 3 held back
-    assert stream.chunk_tokens == [1, 2, 2]
+    # 1 token, then growth 1.0 still adds one at a time (2, 3), up to the cap of 3; the 5
+    # tokens left are not a chunk with its 3 of look-ahead yet
+    assert stream.chunk_tokens == [1, 2, 3]
 
 
 def test_streamed_audio_is_the_one_pass_audio(
