@@ -284,9 +284,12 @@ def test_prewarm_loads_once_for_every_executor(monkeypatch: pytest.MonkeyPatch) 
         localtts.get_settings.cache_clear()
 
 
-def test_server_runs_jobs_in_threads_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What build_server asks of livekit's AgentServer, read from its public constructor's
-    arguments (the server keeps them in private attributes an upgrade may rename)."""
+def _build_server_recording_its_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Any, dict[str, Any]]:
+    """`build_server()`, and what it asked of livekit's AgentServer: the public
+    constructor's arguments (the server keeps them in private attributes an upgrade may
+    rename)."""
     from localtts_agent.worker import main
 
     monkeypatch.setattr(WorkerRuntime, "_shared", None)
@@ -299,8 +302,14 @@ def test_server_runs_jobs_in_threads_of_one_process(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(main, "AgentServer", recording_server)
     server = build_server()
+    assert isinstance(server, real_server)
+    return server, asked
+
+
+def test_server_runs_jobs_in_threads_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, asked = _build_server_recording_its_arguments(monkeypatch)
     runtime = WorkerRuntime._shared
-    assert runtime is not None and isinstance(server, real_server)
+    assert runtime is not None
     assert asked["job_executor_type"] == JobExecutorType.THREAD
     assert server.setup_fnc is prewarm
     assert server.load_fnc == runtime.load
@@ -702,10 +711,9 @@ def test_health_port_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LOCALTTS_AGENT_HTTP_PORT", "9123")
     monkeypatch.setenv("LOCALTTS_AGENT_HTTP_HOST", "127.0.0.1")
     localtts.get_settings.cache_clear()
-    monkeypatch.setattr(WorkerRuntime, "_shared", None)
     try:
-        server = build_server()
-        assert (server._host, server._port) == ("127.0.0.1", 9123)
+        _, asked = _build_server_recording_its_arguments(monkeypatch)
+        assert (asked["host"], asked["port"]) == ("127.0.0.1", 9123)
     finally:
         if WorkerRuntime._shared is not None:
             WorkerRuntime._shared.close()

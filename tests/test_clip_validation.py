@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 from livekit.plugins.localtts.engines.base import VoiceError
 from livekit.plugins.localtts.voices.audio import CLIP_RULES, LIBRARY_SAMPLE_RATE, prepare_clip
 
@@ -24,8 +25,8 @@ def speech() -> tuple[np.ndarray, int]:
     """The default voice's speech, float32, its peak at 0.5 (no sample near full scale)."""
     audio, rate = sf.read(DEFAULT_WAV, dtype="float32")
     # a second of silence first (the clip kept starts at the speech), and a length that is
-    # a multiple of 1000 (0.1 % of it is a whole number of samples)
-    audio = np.concatenate([np.zeros(rate, np.float32), audio])[: audio.size // 1000 * 1000]
+    # a multiple of 3000 (0.1 % of it is a whole number of flat tops of 3 samples)
+    audio = np.concatenate([np.zeros(rate, np.float32), audio])[: audio.size // 3000 * 3000]
     return (audio * (0.5 / np.max(np.abs(audio)))).astype(np.float32), rate
 
 
@@ -49,7 +50,7 @@ def _with_peaks(audio: np.ndarray, count: int, level: float) -> np.ndarray:
 
 def test_at_most_a_tenth_of_a_percent_at_full_scale_passes(speech) -> None:  # type: ignore[no-untyped-def]
     audio, rate = speech
-    limit = audio.size // 1000 // 3 * 3  # 0.1 % of the samples, in flat tops of 3
+    limit = audio.size // 1000  # exactly 0.1 % of the samples, in flat tops of 3
     kept = prepare_clip("v", _float_wav(_with_peaks(audio, limit, 1.0), rate), language="fr")
     assert kept.speech_seconds > 5.0
     assert (kept.clip.voice_id, kept.clip.language, kept.clip.sample_rate) == (
@@ -138,3 +139,62 @@ def test_too_little_speech_is_refused_with_the_amount(speech) -> None:  # type: 
         prepare_clip("v", _float_wav(audio, rate), min_speech_seconds=9.0)
     with pytest.raises(VoiceError, match=r"only the first 3 s would be used: trim it"):
         prepare_clip("v", _float_wav(audio, rate), max_seconds=3.0)  # refused, never cut
+
+
+def test_the_kept_clip_is_the_speech_from_first_word_to_last(speech) -> None:  # type: ignore[no-untyped-def]
+    """What is stored and cloned from: the source's own samples (here at the library's rate
+    already), from 0.1 s before the first word to 0.1 s after the last."""
+    audio, rate = speech
+    source = soxr.resample(audio, rate, LIBRARY_SAMPLE_RATE).astype(np.float32)
+    kept = prepare_clip("v", _float_wav(source, LIBRARY_SAMPLE_RATE)).clip
+    assert kept.audio.dtype == np.float32 and kept.audio.flags.c_contiguous
+    # aligned at the first sample that is not silence, in both
+    start = int(np.argmax(source != 0)) - int(np.argmax(kept.audio != 0))
+    np.testing.assert_array_equal(kept.audio, source[start : start + kept.audio.size])
+    # the leading second of silence is gone, the speech (more than 5 s) is all there
+    assert 0.8 < start / LIBRARY_SAMPLE_RATE < 1.2 and kept.duration > 5.0
+
+
+def test_a_clip_may_last_max_seconds_plus_its_edges(speech) -> None:  # type: ignore[no-untyped-def]
+    """`max_seconds` bounds the clip from its first word to its last; the 0.1 s kept at each
+    edge is not counted. One step over is refused with the clip's own length."""
+    audio, rate = speech
+    data = _float_wav(audio, rate)
+    lasts = prepare_clip("v", data).clip.duration  # first word to last, with its edges
+    assert prepare_clip("v", data, max_seconds=lasts - 0.2 + 0.04).clip.duration == lasts
+    with pytest.raises(VoiceError) as refused:
+        prepare_clip("v", data, max_seconds=lasts - 0.2 - 0.04)
+    assert str(refused.value).startswith(
+        f"voice 'v': the clip lasts {lasts:.1f} s from its first word to its last, and only "
+        f"the first {lasts - 0.24:g} s would be used: trim it."
+    )
+
+
+def test_mostly_noise_is_refused_with_what_was_measured(speech) -> None:  # type: ignore[no-untyped-def]
+    """A second of speech, then six of noise: a voice detector takes it all for speech, but
+    too little of it has a pitch."""
+    audio, rate = speech
+    start = int(np.argmax(np.abs(audio) > 0.05))
+    noise = np.random.default_rng(0).standard_normal(6 * rate).astype(np.float32) * 0.05
+    mixed = np.concatenate([audio[start : start + rate], noise])
+    with pytest.raises(VoiceError) as refused:
+        prepare_clip("v", _float_wav(mixed, rate))
+    assert str(refused.value) == (
+        "voice 'v': the audio sounds like noise, not a voice: of the 6.8 s a voice detector "
+        "took for speech only 0.5 s have a pitch (voiced speech is periodic); record one "
+        f"person speaking in a quiet room. {CLIP_RULES}"
+    )
+
+
+def test_a_file_cut_short_is_named(speech) -> None:  # type: ignore[no-untyped-def]
+    """A FLAC upload cut short: its header reads (the length it promised), its body does
+    not decode. The same message as for any undecodable file."""
+    audio, rate = speech
+    out = io.BytesIO()
+    sf.write(out, audio, rate, format="FLAC")
+    with pytest.raises(VoiceError) as refused:
+        prepare_clip("v", out.getvalue()[:1000])
+    assert str(refused.value) == (
+        "voice 'v': cannot decode the audio (Error : flac decoder lost sync.); use WAV, FLAC, "
+        "OGG or MP3"
+    )

@@ -134,6 +134,26 @@ async def test_read_ahead_stops_at_its_limit_while_the_reader_stalls(
     await stream.aclose()
 
 
+async def test_read_ahead_bound_is_exact() -> None:
+    """The bound itself: synthesis goes on while at most `limit_s` seconds wait unread
+    (equality included) and resumes the moment the reader brings it back to the limit."""
+    from livekit.plugins.localtts.tts import _ReadAhead
+
+    bound = _ReadAhead(2.0)
+    await asyncio.wait_for(bound.wait(), 1.0)  # nothing made yet
+    bound.pushed(2.0)
+    await asyncio.wait_for(bound.wait(), 1.0)  # exactly at the limit: go on
+    bound.pushed(0.5)
+    waiting = asyncio.ensure_future(bound.wait())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # 2.5 s unread
+    bound.read(0.25)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # 2.25 s unread
+    bound.read(0.25)
+    await asyncio.wait_for(waiting, 1.0)  # 2.0 s unread: at the limit again
+
+
 async def test_a_closed_stream_tells_the_engine_to_stop(piper_engine: PiperEngine) -> None:
     recording = RecordingEngine(ShapedEngine(piper_engine, paced=True))
     tts = localtts.TTS(engine=recording)  # type: ignore[arg-type]

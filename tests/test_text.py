@@ -12,6 +12,7 @@ from livekit.plugins.localtts.text import (
     normalize_with_offsets,
     split_text,
 )
+from livekit.plugins.localtts.textcut import cut_long
 
 RUN_ON = (
     "The weather today is sunny with a light breeze from the west and it keeps going on and "
@@ -228,8 +229,200 @@ def test_after_the_wait_a_sentence_end_at_the_end_of_the_buffer_is_one() -> None
     splitter = TextSplitter()
     assert splitter.push("Sure.") == []
     assert texts(splitter.wait_expired()) == ["Sure."]
-    for text, first, rest in (("I met Dr.", "I met", " Smith."), ("It costs 3.", "It costs", "5.")):
+    for text, first, rest in (
+        ("I met Dr.", "I met", " Smith."),
+        ("It costs 3.", "It costs", "5."),
+        ("We shipped v2.", "We shipped", "1 today."),
+    ):
         splitter = TextSplitter()
         assert splitter.push(text) == []
         assert texts(splitter.wait_expired()) == [first]
         assert texts(splitter.flush(rest)) == [(text + rest)[len(first) + 1 :]]
+
+
+# -- the rules at their exact bounds ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        # a period after a title, an initial or a dotted abbreviation ends nothing, quoted or
+        # bracketed too; after a word, a two-letter word or a domain name it ends a sentence
+        ("(Dr. Smith said hello to everyone in the room today.)",
+         ["(Dr. Smith said hello", "to everyone in the room today.)"]),
+        ("I asked J. Smith about the weather in the city today.",
+         ["I asked J. Smith", "about the weather in the city today."]),
+        ("She has a Ph.D. in physics from the university in town.",
+         ["She has a Ph.D. in physics", "from the university in town."]),
+        ("Say hi. Then we can go home and rest for a while.",
+         ["Say hi.", "Then we can go home and rest for a while."]),
+        ("I went to bbc.com. Then I left the house for good.",
+         ["I went to bbc.com.", "Then I left the house for good."]),
+        ("Do it.It works well for me and for you.",
+         ["Do it.", "It works well for me and for you."]),
+        ("It works.Fine. Then we left the house for the day.",
+         ["It works.", "Fine.", "Then we left the house for the day."]),
+        # one glued sentence end before a clause end: the glued end comes first
+        ("It works.Then, we left the house.", ["It works.", "Then, we left the house."]),
+        # a clause after a title's period still counts
+        ("Dr. Smith, our family doctor, came by the house today.",
+         ["Dr. Smith, our family doctor,", "came by the house today."]),
+        # no first piece ends on a quoted article, "I'm" typed with a curly apostrophe, or
+        # a conjunction with a comma after it
+        ('I really think "the best one is here" will win the prize.',
+         ['I really think "the best', 'one is here" will win the prize.']),
+        ("So honestly now I\u2019m going to the shop for bread and milk.",
+         ["So honestly now I\u2019m going", "to the shop for bread and milk."]),
+        # four words by default, then the first word a piece may end on
+        ("Yesterday my brother bought a small red car with a big loud horn.",
+         ["Yesterday my brother bought", "a small red car with a big loud horn."]),
+        # three words past the minimum with none to end on: cut there anyway
+        ("We all agreed that this is the plan we want to follow today.",
+         ["We all agreed that this is the", "plan we want to follow today."]),
+        # without punctuation: up to twice the minimum words whole, more are cut
+        ("one two three four five six seven eight", ["one two three four five six seven eight"]),
+        ("one two three four five six seven eight nine",
+         ["one two three four", "five six seven eight nine"]),
+        # a first clause of up to twice the minimum words is spoken whole, one more is cut
+        ("My brother and I went to the shop, and then we came back home.",
+         ["My brother and I went to the shop,", "and then we came back home."]),
+        ("My brother and I went to the big shop, and then we came back home.",
+         ["My brother and I went", "to the big shop, and then we came back home."]),
+        # a clause end counts from 16 characters on (leading spaces not counted)
+        ("Yes, absolutely, but it is late now.", ["Yes, absolutely,", "but it is late now."]),
+        ("Yes, certainly, but it is late now.", ["Yes, certainly, but it is late now."]),
+        ("          Well, I think so, my friend, it is fine.",
+         ["Well, I think so,", "my friend, it is fine."]),
+    ],
+)  # fmt: skip
+def test_first_piece_rules_at_their_bounds(text: str, pieces: list[str]) -> None:
+    got = split_text(text)
+    assert texts(got) == pieces
+    assert "".join(p.raw for p in got) == text
+
+
+def test_the_splitters_own_defaults() -> None:
+    """`TextSplitter()` and `split_text` state their defaults apart: both are checked."""
+    assert texts(TextSplitter().flush("Yes, absolutely, but it is late now.")) == [
+        "Yes, absolutely,", "but it is late now.",
+    ]  # fmt: skip
+    assert texts(TextSplitter().flush("x" * 301)) == ["x" * 300, "x"]
+
+
+def test_a_conjunction_with_a_comma_does_not_end_a_first_piece() -> None:
+    assert texts(split_text("Hi and, so we go on and on and on.", first_piece_min_words=2)) == [
+        "Hi and, so we",
+        "go on and on and on.",
+    ]
+
+
+def test_split_text_passes_its_limits_on() -> None:
+    text = "Hello there friend, how are you doing today? I am fine thanks."
+    assert texts(split_text(text, first_piece_min_words=1)) == [
+        "Hello", "there friend, how are you doing today?", "I am fine thanks.",
+    ]  # fmt: skip
+    assert texts(split_text("Well, hello there my friend.", first_clause_min_chars=5)) == [
+        "Well,", "hello there my friend.",
+    ]  # fmt: skip
+    assert texts(split_text("a" * 30 + " " + "b" * 30, max_piece_chars=40)) == ["a" * 30, "b" * 30]
+
+
+def test_limits_are_checked() -> None:
+    TextSplitter(max_piece_chars=20, first_piece_min_words=1)  # the smallest allowed
+    with pytest.raises(ValueError, match=r"^max_piece_chars must be at least 20$"):
+        TextSplitter(max_piece_chars=19)
+    with pytest.raises(ValueError, match=r"^first_piece_min_words must be at least 1$"):
+        TextSplitter(first_piece_min_words=0)
+
+
+def test_default_limit_is_300_characters() -> None:
+    assert texts(split_text("x" * 300)) == ["x" * 300]
+    assert texts(split_text("x" * 301)) == ["x" * 300, "x"]
+
+
+@pytest.mark.parametrize(
+    ("piece", "limit", "cut"),
+    [
+        ("aaa bbb", 7, ["aaa bbb"]),  # at the limit: whole
+        ("one two three four five six", 20, ["one two three four", "five six"]),  # last space
+        # a clause end from a third of the limit on is the cut; before it, the last space
+        ("abcdefghi, jklmnopq rstuvwxyz abcdef ghij", 31,
+         ["abcdefghi,", "jklmnopq rstuvwxyz abcdef ghij"]),
+        ("abcdefgh, jklmnopqr stuvwxyz abcdef ghij", 31,
+         ["abcdefgh, jklmnopqr stuvwxyz", "abcdef ghij"]),
+        ("a " + "b" * 30, 20, ["a", "b" * 20, "b" * 10]),  # a one-letter word is a word
+        ("x" * 50, 20, ["x" * 20, "x" * 20, "x" * 10]),  # no space at all: hard cuts
+    ],
+)  # fmt: skip
+def test_cut_long_cuts_at_clauses_then_spaces_then_hard(
+    piece: str, limit: int, cut: list[str]
+) -> None:
+    assert cut_long(piece, limit) == cut
+
+
+def test_streamed_first_piece_bounds() -> None:
+    """In a stream a first sentence ending the buffer waits for one more token when it is
+    up to twice the minimum words; a run without spaces is cut at the limit, not before."""
+    splitter = TextSplitter()
+    assert splitter.push("One two three four five six seven eight.") == []
+    assert texts(TextSplitter().push("One two three four five six seven eight nine.")) == [
+        "One two three four"
+    ]
+    # six complete words, none after the third to end on, the seventh still growing: wait
+    assert TextSplitter().push("We all agreed that this is good") == []
+    splitter = TextSplitter(max_piece_chars=20)
+    assert splitter.push("x" * 20) == []
+    assert texts(splitter.push("x")) == ["x" * 20]
+    splitter = TextSplitter(max_piece_chars=20, first_piece_min_words=1)
+    assert texts(splitter.push("a" * 21 + " b")) == ["a" * 20]
+    # a glued sentence end before a clause end is the first piece's end in a stream too
+    assert texts(TextSplitter().push("It works.Then, we left")) == ["It works."]
+    # once the wait ran out, the first sentence end is the cut, however much follows it
+    splitter = TextSplitter()
+    splitter.wait_expired()
+    assert texts(splitter.push("Hi. My friend Bob is")) == ["Hi."]
+
+
+def test_a_streamed_run_without_sentences_is_cut_between_words() -> None:
+    splitter = TextSplitter(max_piece_chars=100)
+    pieces = [p for _ in range(100) for p in splitter.push("word ")] + splitter.flush()
+    assert all(set(p.text.split()) == {"word"} for p in pieces)
+    assert "".join(p.raw for p in pieces) == "word " * 100
+    # a word longer than the limit waits, after the first piece, for the input to end
+    splitter = TextSplitter(max_piece_chars=20)
+    assert texts(splitter.push("Hi there. " + "y" * 30)) == ["Hi there."]
+    assert splitter.push("y" * 10) == []
+    assert texts(splitter.flush()) == ["y" * 20, "y" * 20]
+
+
+def test_long_pieces_tile_the_input_and_map_back() -> None:
+    text = "word " * 200 + "end. " + "word, " * 60 + "done."
+    pieces = split_text(text, max_piece_chars=50)
+    assert max(len(p.text) for p in pieces) <= 50
+    assert "".join(p.raw for p in pieces) == text
+    for piece in pieces:
+        spoken = enumerate(piece.text)
+        assert all(ch == " " or piece.raw[piece.offsets[i]] == ch for i, ch in spoken)
+
+
+def test_sentence_pieces_keep_the_spaces_between_them() -> None:
+    assert [p.raw for p in split_text("Hello there, my friend. How are you? Fine.")] == [
+        "Hello there, my friend.", " How are you?", " Fine.",
+    ]  # fmt: skip
+    # a sentence end with nothing speakable after it ends no piece
+    assert [p.raw for p in split_text("Hi there. How are you? \U0001f600")] == [
+        "Hi there.", " How are you? \U0001f600",
+    ]  # fmt: skip
+
+
+def test_a_silent_flush_leaves_nothing_behind() -> None:
+    splitter = TextSplitter()
+    assert splitter.flush("\U0001f600") == [Piece(text="", raw="\U0001f600", offsets=())]
+    assert [p.raw for p in splitter.flush("Hello there.")] == ["Hello there."]
+
+
+def test_normalize_removes_format_characters_and_maps_a_moved_mark() -> None:
+    # soft hyphen, zero-width joiner (Cf) and variation selector 1: removed, not spaced
+    assert normalize("co\u00adoperate a\u200db A\ufe00B") == "cooperate ab AB"
+    text, offsets = normalize_with_offsets("Hi there .")
+    assert (text, offsets[-1]) == ("Hi there.", 9)  # the period, moved, is still the period

@@ -7,7 +7,7 @@ import functools
 import io
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from livekit.plugins.localtts.engines.base import (
-    Engine,
-    EngineInfo,
-    SynthesisParams,
     UnknownVoiceError,
     UnsupportedVoiceError,
     VoiceClip,
     VoiceConditioning,
     VoiceError,
 )
-from livekit.plugins.localtts.engines.scheduler import EngineScheduler
 from livekit.plugins.localtts.voices import (
     DatabaseUnavailableError,
     VoiceExistsError,
@@ -80,79 +76,6 @@ def speech() -> Speech:
 # ---------------------------------------------------------------------------- engines
 
 
-class SpectralEngine:
-    """A small cloning engine for the library's tests: its conditioning is the clip's mean
-    log spectrum (real numpy work, serializable), its stream a noise shaped by it."""
-
-    name = "spectral"
-    sample_rate = 24_000
-    supports_cloning = True
-
-    min_reference_seconds = 0.5
-    max_reference_seconds: float | None = None
-
-    def __init__(self, revision: str = "r1") -> None:
-        self._revision = revision
-        self.scheduler = EngineScheduler(self.name)  # the contract's; the library never uses it
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> SpectralEngine:
-        return cls()
-
-    @staticmethod
-    def availability(settings: Any) -> str | None:
-        return None
-
-    @property
-    def model_revision(self) -> str:
-        return self._revision
-
-    def max_piece_chars(self, language: str | None) -> int | None:
-        return None
-
-    def load(self) -> None:
-        pass
-
-    def warmup(self) -> None:
-        pass
-
-    def set_default_voice(self, voice: VoiceConditioning | None) -> None:
-        pass
-
-    def condition(self, clip: VoiceClip) -> VoiceConditioning:
-        frames = clip.audio[: len(clip.audio) // 512 * 512].reshape(-1, 512)
-        spectrum = np.log1p(np.abs(np.fft.rfft(frames * np.hanning(512), axis=1))).mean(0)
-        return VoiceConditioning(clip.voice_id, self.name, self._revision, spectrum)
-
-    def dump_conditioning(self, conditioning: VoiceConditioning) -> bytes:
-        buf = io.BytesIO()
-        np.save(buf, conditioning.data, allow_pickle=False)
-        return buf.getvalue()
-
-    def load_conditioning(self, voice_id: str, data: bytes) -> VoiceConditioning:
-        spectrum = np.load(io.BytesIO(data), allow_pickle=False)
-        if spectrum.shape != (257,):
-            raise ValueError(f"conditioning of shape {spectrum.shape}, expected (257,)")
-        return VoiceConditioning(voice_id, self.name, self._revision, spectrum)
-
-    def stream(
-        self,
-        text: str,
-        voice: VoiceConditioning | None,
-        params: SynthesisParams,
-        cancel: threading.Event,
-    ) -> Iterator[np.ndarray]:
-        shape = np.expm1(voice.data) if voice is not None else np.ones(257)
-        noise = np.fft.rfft(np.random.default_rng(0).standard_normal(512))
-        yield (np.fft.irfft(noise * shape)[:512] / (shape.max() * 40)).astype(np.float32)
-
-    def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine=self.name, sample_rate=self.sample_rate, device="cpu", dtype="float64",
-            model="spectral", model_revision=self._revision, loaded=True,
-        )  # fmt: skip
-
-
 class Counting:
     """Wraps a real engine and counts its `condition` calls (nothing mocked)."""
 
@@ -175,20 +98,18 @@ class Counting:
         return self._engine.condition(clip)
 
 
-def _tiny_xtts_available() -> bool:
-    return (Path(__file__).parent / "tiny_xtts.py").is_file() and (
-        Path(__file__).parents[1] / "plugins/livekit/plugins/localtts/engines/xtts.py"
-    ).is_file()
-
-
 @pytest.fixture(scope="session")
 def cloning_engine() -> Any:
-    """The tiny random-weight XTTS engine when it exists, else the spectral engine."""
-    if _tiny_xtts_available():
-        from tests.tiny_xtts import make_tiny_xtts_engine
+    """The tiny random-weight XTTS engine (tests/tiny_xtts.py): real conditioning, made once
+    per session; tests count its calls through `Counting`."""
+    from tests.tiny_xtts import make_tiny_xtts_engine
 
-        return make_tiny_xtts_engine()
-    return SpectralEngine()
+    return make_tiny_xtts_engine()
+
+
+def conditioning_bytes(engine: Any, conditioning: VoiceConditioning) -> bytes:
+    """A conditioning as the library persists it: two are the same voice when these are."""
+    return bytes(engine.dump_conditioning(conditioning))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -494,8 +415,11 @@ async def test_changed_model_revision_recomputes(
     old = Counting(cloning_engine)
     await library.preload(old)
     new = Counting(cloning_engine, revision="another-revision")
+    # what /health counts: voices ready for this engine and revision, not another's
+    assert (library.ready_voices(old), library.ready_voices(new)) == (["a", "b"], [])
     report = await library.preload(new)
     assert sorted(report.computed) == ["a", "b"] and new.condition_calls == 2
+    assert library.ready_voices(new) == library.ready_voices(old) == ["a", "b"]
     again = Counting(cloning_engine, revision="another-revision")
     assert sorted((await (await open_library()).preload(again)).from_cache) == ["a", "b"]
     assert again.condition_calls == 0
@@ -533,16 +457,17 @@ class Gated(Counting):
 
 
 async def test_a_changed_voice_never_gets_its_old_clips_conditioning(
-    open_library: Any, speech: Speech
+    open_library: Any, speech: Speech, cloning_engine: Any
 ) -> None:
     from livekit.plugins.localtts.voices import prepare_clip
 
-    def expected(clip: bytes) -> np.ndarray:  # what conditioning the stored clip gives
+    def expected(clip: bytes) -> bytes:  # what conditioning the stored clip gives
         stored = prepare_clip("v", clip).wav_bytes()
-        return SpectralEngine().condition(prepare_clip("v", stored).clip).data
+        conditioning = cloning_engine.condition(prepare_clip("v", stored).clip)
+        return conditioning_bytes(cloning_engine, conditioning)
 
     library = await open_library(condition_concurrency=2)
-    engine = Gated(SpectralEngine())
+    engine = Gated(cloning_engine)
     await library.preload(engine)  # a preloaded engine: changes are prepared for it
     old_clip, new_clip = speech.clip(0.5), speech.clip(0.9)
     await library.add("v", old_clip)  # its conditioning starts in the background...
@@ -554,16 +479,17 @@ async def test_a_changed_voice_never_gets_its_old_clips_conditioning(
         assert request.done(), "the request waited on the old clip's conditioning"
     finally:
         engine.release.set()
-    got = (await request).data
-    assert np.array_equal(got, expected(new_clip))
-    assert not np.array_equal(got, expected(old_clip))
+    got = conditioning_bytes(engine, await request)
+    assert got == expected(new_clip)
+    assert got != expected(old_clip)
     # once the old clip's work lands, the new clip's conditioning is what stays cached
     await eventually(lambda: not library._cache.inflight)
     calls = engine.condition_calls
-    assert np.array_equal((await library.conditioning("v", engine)).data, got)
+    assert conditioning_bytes(engine, await library.conditioning("v", engine)) == got
     assert engine.condition_calls == calls == 2
-    fresh = Counting(SpectralEngine())  # and what was persisted is the new clip's
-    assert np.array_equal((await (await open_library()).conditioning("v", fresh)).data, got)
+    fresh = Counting(cloning_engine)  # and what was persisted is the new clip's
+    persisted = await (await open_library()).conditioning("v", fresh)
+    assert conditioning_bytes(fresh, persisted) == got
     assert fresh.condition_calls == 0
 
 
@@ -592,17 +518,17 @@ async def test_corrupt_row_is_skipped_and_blocks_nothing(
 
 
 async def test_unusable_cached_conditioning_is_recomputed(
-    open_library: Any, speech: Speech, database_url: str
+    open_library: Any, speech: Speech, database_url: str, cloning_engine: Any
 ) -> None:
     library = await open_library()
     await library.add("v", speech.clip())
-    await library.preload(SpectralEngine())
+    await library.preload(cloning_engine)
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("UPDATE tts_voice_conditioning SET data = $1", b"not numpy")
     finally:
         await conn.close()
-    engine = Counting(SpectralEngine())
+    engine = Counting(cloning_engine)
     report = await (await open_library()).preload(engine)
     assert report.computed == ["v"] and engine.condition_calls == 1
 
@@ -621,13 +547,14 @@ async def test_engine_that_cannot_clone(open_library: Any, speech: Speech) -> No
         await library.conditioning("nobody", piper)
 
 
-class ShortReference(SpectralEngine):
-    """An engine that reads only the first 3 s of a reference clip."""
+class ShortReference(Counting):
+    """The real engine, declaring that it reads only the first 3 s of a reference clip
+    (XTTS reads 30 s, Chatterbox 10 s: longer than this test's clips)."""
 
     max_reference_seconds = 3.0
 
-    def __init__(self) -> None:
-        super().__init__("short")
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine, revision="short")
         self.durations: list[float] = []
 
     def condition(self, clip: VoiceClip) -> VoiceConditioning:
@@ -636,10 +563,9 @@ class ShortReference(SpectralEngine):
 
 
 async def test_an_engine_is_handed_no_more_reference_than_it_reads(
-    open_library: Any, speech: Speech
+    open_library: Any, speech: Speech, cloning_engine: Any
 ) -> None:
-    engine = ShortReference()
-    assert isinstance(engine, Engine)  # the contract the library is written against
+    engine = ShortReference(cloning_engine)
     library = await open_library()
     info = await library.add("long", speech.clip())
     assert info.duration > 5
@@ -651,11 +577,11 @@ async def test_an_engine_is_handed_no_more_reference_than_it_reads(
 
 
 async def test_changes_reach_a_second_instance(
-    open_library: Any, speech: Speech, database_url: str
+    open_library: Any, speech: Speech, database_url: str, cloning_engine: Any
 ) -> None:
     writer = await open_library()
     reader = await open_library()
-    engine = Counting(SpectralEngine())
+    engine = Counting(cloning_engine)
     await reader.preload(engine)
 
     await writer.add("live", speech.clip(0.5), name="first")
@@ -670,10 +596,12 @@ async def test_changes_reach_a_second_instance(
     await eventually(lambda: engine.condition_calls == 2)
     assert (await reader.get("live")).name == "second"
     after = await reader.conditioning("live", engine)
-    assert not np.array_equal(after.data, before.data)
+    assert conditioning_bytes(engine, after) != conditioning_bytes(engine, before)
 
+    assert reader.ready_voices(engine) == ["live"]
     await writer.remove("live")
     await eventually(lambda: gone(reader, "live"))
+    assert reader.ready_voices(engine) == []  # its conditioning is forgotten with it
     with pytest.raises(UnknownVoiceError):
         await reader.conditioning("live", engine)
 
@@ -720,7 +648,7 @@ async def test_directory_voices_and_database_override(
 
 
 async def test_database_down_degrades_to_directory_voices(
-    dead_database_url: str, voices_dir: Path, speech: Speech
+    dead_database_url: str, voices_dir: Path, speech: Speech, cloning_engine: Any
 ) -> None:
     library = VoiceLibrary(
         database_url=dead_database_url,
@@ -736,7 +664,7 @@ async def test_database_down_degrades_to_directory_voices(
         assert [v.voice_id for v in await library.list()] == ["default"]
         with pytest.raises(DatabaseUnavailableError, match="unavailable"):
             await library.add("new", speech.clip())
-        engine = Counting(SpectralEngine())
+        engine = Counting(cloning_engine)
         report = await library.preload(engine)
         assert report.ready == ["default"] and engine.condition_calls == 1
     finally:

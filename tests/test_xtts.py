@@ -106,6 +106,18 @@ def test_streamed_equals_one_pass_decoding_of_the_same_latents(engine: XTTSEngin
         assert _snr_db(one_pass, streamed) >= 20.0
 
 
+def test_an_utterance_of_one_token_at_a_faster_speed_is_no_audio_not_an_error(
+    engine: XTTSEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop token first (one latent) at speed 1.25 is no frame at all (coqui's floor):
+    the piece ends without audio instead of failing, and the next request speaks."""
+    monkeypatch.setattr(engine, "max_tokens", 1)  # generation ends after one token
+    assert _collect(engine, speed=1.25) == []
+    monkeypatch.undo()
+    audio = np.concatenate(_collect(engine, speed=1.25))
+    assert audio.size == frames_for_tokens(MAX_TOKENS, 1.25) * HOP
+
+
 def test_own_loop_samples_exactly_like_coquis_generator(engine: XTTSEngine) -> None:
     model = engine._model
     sampling = engine._sampling(SynthesisParams())

@@ -8,6 +8,7 @@ HiFiGAN run over the whole utterance at once.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -100,38 +101,48 @@ def test_a_faster_voice_streams_as_its_one_pass_audio(model, speaker, latents) -
             latents.transpose(1, 2), scale_factor=scale, mode="linear"
         ).transpose(1, 2)
         one_pass = model.hifigan_decoder(stretched, g=speaker).reshape(-1).numpy()
-    # (from 2 tokens on: one token stretched by 0.8 is no frame at all, which interpolate
-    # refuses; the engine's first chunk is 6 tokens)
+    # the first push, one token stretched by 0.8, is no frame at all: nothing yet
     vocoder = _vocoder(model, speaker, length_scale=scale)
-    streamed = np.concatenate(_stream(vocoder, latents, schedule=(2, 5, 7)))
+    parts = _stream(vocoder, latents)
+    assert parts[0].size == 0 and parts[0].dtype == np.float32
+    streamed = np.concatenate(parts)
     assert streamed.size == one_pass.size
     assert _snr_db(one_pass, streamed) >= 30.0
 
 
+@pytest.mark.parametrize("crossfade", [3, 1])
 def test_held_back_samples_crossfade_linearly_into_the_next_chunk(
-    model,
-    speaker,
-    latents,  # type: ignore[no-untyped-def]
+    model, speaker, latents, crossfade  # type: ignore[no-untyped-def]
 ) -> None:
-    """The first `crossfade` held-back frames, as the earlier window rendered them, fade out
-    over the same frames of the next window (a linear ramp, ends excluded)."""
-    cf, n1, n2 = 3, 10, 20
-    faded = _vocoder(model, speaker)
+    """At every join the first `crossfade` held-back frames, as the earlier window rendered
+    them, fade out over the same frames of the next window (a linear ramp, ends excluded):
+    at the first join, whose earlier window starts at frame 0, and at a later one, whose
+    earlier window starts inside the utterance (the tail is cut relative to that start)."""
+    pushes, context, lookahead = (10, 14, 20), 16, 6
+    # the second push's window starts past frame 0: the third join's tail comes from there
+    assert frames_for_tokens(pushes[0]) - lookahead > context
+    faded = _vocoder(model, speaker, crossfade=crossfade)
     plain = _vocoder(model, speaker, crossfade=0)
-    whole = _vocoder(model, speaker, crossfade=0)
-    with torch.inference_mode():
-        first = faded.push(latents[:, :n1], final=False)
-        np.testing.assert_array_equal(first, plain.push(latents[:, :n1], final=False))
-        # the earlier window past what it emitted: the samples it held back
-        tail = whole.push(latents[:, :n1], final=True)[first.size : first.size + cf * HOP]
-        second, second_plain = (v.push(latents[:, :n2], final=False) for v in (faded, plain))
-    n = cf * HOP
+    n = crossfade * HOP
     ramp = np.linspace(0.0, 1.0, n + 2, dtype=np.float32)[1:-1]
-    np.testing.assert_allclose(
-        second[:n], tail * (1.0 - ramp) + second_plain[:n] * ramp, rtol=0, atol=1e-6
-    )
-    np.testing.assert_array_equal(second[n:], second_plain[n:])
-    assert np.abs(second[:n] - second_plain[:n]).max() > 0  # the fade did change samples
+    tail: np.ndarray | None = None
+    with torch.inference_mode():
+        for tokens in pushes:
+            # the same window with nothing held back: its samples past `plain`'s chunk are
+            # what the earlier window rendered of the held-back frames
+            whole = copy.copy(plain).push(latents[:, :tokens], final=True)
+            chunk_plain = plain.push(latents[:, :tokens], final=False)
+            chunk = faded.push(latents[:, :tokens], final=False)
+            if tail is None:  # the first chunk: nothing to fade from
+                np.testing.assert_array_equal(chunk, chunk_plain)
+            else:
+                np.testing.assert_allclose(
+                    chunk[:n], tail * (1.0 - ramp) + chunk_plain[:n] * ramp, rtol=0, atol=1e-6
+                )
+                np.testing.assert_array_equal(chunk[n:], chunk_plain[n:])
+                assert np.abs(chunk[:n] - chunk_plain[:n]).max() > 0  # the fade changed samples
+            tail = whole[chunk_plain.size : chunk_plain.size + n]
+            assert tail.size == n
 
 
 def test_crossfade_never_exceeds_the_held_back_frames(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +156,8 @@ def test_frames_for_tokens_is_what_the_vocoder_renders(model, speaker, latents, 
     """The engine sizes its chunks with `frames_for_tokens`: it must count the frames the
     decoder's interpolation really makes (speed floored at 0.05, as the engine does)."""
     scale = 1.0 / max(speed, 0.05)
-    for tokens in (6, 11):
+    # 1 token: an utterance whose stop token came first (at speed 1.25: no frame, no error)
+    for tokens in (1, 6, 11):
         vocoder = _vocoder(model, speaker, length_scale=scale)
         with torch.inference_mode():
             audio = vocoder.push(latents[:, :tokens], final=True)
@@ -157,6 +169,7 @@ def test_frames_for_tokens_values() -> None:
     assert [frames_for_tokens(t) for t in (1, 6, 24)] == [4, 26, 104]
     assert (frames_for_tokens(65), frames_for_tokens(82)) == (282, 357)  # exactly 24000/22050
     assert frames_for_tokens(6, 1.25) == 17  # floor(6 / 1.25) = 4 tokens' worth
+    assert frames_for_tokens(1, 1.25) == 0  # floor(1 / 1.25): a faster voice's first token
     assert frames_for_tokens(6, 2.0) == 13
     assert frames_for_tokens(6, 0.5) == 52
     assert frames_for_tokens(6, 0.0) == frames_for_tokens(6, 0.05) == 522

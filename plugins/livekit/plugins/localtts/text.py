@@ -81,12 +81,21 @@ def _token_before(text: str, pos: int) -> str:
     return text[:pos].rsplit(None, 1)[-1] if text[:pos].strip() else ""
 
 
+def _is_dotted_abbreviation(text: str, pos: int) -> bool:
+    """The period at `pos` is inside a dotted abbreviation written with its final period
+    ("Ph.D.", "U.S."), not between two sentences ("for.Sentence", "it.It works")."""
+    word = _token_before(text, pos) + text[pos:].split(None, 1)[0]
+    return word.endswith(".") and _is_abbreviation(word[:-1])
+
+
 def _glued_sentence_ends(text: str) -> list[int]:
     """Positions right after a sentence end glued to the next sentence ("for.Sentence")."""
     return [
         m.end()
         for m in _GLUED.finditer(text)
-        if text[m.end()].isupper() and not _is_abbreviation(_token_before(text, m.start()))
+        if text[m.end()].isupper()
+        and not _is_abbreviation(_token_before(text, m.start()))
+        and not _is_dotted_abbreviation(text, m.start())
     ]
 
 

@@ -78,6 +78,10 @@ class WindowVocoder:
 
         x = latents.transpose(1, 2)  # [1, d, T]
         if self._length_scale != 1.0:
+            if math.floor(x.shape[-1] * self._length_scale) == 0:
+                # a faster voice's first latent is no frame yet (coqui's floor, as in
+                # `frames_for_tokens`); interpolate refuses an empty output
+                return x[..., :0]
             x = F.interpolate(x, scale_factor=self._length_scale, mode="linear")
         decoder = self._model.hifigan_decoder
         x = F.interpolate(

@@ -127,7 +127,7 @@ def prepare_clip(
     except _DECODE_ERRORS as e:
         raise _undecodable(voice_id, e) from e
     frames, source_rate = int(header.frames), int(header.samplerate)
-    if frames <= 0 or source_rate <= 0 or header.channels <= 0:
+    if source_rate <= 0 or header.channels <= 0:  # (a file of no frames is refused below)
         raise VoiceError(f"voice {voice_id!r}: the audio holds no samples")
     _check_decoded_size(voice_id, frames, source_rate, header.channels, max_source_seconds)
     try:
@@ -153,7 +153,7 @@ def prepare_clip(
             "scale); a cloned voice would copy the distortion: record at a lower gain"
         )
 
-    mono = raw.mean(axis=1) if raw.shape[1] > 1 else raw[:, 0]
+    mono = raw.mean(axis=1)  # (of one channel: that channel)
     audio = _resample(mono, source_rate, sample_rate)
     start, end, speech_seconds, pitched_seconds = _speech_bounds(audio, sample_rate)
     if speech_seconds < min_speech_seconds:
@@ -176,7 +176,7 @@ def prepare_clip(
         )
     clip = VoiceClip(
         voice_id=voice_id,
-        audio=np.ascontiguousarray(audio[start:end], dtype=np.float32),
+        audio=np.ascontiguousarray(audio[start:end]),  # float32: decoded and resampled so
         sample_rate=sample_rate,
         language=language,
     )
