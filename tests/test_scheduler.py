@@ -50,14 +50,14 @@ class Recorder:
         self.batches: list[int] = []
         self.on_accept: Callable[[int, int], None] | None = None
         recorder = self
-        prefill, accept, emit = XTTSStreamWork.prefill, XTTSStreamWork.accept, XTTSStreamWork.emit
+        start, accept, emit = XTTSStreamWork.start_piece, XTTSStreamWork.accept, XTTSStreamWork.emit
 
         def seed(work: XTTSStreamWork) -> int:
             return int(work._sampling.seed)  # type: ignore[arg-type]
 
-        def rec_prefill(work: XTTSStreamWork) -> None:
+        def rec_prefill(work: XTTSStreamWork, *args: Any) -> None:  # a prefill succeeded
             recorder.events.append(("prefill", seed(work), None, threading.get_ident()))
-            prefill(work)
+            start(work, *args)
 
         def rec_accept(work: XTTSStreamWork, latent: Any, logits: Any) -> None:
             n = len(recorder.tokens.setdefault(seed(work), []))
@@ -81,7 +81,7 @@ class Recorder:
             recorder.events.append(("emit", seed(work), chunk is not None, threading.get_ident()))
             return chunk
 
-        monkeypatch.setattr(XTTSStreamWork, "prefill", rec_prefill)
+        monkeypatch.setattr(XTTSStreamWork, "start_piece", rec_prefill)
         monkeypatch.setattr(XTTSStreamWork, "accept", rec_accept)
         monkeypatch.setattr(XTTSStreamWork, "emit", rec_emit)
 

@@ -53,7 +53,7 @@ from .weights import (
     weights_revision,
 )
 from .xtts_decode import Sampling, quantize_gpt_int8
-from .xtts_stream import XTTSStreamWork, decode_batch
+from .xtts_stream import VoicePrefixes, XTTSStreamWork, decode_batch, prefill_batch
 from .xtts_vocoder import cpu_has_fast_bf16, fold_weight_norm
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
@@ -190,6 +190,9 @@ class XTTSEngine:
         # scheduler's thread (loading and conditioning too): streams share it by batching
         self.scheduler = scheduler or EngineScheduler(self.name)
         self.scheduler.decode_batch = lambda works: decode_batch(self, works)
+        self.scheduler.prefill_batch = lambda works: prefill_batch(self, works)
+        self.voice_prefixes = VoicePrefixes(self)
+        self._warm_voice: XTTSLatents | None = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -349,9 +352,13 @@ class XTTSEngine:
 
         if self.default_voice is not None:
             return self.default_voice.data
-        gen = torch.Generator().manual_seed(0)
-        g = torch.randn(1, 512, 1, generator=gen)
-        return XTTSLatents(torch.zeros(1, 32, self._model.gpt.model_dim), g / g.norm())
+        if self._warm_voice is None:  # one object: its cached prompt part is reused
+            gen = torch.Generator().manual_seed(0)
+            g = torch.randn(1, 512, 1, generator=gen)
+            self._warm_voice = XTTSLatents(
+                torch.zeros(1, 32, self._model.gpt.model_dim), g / g.norm()
+            )
+        return self._warm_voice
 
     def _warm_work(self, tokens: int, seed: int = 0) -> XTTSStreamWork:
         sampling = self._sampling(SynthesisParams(seed=seed))
@@ -383,8 +390,7 @@ class XTTSEngine:
         """One batched GPT step for `batch` streams (scheduler thread only)."""
         works = [self._warm_work(self.first_chunk_tokens + steps + 8, seed=i)
                  for i in range(batch)]
-        for w in works:
-            w.prefill()
+        prefill_batch(self, works)
         decode_batch(self, works)  # once untimed: first-call costs of this batch size
         started = time.perf_counter()
         for _ in range(steps):
