@@ -269,7 +269,8 @@ class XTTSEngine:
             self._model = self._load_checkpoint()
         model = self._model.to(self.device)
         model.eval()  # Xtts.eval() returns None
-        optimizations = ["own decode loop (KV cache)", "sliding-window HiFiGAN", "inference_mode"]
+        optimizations = ["own decode loop (KV cache)", "sliding-window HiFiGAN", "inference_mode",
+                         "voice latents' KV cached per voice", "prompts prefilled together"]
         if fold_weight_norm(model.hifigan_decoder.waveform_decoder):
             optimizations.append("HiFiGAN weight_norm folded")
         if self.int8 is None:  # auto: the trunk is bandwidth-bound at batch 1 on a CPU
