@@ -9,8 +9,10 @@ one engine, as K rooms of a worker (or K service callers) would. For each K:
   the worst stream; above 1.0 a listener hears gaps;
 - worst stall: how far the worst frame arrived behind a player that started at first audio
   (what a caller hears as a gap, before any jitter buffer);
-- aggregate tokens/s (XTTS, Chatterbox: every stream decodes exactly `--tokens` tokens,
-  random weights never stop) and audio seconds made per second.
+- aggregate tokens/s and audio seconds made per second. XTTS: the tokens the GPT really
+  generated in the run (rows through its final norm), since the plugin may speak the text as
+  several pieces of up to `--tokens` each (random weights never stop): since issue 15 the new
+  paths speak it as two pieces, the code before as one. Chatterbox: `--tokens` per stream.
 
 Paths: "batched" (the engine's scheduler, streams' decode steps in one batch), "one per step"
 (the same scheduler thread, batching off: `LOCALTTS_BATCHING=false`) and, with `--baseline
@@ -67,7 +69,7 @@ class KRun:
     path: str
     k: int
     wall_s: float
-    tokens: int  # per stream (0: not a token model)
+    tokens: int  # generated in the run, all streams (0: not a token model)
     streams: list[StreamRun]
 
     def first(self, q: float) -> float:
@@ -84,7 +86,7 @@ class KRun:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.k * self.tokens / self.wall_s
+        return self.tokens / self.wall_s
 
     @property
     def audio_per_s(self) -> float:
@@ -133,10 +135,33 @@ def stream_run(arrivals: list[tuple[float, float]], started: float) -> StreamRun
     return StreamRun(first_at - started, rtf, stall, audio)
 
 
-async def run_k(tts: Any, path: str, k: int, text: str, tokens: int) -> KRun:
+class TokenCount:
+    """Tokens an engine generated: XTTS's GPT passes each generated token's hidden state
+    through `final_norm` once (this code and the code before the scheduler alike); other
+    engines: `per_stream` tokens for each stream."""
+
+    def __init__(self, engine: Any, per_stream: int) -> None:
+        self.per_stream = per_stream
+        self.rows: int | None = None
+        model = getattr(engine, "_model", None)
+        final_norm = getattr(getattr(model, "gpt", None), "final_norm", None)
+        if final_norm is not None:
+            self.rows = 0
+            final_norm.register_forward_hook(self._count)
+
+    def _count(self, _module: Any, _args: Any, out: Any) -> None:
+        self.rows = (self.rows or 0) + (out.shape[0] if out.dim() == 2 else out.shape[:-1].numel())
+
+    def since(self, before: int | None, k: int) -> int:
+        return k * self.per_stream if self.rows is None or before is None else self.rows - before
+
+
+async def run_k(tts: Any, path: str, k: int, text: str, count: TokenCount) -> KRun:
+    before = count.rows
     started = time.perf_counter()
     streams = await asyncio.gather(*(one_stream(tts, text, started) for _ in range(k)))
-    return KRun(path, k, time.perf_counter() - started, tokens, list(streams))
+    wall = time.perf_counter() - started
+    return KRun(path, k, wall, count.since(before, k), list(streams))
 
 
 # -- engines ------------------------------------------------------------------------------------
@@ -196,8 +221,8 @@ def set_batching(engine: Any, on: bool, max_batch: int) -> None:
     engine.scheduler.max_batch = max_batch if on else 1
 
 
-async def prepare(args: argparse.Namespace) -> tuple[Any, Any, str, int, dict]:
-    """The engine, the TTS to speak through, the text, tokens per stream, and facts."""
+async def prepare(args: argparse.Namespace) -> tuple[Any, Any, str, TokenCount, dict]:
+    """The engine, the TTS to speak through, the text, its token count, and facts."""
     import bench.engine_only
 
     started = time.perf_counter()
@@ -214,7 +239,7 @@ async def prepare(args: argparse.Namespace) -> tuple[Any, Any, str, int, dict]:
             "through": "engine.stream" if bench.engine_only.ENGINE_ONLY else "the plugin"}
     if hasattr(engine, "scheduler"):  # measure K streams, not the admission line past capacity
         engine.scheduler.admission.capacity = None
-    return engine, tts, text, tokens, info
+    return engine, tts, text, TokenCount(engine, tokens), info
 
 
 class Baseline:
@@ -267,27 +292,27 @@ async def serve_baseline(args: argparse.Namespace) -> None:
     answers = os.fdopen(os.dup(1), "w")  # the protocol; anything else printed goes to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    _engine, tts, text, tokens, info = await prepare(args)
+    _engine, tts, text, count, info = await prepare(args)
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("ready"):
-            await run_k(tts, "before", 2, text, tokens)  # untimed: first-call costs
+            await run_k(tts, "before", 2, text, count)  # untimed: first-call costs
             answer: dict = info
         else:
-            answer = asdict(await run_k(tts, "before", request["k"], text, tokens))
+            answer = asdict(await run_k(tts, "before", request["k"], text, count))
         print(json.dumps(answer), file=answers, flush=True)
 
 
 async def measure(args: argparse.Namespace, baseline: Baseline | None) -> tuple[list[KRun], dict]:
     """Every K on every path: batched, one stream per step, the baseline's code."""
-    engine, tts, text, tokens, info = await prepare(args)
+    engine, tts, text, count, info = await prepare(args)
     if baseline is not None:
         await asyncio.to_thread(baseline.ready)  # it loaded while we did
     max_batch = engine.scheduler.max_batch
-    paths = ["batched", "one per step"]
+    paths = ["batched"] if args.skip_one_per_step else ["batched", "one per step"]
     for path in paths:  # once untimed per path: first-call costs of a batch size
         set_batching(engine, path == "batched", max_batch)
-        await run_k(tts, path, 2, text, tokens)
+        await run_k(tts, path, 2, text, count)
     if baseline is not None:
         paths.append("before")
     runs: list[KRun] = []
@@ -298,7 +323,7 @@ async def measure(args: argparse.Namespace, baseline: Baseline | None) -> tuple[
                 runs.append(await asyncio.to_thread(baseline.run, k))
             else:
                 set_batching(engine, path == "batched", max_batch)
-                runs.append(await run_k(tts, path, k, text, tokens))
+                runs.append(await run_k(tts, path, k, text, count))
             print(f"  done: {path} K={k}", file=sys.stderr, flush=True)
     if hasattr(engine, "cost_model"):  # what a token costs, to explain the tokens/s
         info["cost"] = engine.cost_model(args.ks)
@@ -320,6 +345,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="chatterbox: cpu or cuda")
     parser.add_argument("--cfm-steps", type=int, default=10, help="chatterbox S3Gen steps")
+    parser.add_argument("--skip-one-per-step", action="store_true",
+                        help="leave out the one-stream-per-step path (shorter runs)")
     parser.add_argument("--baseline", default=None,
                         help="git ref of the code to compare with (e.g. ea0946b)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -50,14 +50,14 @@ class Recorder:
         self.batches: list[int] = []
         self.on_accept: Callable[[int, int], None] | None = None
         recorder = self
-        prefill, accept, emit = XTTSStreamWork.prefill, XTTSStreamWork.accept, XTTSStreamWork.emit
+        start, accept, emit = XTTSStreamWork.start_piece, XTTSStreamWork.accept, XTTSStreamWork.emit
 
         def seed(work: XTTSStreamWork) -> int:
             return int(work._sampling.seed)  # type: ignore[arg-type]
 
-        def rec_prefill(work: XTTSStreamWork) -> None:
+        def rec_prefill(work: XTTSStreamWork, *args: Any) -> None:  # a prefill succeeded
             recorder.events.append(("prefill", seed(work), None, threading.get_ident()))
-            prefill(work)
+            start(work, *args)
 
         def rec_accept(work: XTTSStreamWork, latent: Any, logits: Any) -> None:
             n = len(recorder.tokens.setdefault(seed(work), []))
@@ -81,7 +81,7 @@ class Recorder:
             recorder.events.append(("emit", seed(work), chunk is not None, threading.get_ident()))
             return chunk
 
-        monkeypatch.setattr(XTTSStreamWork, "prefill", rec_prefill)
+        monkeypatch.setattr(XTTSStreamWork, "start_piece", rec_prefill)
         monkeypatch.setattr(XTTSStreamWork, "accept", rec_accept)
         monkeypatch.setattr(XTTSStreamWork, "emit", rec_emit)
 
@@ -210,31 +210,85 @@ def test_a_new_streams_first_chunk_goes_before_other_streams_later_chunks(
     assert ("emit", 1) in kinds[first_of_two:]  # and went on afterwards
 
 
+def arriving_together(engine: XTTSEngine, seeds: tuple[int, ...]) -> dict[int, Any]:
+    """The streams' results when they all arrive while the engine is busy (so together)."""
+    scheduler = engine.scheduler
+
+    def busy_until_all_arrived() -> None:  # runs on the scheduler thread: nothing else does
+        deadline = time.monotonic() + 60
+        while scheduler._inbox.qsize() < len(seeds) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    busy = threading.Thread(target=scheduler.call, args=(busy_until_all_arrived,))
+    busy.start()
+    try:
+        return together({seed: (lambda s=seed: speak(engine, s)) for seed in seeds})
+    finally:
+        busy.join()
+
+
+def prompt_length(engine: XTTSEngine, seed: int) -> int:
+    """A piece's prompt after the voice's cached part: start and stop text tokens around
+    the text, then the start audio token."""
+    return len(engine._model.tokenizer.encode(TEXTS[seed].lower(), lang="en")) + 3
+
+
 def test_first_chunks_of_streams_arriving_together_decode_as_one_batch(
     engine, monkeypatch
 ) -> None:
+    alone = {seed: speak(engine, seed) for seed in (1, 2, 3)}  # (the voice's part is cached)
     recorder = Recorder(monkeypatch)
     handle = engine._model.gpt.gpt.ln_f.register_forward_pre_hook(
-        lambda _m, args: recorder.events.append(("decode", args[0].shape[0], None, 0))
-        if args[0].shape[1] == 1 else None
+        lambda _m, args: recorder.events.append(
+            ("decode", args[0].shape[0], None, 0) if args[0].shape[1] == 1
+            else ("prompts", args[0].shape[1], None, 0)
+        )
     )
-    busy = threading.Thread(target=engine.scheduler.call, args=(time.sleep, 0.5))
-    busy.start()  # the three arrive while the engine is busy: together
-    time.sleep(0.1)
     try:
-        results = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3)})
+        results = arriving_together(engine, (1, 2, 3))
     finally:
         handle.remove()
-        busy.join()
-    assert all(isinstance(r, np.ndarray) and r.size for r in results.values())
     kinds = [(kind, seed) for kind, seed, _, _ in recorder.events]
     first_emit = next(i for i, (kind, _) in enumerate(kinds) if kind == "emit")
-    # all three prefill (in whatever order their threads arrived), then every step up to
-    # the first chunks carries all three
-    assert sorted(kinds[:3]) == [("prefill", 1), ("prefill", 2), ("prefill", 3)]
-    steps = [n for kind, n in kinds[3:first_emit]]
+    # the three prompts run as one pass, end to end; each stream then samples its first
+    # token (in whatever order their threads arrived)
+    assert kinds[0] == ("prompts", sum(prompt_length(engine, seed) for seed in (1, 2, 3)))
+    assert sorted(kinds[1:4]) == [("prefill", 1), ("prefill", 2), ("prefill", 3)]
+    # then every step up to the first chunks carries all three
+    steps = [n for kind, n in kinds[4:first_emit]]
     assert steps == [3] * (engine.first_chunk_tokens - 1)  # the prefill sampled the first
     assert sorted(seed for kind, seed in kinds[first_emit : first_emit + 3]) == [1, 2, 3]
+    for seed in (1, 2, 3):  # and in company each stream says what it says alone
+        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
+
+
+def test_a_prompt_that_breaks_the_shared_pass_fails_only_its_stream(
+    engine, monkeypatch
+) -> None:
+    alone = {seed: speak(engine, seed) for seed in (1, 3)}
+    next_prompt = XTTSStreamWork.next_prompt
+
+    def poisoned(self: XTTSStreamWork) -> Any:
+        prompt, piece = next_prompt(self)
+        if int(self._sampling.seed) == 2:  # the wrong width: the pass over all prompts fails
+            prompt = torch.zeros(1, prompt.shape[1], 3)
+        return prompt, piece
+
+    monkeypatch.setattr(XTTSStreamWork, "next_prompt", poisoned)
+    passes: list[int] = []  # prompt passes that reached the trunk's first block
+    hook = engine._model.gpt.gpt.h[0].ln_1.register_forward_pre_hook(
+        lambda _m, args: passes.append(args[0].shape[1]) if args[0].shape[1] > 1 else None
+    )
+    try:
+        results = arriving_together(engine, (1, 2, 3))
+    finally:
+        hook.remove()
+    assert isinstance(results[2], RuntimeError)
+    for seed in (1, 3):
+        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
+    # the pass over all three failed, then each prompt ran alone
+    assert sorted(passes) == sorted(prompt_length(engine, seed) for seed in (1, 2, 3))
+    assert len(speak(engine, 1)) == len(alone[1])  # and the engine goes on
 
 
 def test_no_stream_starves(engine, monkeypatch) -> None:

@@ -182,3 +182,21 @@ def test_folding_weight_norm_keeps_the_audio(model, speaker, latents) -> None:  
     before = np.concatenate(_stream(_vocoder(model, speaker), latents))
     after = np.concatenate(_stream(_vocoder(folded, speaker), latents))
     assert _snr_db(before, after) >= 100.0
+
+
+def test_a_bf16_copy_of_the_decoder_is_bf16_autocast(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """The bf16 vocoder runs a bf16 copy of the (folded) waveform decoder, made once, not
+    autocast (which casts every weight again for each window): the same samples."""
+    import copy
+
+    folded = build_xtts("tiny")  # as the engine loads it: weight_norm folded
+    fold_weight_norm(folded.hifigan_decoder.waveform_decoder)
+    decoder = folded.hifigan_decoder.waveform_decoder
+    with torch.inference_mode():
+        bf16 = copy.deepcopy(decoder).to(torch.bfloat16)
+        copied = _vocoder(folded, speaker, decoder=bf16).push(latents, final=True)
+        frames = _vocoder(folded, speaker)._frames(latents)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = decoder(frames, g=speaker).float().reshape(-1).numpy()
+    assert copied.dtype == np.float32
+    np.testing.assert_array_equal(copied, autocast)

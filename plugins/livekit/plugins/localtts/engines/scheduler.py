@@ -112,8 +112,8 @@ class StreamWork(Protocol):
 
 
 DecodeBatch = Callable[[list[Any]], dict[int, BaseException]]
-"""One decode step for every given work (same engine); returns the failures by list index
-(a failure of the shared part raises instead)."""
+"""One decode step (or one prefill) for every given work (same engine); returns the failures
+by list index (a failure of the shared part raises instead, having kept nothing)."""
 
 
 class _End:
@@ -330,6 +330,7 @@ class EngineScheduler:
         name: str,
         *,
         decode_batch: DecodeBatch | None = None,
+        prefill_batch: DecodeBatch | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         batching: bool = True,
         capacity: int | None = None,
@@ -343,6 +344,8 @@ class EngineScheduler:
         # what deadlines are reckoned in: the plugin's `continues_at` is time.monotonic()
         self.clock = clock
         self.decode_batch = decode_batch
+        # None: each stream's `prefill` alone
+        self.prefill_batch = prefill_batch
         self.max_batch = max_batch if batching else 1
         self.batching = batching
         self.configured_capacity = capacity
@@ -544,6 +547,12 @@ class EngineScheduler:
         if chosen.next == "decode":
             self._decode(chosen)
             return
+        if chosen.next == "prefill" and self.prefill_batch is not None:
+            # every stream waiting for its prefill joins: one pass reads the weights once
+            others = sorted((s for s in runnable if s is not chosen and s.next == "prefill"),
+                            key=_Stream.priority)
+            self._run_batch(self.prefill_batch, [chosen, *others[: self.max_batch - 1]])
+            return
         try:
             if chosen.next == "prefill":
                 chosen.work.prefill()  # type: ignore[union-attr]
@@ -576,9 +585,15 @@ class EngineScheduler:
             )
             batch += others[: self.max_batch - 1]
         assert self.decode_batch is not None
+        self._run_batch(self.decode_batch, batch)
+        self.decode_rows += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+
+    def _run_batch(self, step: DecodeBatch, batch: list[_Stream]) -> None:
+        """One batched step; a stream that fails it fails alone."""
         works = [s.work for s in batch]
         try:
-            failures = self.decode_batch(works)
+            failures = step(works)
         except Exception as e:
             if len(batch) == 1:
                 failures = {0: e}
@@ -586,13 +601,11 @@ class EngineScheduler:
                 failures = {}
                 for i, w in enumerate(works):
                     try:
-                        alone = self.decode_batch([w])
+                        alone = step([w])
                     except Exception as e:
                         alone = {0: e}
                     if alone:
                         failures[i] = alone[0]
-        self.decode_rows += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
         for i, error in failures.items():
             self._fail(batch[i], error)
 

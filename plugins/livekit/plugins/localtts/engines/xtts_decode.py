@@ -3,6 +3,7 @@ KV caches that do not copy themselves every token, and int8 dynamic quantization
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -83,12 +84,31 @@ class KVSlot:
     def commit(self, positions: int) -> None:
         self.length += positions
 
+    def copy(self, *, grow: bool = True) -> KVSlot:
+        """A new slot holding a copy of the committed keys and values (a cached prompt
+        prefix); `grow`: with room for more positions (a stream's slot), else exactly as long
+        (one kept only to be copied)."""
+        slot = KVSlot(len(self._k))
+        for layer, (k, v) in enumerate(zip(self._k, self._v, strict=True)):
+            if grow:
+                slot.write(layer, k[:, : self.length], v[:, : self.length])
+            else:
+                slot._k[layer] = k[:, : self.length].clone()
+                slot._v[layer] = v[:, : self.length].clone()
+        slot.commit(self.length)
+        return slot
 
-def trunk_forward(trunk: Any, x: Any, slots: list[KVSlot]) -> Any:
-    """HF GPT-2 blocks over `x` [B, T, d], row b attending to its own `slots[b]` (lengths may
-    differ: ragged batch); returns ln_f's output [B, T, d]. The weight-heavy projections run
-    once for the whole batch; attention runs per row over that row's cache, so a row's
-    result never depends on the other rows' lengths. T > 1 (a prompt) needs an empty slot.
+
+def trunk_forward(trunk: Any, x: Any, slots: list[KVSlot], lengths: list[int] | None = None
+                  ) -> Any:
+    """HF GPT-2 blocks over `x`, each stream attending to its own `slots[i]` after what that
+    slot holds (cache lengths may differ: ragged batch); returns ln_f's output, shaped as `x`.
+
+    `x` is [B, T, d], row b for `slots[b]`; or, with `lengths`, [1, sum(lengths), d]: the
+    streams' positions one after another (prompts of different lengths in one pass). The
+    weight-heavy projections run once over everything; attention runs per stream over its own
+    cache (causal within the new positions), so a stream's result never depends on the
+    others' lengths.
 
     Same blocks as `GPT2Model.forward` (coqui's trunk has null position embeddings and no
     token embeddings, dropout is off in eval), without its cache and mask machinery."""
@@ -96,20 +116,32 @@ def trunk_forward(trunk: Any, x: Any, slots: list[KVSlot]) -> Any:
     import torch.nn.functional as F
 
     b, t, d = x.shape
+    if lengths is None:
+        segments = [(row, 0, t) for row in range(b)]
+    else:
+        assert b == 1 and sum(lengths) == t and len(lengths) == len(slots)
+        ends = list(itertools.accumulate(lengths))
+        segments = [(0, end - n, end) for n, end in zip(lengths, ends, strict=True)]
     for layer, block in enumerate(trunk.h):
         attn = block.attn
         heads = attn.num_heads
         q, k, v = attn.c_attn(block.ln_1(x)).split(attn.split_size, dim=2)
-        q = q.view(b, t, heads, -1).transpose(1, 2)  # [B, H, T, hd]
-        k = k.view(b, t, heads, -1).transpose(1, 2)
-        v = v.view(b, t, heads, -1).transpose(1, 2)
         rows = []
-        for i, slot in enumerate(slots):
-            keys, values = slot.write(layer, k[i], v[i])
-            rows.append(F.scaled_dot_product_attention(
-                q[i : i + 1], keys[None], values[None], is_causal=t > 1, scale=attn.scaling
-            ))
-        o = torch.cat(rows).transpose(1, 2).reshape(b, t, d)
+        for (row, start, end), slot in zip(segments, slots, strict=True):
+            n = end - start
+            # [n, d] -> [H, n, hd]
+            qi, ki, vi = (z[row, start:end].view(n, heads, -1).transpose(0, 1) for z in (q, k, v))
+            cached = slot.length
+            keys, values = slot.write(layer, ki, vi)
+            mask = None  # one new position sees everything before it
+            if n > 1 and cached:  # new positions see the cache and the new ones before them
+                mask = torch.ones(n, cached + n, dtype=torch.bool, device=x.device).tril(cached)
+            out = F.scaled_dot_product_attention(
+                qi[None], keys[None], values[None], attn_mask=mask,
+                is_causal=n > 1 and not cached, scale=attn.scaling,
+            )
+            rows.append(out[0].transpose(0, 1).reshape(n, d))
+        o = torch.cat(rows).view(b, t, d)
         x = x + attn.c_proj(o)
         x = x + block.mlp(block.ln_2(x))
     return trunk.ln_f(x)

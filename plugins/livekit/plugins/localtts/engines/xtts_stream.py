@@ -8,12 +8,19 @@ next chunk once all its tokens exist. Chunk boundaries depend on the tokens alon
 `first_chunk_tokens`, then growing by `chunk_growth` up to `chunk_tokens`), never on when the
 scheduler ran what, so a stream's audio is the same alone and in any batch. A stream may
 decode up to one chunk ahead of its vocoder: those tokens cost little inside a batch.
+
+A prompt is the voice's 32 conditioning latents, the text, and the start token. The trunk
+has no position embeddings and attention is causal, so the voice's part of the KV cache is
+the same for every piece spoken in that voice: it is computed once per voice
+(`VoicePrefixes`) and each piece prefills only its text. Pieces that wait for their prefill
+at the same time run it as one pass (`prefill_batch`), their prompts end to end.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,43 +112,47 @@ class XTTSStreamWork:
     # -- steps -----------------------------------------------------------------------------
 
     def prefill(self) -> None:
+        failures = prefill_batch(self._engine, [self])
+        if failures:
+            raise failures[0]
+
+    def next_prompt(self) -> tuple[Any, _Piece]:
+        """The next piece's prompt [1, T, d] after the voice's cached part, and its decoding
+        state, whose slot already holds that cached part. Changes nothing of the stream (a
+        failed prefill leaves it as it was)."""
         import torch
 
         engine, model = self._engine, self._model
         gpt, device = model.gpt, engine.device
-        text = self._pieces.popleft()
+        text = self._pieces[0]
         limit = min(x for x in (self._max_tokens, engine.max_tokens, gpt.max_gen_mel_tokens) if x)
-        with torch.inference_mode():
-            ids = model.tokenizer.encode(text.strip().lower(), lang=self._lang)
-            tokens = torch.tensor([ids], dtype=torch.long, device=device)
-            tokens = torch.nn.functional.pad(tokens, (0, 1), value=gpt.stop_text_token)
-            tokens = torch.nn.functional.pad(tokens, (1, 0), value=gpt.start_text_token)
-            text_emb = gpt.text_embedding(tokens) + gpt.text_pos_embedding(tokens)
-            start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=device)
-            start_emb = gpt.mel_embedding(start) + gpt.mel_pos_embedding.get_fixed_embedding(
-                0, device
-            )
-            prompt = torch.cat(
-                [self._latents.gpt_cond_latent.to(device), text_emb, start_emb], dim=1
-            )
-            vocoder = WindowVocoder(
-                model, self._latents.speaker_embedding.to(device),
-                length_scale=self._length_scale, context=engine.context_frames,
-                lookahead=engine.lookahead_frames, crossfade=engine.crossfade_frames,
-                bf16=bool(engine.vocoder_bf16),
-            )
-            # coqui's generate() feeds placeholder ids (1 ... 1, start) for the prefix, so its
-            # repetition penalty also covers ids 1 and start: kept for identical sampling
-            seen = torch.tensor([[1, gpt.start_audio_token]], dtype=torch.long, device=device)
-            piece = _Piece(
-                slot=KVSlot(len(gpt.gpt.h)), seen=seen, next_emb=None, vocoder=vocoder,
-                limit=limit, chunk=engine.first_chunk_tokens,
-            )
-            hidden = trunk_forward(gpt.gpt, prompt, [piece.slot])
-            piece.slot.commit(prompt.shape[1])
-            latent = gpt.final_norm(hidden[:, -1])
-            self._piece = piece
-            self.accept(latent, gpt.mel_head(latent).float())
+        ids = model.tokenizer.encode(text.strip().lower(), lang=self._lang)
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)
+        tokens = torch.nn.functional.pad(tokens, (0, 1), value=gpt.stop_text_token)
+        tokens = torch.nn.functional.pad(tokens, (1, 0), value=gpt.start_text_token)
+        text_emb = gpt.text_embedding(tokens) + gpt.text_pos_embedding(tokens)
+        start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=device)
+        start_emb = gpt.mel_embedding(start) + gpt.mel_pos_embedding.get_fixed_embedding(0, device)
+        vocoder = WindowVocoder(
+            model, self._latents.speaker_embedding.to(device),
+            length_scale=self._length_scale, context=engine.context_frames,
+            lookahead=engine.lookahead_frames, crossfade=engine.crossfade_frames,
+            decoder=engine.waveform_decoder(),
+        )
+        # coqui's generate() feeds placeholder ids (1 ... 1, start) for the prefix, so its
+        # repetition penalty also covers ids 1 and start: kept for identical sampling
+        seen = torch.tensor([[1, gpt.start_audio_token]], dtype=torch.long, device=device)
+        piece = _Piece(
+            slot=engine.voice_prefixes.slot(self._latents.gpt_cond_latent), seen=seen,
+            next_emb=None, vocoder=vocoder, limit=limit, chunk=engine.first_chunk_tokens,
+        )
+        return torch.cat([text_emb, start_emb], dim=1), piece
+
+    def start_piece(self, piece: _Piece, latent: Any, logits: Any) -> None:
+        """The prefill of `piece` succeeded: speak it, starting with its first token."""
+        self._pieces.popleft()
+        self._piece = piece
+        self.accept(latent, logits)
 
     def accept(self, latent: Any, logits: Any) -> None:
         """Sample this stream's next token from its logits [1, V]; `latent` [1, d] is kept for
@@ -216,3 +227,67 @@ def decode_batch(engine: XTTSEngine, works: list[XTTSStreamWork]) -> dict[int, B
             except Exception as e:
                 failures[i] = e
     return failures
+
+
+def prefill_batch(engine: XTTSEngine, works: list[XTTSStreamWork]) -> dict[int, BaseException]:
+    """The next piece's prompt of every stream in `works` in one trunk pass (end to end, each
+    attending to its own cache, which starts with its voice's part); each then samples its
+    first token. Returns the failures by index (a failure of the shared pass raises)."""
+    import torch
+
+    gpt = engine._model.gpt
+    failures: dict[int, BaseException] = {}
+    ready: list[tuple[int, Any, _Piece]] = []
+    with torch.inference_mode():
+        for i, w in enumerate(works):
+            try:
+                prompt, piece = w.next_prompt()
+            except Exception as e:  # this stream's text or voice: its failure alone
+                failures[i] = e
+                continue
+            ready.append((i, prompt, piece))
+        if not ready:
+            return failures
+        lengths = [prompt.shape[1] for _, prompt, _ in ready]
+        x = torch.cat([prompt for _, prompt, _ in ready], dim=1)
+        hidden = trunk_forward(gpt.gpt, x, [piece.slot for *_, piece in ready], lengths)
+        last = torch.tensor(list(itertools.accumulate(lengths))) - 1
+        latents = gpt.final_norm(hidden[0, last])  # [n, d]: each prompt's last position
+        logits = gpt.mel_head(latents).float()
+        for j, (i, _, piece) in enumerate(ready):
+            piece.slot.commit(lengths[j])
+            try:
+                works[i].start_piece(piece, latents[j : j + 1], logits[j : j + 1])
+            except Exception as e:
+                failures[i] = e
+    return failures
+
+
+class VoicePrefixes:
+    """The GPT's keys and values for each voice's conditioning latents (the part of every
+    prompt that only the voice decides), for the last `size` voices spoken."""
+
+    def __init__(self, engine: XTTSEngine, size: int = 8) -> None:
+        self._engine = engine
+        self._size = size
+        # id(latent) -> (latent, its KV): the latent is held so its id is not reused
+        self._slots: OrderedDict[int, tuple[Any, KVSlot]] = OrderedDict()
+
+    def slot(self, gpt_cond_latent: Any) -> KVSlot:
+        """A new stream's KV slot, starting with this voice's part (computed on first use)."""
+        key = id(gpt_cond_latent)
+        entry = self._slots.get(key)
+        if entry is None or entry[0] is not gpt_cond_latent:
+            gpt = self._engine._model.gpt
+            prefix = KVSlot(len(gpt.gpt.h))
+            latent = gpt_cond_latent.to(self._engine.device)
+            trunk_forward(gpt.gpt, latent, [prefix])
+            prefix.commit(latent.shape[1])
+            entry = self._slots[key] = (gpt_cond_latent, prefix.copy(grow=False))
+            while len(self._slots) > self._size:
+                self._slots.popitem(last=False)
+        self._slots.move_to_end(key)
+        return entry[1].copy()
+
+    def clear(self) -> None:
+        self._slots.clear()

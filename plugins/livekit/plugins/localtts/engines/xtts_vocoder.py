@@ -62,10 +62,13 @@ class WindowVocoder:
     """
 
     def __init__(self, model: Any, speaker_embedding: Any, *, length_scale: float,
-                 context: int, lookahead: int, crossfade: int, bf16: bool = False) -> None:
+                 context: int, lookahead: int, crossfade: int, decoder: Any = None) -> None:
+        """`decoder`: the waveform decoder to run (default: the model's own); frames and the
+        speaker embedding go in at its weights' dtype (a bf16 copy: bf16 HiFiGAN)."""
         self._model = model
-        self._bf16 = bf16
-        self._g = speaker_embedding
+        self._decoder = decoder if decoder is not None else model.hifigan_decoder.waveform_decoder
+        self._dtype = next(self._decoder.parameters()).dtype
+        self._g = speaker_embedding.to(self._dtype)
         self._length_scale = length_scale
         self._context = context
         self._lookahead = lookahead
@@ -105,8 +108,7 @@ class WindowVocoder:
         if end <= self._emitted:
             return np.zeros(0, dtype=np.float32)
         start = max(0, self._emitted - self._context)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
-            wav = self._model.hifigan_decoder.waveform_decoder(frames[..., start:total], g=self._g)
+        wav = self._decoder(frames[..., start:total].to(self._dtype), g=self._g)
         wav = wav.float().reshape(-1)
         seg = wav[(self._emitted - start) * HOP : (end - start) * HOP].clone()
         if self._tail is not None:
