@@ -735,7 +735,7 @@ async def test_room_endpoint_speaks_piper_into_the_room(
             assert body["real_time_factor"] == pytest.approx(
                 body["total_time_ms"] / 1000 / body["audio_duration_seconds"], rel=0.01
             )
-            assert body["optimizations"] == ["onnxruntime"]
+            assert body["optimizations"] == ["onnxruntime", "decoder windows"]
         # one room plays one utterance at a time: whichever of the two reached the room's
         # queue second waited for the other to play (gather does not fix which is first)
         waits = sorted(r.json()["queued_ms"] for r in (first, second))
