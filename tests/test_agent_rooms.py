@@ -480,7 +480,10 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
             joined = time.monotonic()
             track = await agent_track(listener)
             await listener.wait_for_speech(timeout=GREETING_WITHIN_S)
-            await wait_quiet(listener, track, quiet=1.5)
+            # 3 s: a greeting may pause after its first word for up to ~2 s when four rooms
+            # start at once (an open defect, seen with and without Piper's decoder windows:
+            # the print below reports it); the claim here is the whole greeting, once
+            await wait_quiet(listener, track, quiet=3.0)
             return joined, track
 
     visits = await asyncio.gather(*(visit(room) for room in rooms))
