@@ -73,10 +73,11 @@ class _ForwardCounter:
 def test_first_chunk_is_small_and_later_chunks_grow(engine: XTTSEngine) -> None:
     chunks = _collect(engine)
     sizes = [len(c) for c in chunks]
-    assert (engine.first_chunk_tokens, engine.chunk_growth) == (6, 1.5)
-    # chunks end after 6 tokens, 9 more (6 x 1.5), then 14 more, capped by the 24 generated;
+    assert (engine.first_chunk_tokens, engine.chunk_growth) == (4, 1.5)
+    # chunks end after 4 tokens, 6 more (4 x 1.5), then 9 more, capped by the 24 generated;
     # each ends with its tokens' frames less the look-ahead held back (none at the end)
-    ends = [frames_for_tokens(6) - 6, frames_for_tokens(15) - 6, frames_for_tokens(24)]
+    ends = [frames_for_tokens(4) - 6, frames_for_tokens(10) - 6, frames_for_tokens(19) - 6,
+            frames_for_tokens(24)]
     assert sizes == [n * HOP for n in np.diff([0, *ends])]
     assert sizes[0] < sizes[1] < sizes[2]  # the first small, later ones grow
     assert sum(sizes) == frames_for_tokens(MAX_TOKENS) * HOP  # nothing lost, nothing doubled

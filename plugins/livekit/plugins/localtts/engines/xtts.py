@@ -141,7 +141,7 @@ class XTTSEngine:
         device: str = "cpu",
         int8: bool | None = False,
         vocoder_bf16: bool | None = False,
-        first_chunk_tokens: int = 6,
+        first_chunk_tokens: int = 4,
         chunk_tokens: int = 24,
         chunk_growth: float = 1.5,
         context_frames: int = 16,
