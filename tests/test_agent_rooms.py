@@ -496,11 +496,11 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
         spans = track.speech_spans(gap=0.1)
         waits.append(spans[0][0] - joined)
         assert waits[-1] < GREETING_WITHIN_S
-        # the whole greeting, once: as much speech as Piper's. +-0.3 s: Opus, Piper's own
-        # variation and the receiver's jitter buffer stretching speech when the machine is
-        # starved (one compute thread synthesizes the four greetings in turn: within 0.07 s
-        # at load 8-20 on 2 cores, +0.18 s at load 24, more once above 30; four Piper threads
-        # had stretched it 0.31 s); a doubled or halved greeting is off by 0.75 s or more
+        # the whole greeting, once: as much speech as Piper's, 0.3 s less to 0.5 s more:
+        # Opus, Piper's own variation and the receiver's jitter buffer, which stretches
+        # speech around a gap when the machine is starved (within 0.07 s at load 8-20 on 2
+        # cores, +0.18 s at load 24; +0.31 s with pauses of 2.3-2.6 s at load 5 beside a
+        # compiler); a doubled greeting is 1.4 s over, a halved one 0.7 s short
         louds.append(loud_seconds(track.samples(), RATE))
         # not asserted: the longest pause. The engine makes the four first windows (0.19 s
         # of audio each) before any second window, so a room's greeting pauses after its
@@ -519,7 +519,8 @@ async def test_four_rooms_at_once_on_one_worker_each_get_their_greeting(
         f"{loud_seconds(greeting, RATE):.2f} s); longest pause inside "
         f"{', '.join(f'{p:.2f}' for p in pauses)} s (Piper's {longest_pause(greeting):.2f} s)"
     )
-    assert louds == pytest.approx([loud_seconds(greeting, RATE)] * 4, abs=0.3)
+    piper_loud = loud_seconds(greeting, RATE)
+    assert all(-0.3 <= loud - piper_loud <= 0.5 for loud in louds), louds
 
 
 def server_log(server: LiveKitServer) -> list[tuple[str, dict[str, Any]]]:
