@@ -184,8 +184,8 @@ def test_decoders_match_stock_t3_inference(engine: ChatterboxEngine) -> None:
     )[0].tolist()
 
     sampling = SamplingParams(temperature=1e-3, cfg_weight=0.5)
-    embeds = engine._prompt_embeds(TEXT, conds, 0.5)
-    other = engine._prompt_embeds("Someone else speaks meanwhile.", conds, 0.7)
+    embeds, _ = engine._prompt_embeds(TEXT, conds, 0.5)
+    other, _ = engine._prompt_embeds("Someone else speaks meanwhile.", conds, 0.7)
     for slots, company in ((1, 0), (4, 3)):  # alone, and in a batch of four
         decoder = T3BatchDecoder(t3, slots=slots, max_cache_len=512)
         owners = [_Owner() for _ in range(company + 1)]
@@ -531,7 +531,7 @@ def test_reduced_precision_t3_and_flow(engine) -> None:
     )
     assert "t3-bfloat16" in info.optimizations
 
-    embeds = low._prompt_embeds(TEXT, low.default_voice.data, 0.5)
+    embeds, _ = low._prompt_embeds(TEXT, low.default_voice.data, 0.5)
     assert embeds.dtype == torch.bfloat16
     ours = _teacher_forced_logits(T3BatchDecoder(low._t3, slots=2, max_cache_len=512), embeds)
     _assert_logits_close(ours, _transformers_logits(low._t3, embeds))
@@ -583,7 +583,7 @@ def test_cuda_graph_replays_the_compiled_step(cuda_engine: ChatterboxEngine) -> 
     """Replaying the captured graphs (one per batch size) samples what launching the compiled
     step does, and the compiled step's logits are the eager ones and transformers' ones."""
     t3 = cuda_engine._t3
-    embeds = cuda_engine._prompt_embeds(TEXT, cuda_engine.default_voice.data, 0.5)
+    embeds, _ = cuda_engine._prompt_embeds(TEXT, cuda_engine.default_voice.data, 0.5)
     captured = cuda_engine._decoder
     assert captured.captured_buckets == [1, 2, 4, 8, 16]
     launched = T3BatchDecoder(t3, slots=captured.slots, max_cache_len=captured.max_cache_len,
@@ -706,7 +706,7 @@ def test_chatterbox_fulfils_the_engine_contract(engine: ChatterboxEngine) -> Non
     with pytest.raises(ValueError, match="host selection"):
         ChatterboxOptions(device="auto")
     # a prompt the cache cannot hold is the engine's fault, not a ValueError (a 400)
-    embeds = engine._prompt_embeds(TEXT, engine.default_voice.data, 0.5)
+    embeds, _ = engine._prompt_embeds(TEXT, engine.default_voice.data, 0.5)
     small = T3BatchDecoder(engine._t3, slots=1, max_cache_len=embeds.shape[1])
     with pytest.raises(KVCacheOverflowError) as overflow:
         small.start(_Owner(), embeds, SamplingParams(), seed=0)

@@ -347,7 +347,7 @@ class ChatterboxEngine:
         import torch
 
         decoder = self._decoder
-        embeds = self._prompt_embeds("Measuring.", self._warmup_conditionals(), 0.5)
+        embeds, _ = self._prompt_embeds("Measuring.", self._warmup_conditionals(), 0.5)
         budget = 0.9 / _TOKENS_PER_SECOND
         capacity = 0
         for batch in capacity_probes(decoder.slots):
@@ -510,8 +510,9 @@ class ChatterboxEngine:
 
     # -- synthesis -------------------------------------------------------------------------------
 
-    def _prompt_embeds(self, text: str, conds: Any, exaggeration: float) -> Any:
-        """(2, L, D) prefill embeddings exactly as T3.inference builds them for CFG."""
+    def _prompt_embeds(self, text: str, conds: Any, exaggeration: float) -> tuple[Any, list[int]]:
+        """(2, L, D) prefill embeddings exactly as T3.inference builds them for CFG, and the
+        text's token ids (without start/stop-of-text)."""
         import torch
         import torch.nn.functional as F
         from chatterbox.models.t3.modules.cond_enc import T3Cond
@@ -525,6 +526,7 @@ class ChatterboxEngine:
                 f"text of {tokens.shape[1]} tokens is longer than max_text_tokens="
                 f"{self.options.max_text_tokens}: split it into sentences"
             )
+        ids = tokens[0].tolist()
         tokens = torch.cat([tokens, tokens], dim=0)
         tokens = F.pad(tokens, (1, 0), value=t3.hp.start_text_token)
         tokens = F.pad(tokens, (0, 1), value=t3.hp.stop_text_token)
@@ -542,7 +544,7 @@ class ChatterboxEngine:
             )
             # upstream appends a second start-of-speech token after the one above
             bos = t3.speech_emb(start[:1]) + t3.speech_pos_emb.get_fixed_embedding(0)
-            return torch.cat([embeds, bos.expand(2, -1, -1)], dim=1)
+            return torch.cat([embeds, bos.expand(2, -1, -1)], dim=1), ids
 
     def _resolve_voice(self, voice: VoiceConditioning | None) -> Any:
         if voice is None:

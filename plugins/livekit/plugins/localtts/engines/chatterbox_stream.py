@@ -13,7 +13,7 @@ import numpy as np
 
 from .base import SynthesisParams, TimedChunk
 from .chatterbox_options import SAMPLE_RATE, StreamStats
-from .chatterbox_words import UtteranceWords, utterance_words
+from .chatterbox_words import SpeechWordClock, utterance_words
 from .scheduler import Step
 
 if TYPE_CHECKING:
@@ -58,15 +58,16 @@ class ChatterboxStreamWork:
         self.stats = StreamStats()
         self._started = time.perf_counter()
         with torch.inference_mode():
-            self._embeds: Any = engine._prompt_embeds(text, conds, exaggeration)
+            self._embeds, text_ids = engine._prompt_embeds(text, conds, exaggeration)
             voice = engine._streamer.prepare(conds.gen)
         # word times from where T3 reads the text, where the decoder reads its aligned heads
-        self.words: UtteranceWords | None = None
+        self.words: SpeechWordClock | None = None
         if self._decoder.aligned_heads:
             from .chatterbox_s3gen import SAMPLES_PER_TOKEN
 
             self.words = utterance_words(
-                engine._tokenizer, text, self._embeds.shape[1], SAMPLES_PER_TOKEN / SAMPLE_RATE
+                engine._tokenizer, text, text_ids, self._embeds.shape[1],
+                SAMPLES_PER_TOKEN / SAMPLE_RATE,
             )
         self.stream = engine._streamer.open(voice, seed=self.seed)
         self._max_new = max_new_tokens or engine.options.max_new_tokens

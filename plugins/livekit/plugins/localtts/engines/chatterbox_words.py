@@ -25,6 +25,8 @@ class SpeechWordClock:
     clean-up) that text token t belongs to; `text_start`: the prompt position of the first
     text token (after the start-of-text token); `words`: how many words the caller's text
     has (its `word_spans`), mapped proportionally when the clean-up changed the count.
+    `text_span`: the prompt positions of the text, start/stop tokens included (where the
+    decoder records positions).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class SpeechWordClock:
     ) -> None:
         self._token_words = list(token_words) or [0]
         self._text_start = text_start
+        self.text_span = (text_start - 1, text_start + len(self._token_words) + 1)
         model_words = max(self._token_words) + 1
         self._word_of = [
             min(model_words - 1, w * model_words // max(1, words)) for w in range(words)
@@ -47,7 +50,8 @@ class SpeechWordClock:
         self._emitted = 0  # caller's words handed out
 
     def add(self, positions: Sequence[int]) -> None:
-        """The recorded prompt positions of the next speech tokens (-1: unknown)."""
+        """The recorded prompt positions of the next speech tokens the stream kept (not
+        those after its stop; -1: unknown)."""
         for position in positions:
             token = position - self._text_start
             if 0 <= token < len(self._token_words):
@@ -98,38 +102,19 @@ def text_token_words(token_texts: Sequence[str], space: str) -> list[int]:
     return words
 
 
-class UtteranceWords:
-    """One stream's word clock and where its text sits in the prompt: the decoder records
-    text positions within `text_span`; `add` takes what each host read returns."""
-
-    def __init__(self, clock: SpeechWordClock, text_span: tuple[int, int]) -> None:
-        self.clock = clock
-        self.text_span = text_span  # prompt positions of the text, start/stop tokens included
-
-    def add(self, positions: Sequence[int]) -> None:
-        """Positions of the speech tokens the stream kept (not those after its stop)."""
-        self.clock.add(positions)
-
-    def words_until(self, speech_tokens: int, *, final: bool = False) -> list[WordTiming]:
-        return self.clock.words_until(speech_tokens, final=final)
-
-
 def utterance_words(
-    tokenizer: Any, text: str, prompt_len: int, seconds_per_token: float
-) -> UtteranceWords:
-    """The word clock of `text` in a prompt of `prompt_len` positions, as the engine builds
-    it: the text (its tokens between start/stop-of-text) is followed by a start-of-speech
-    token and upstream's second one, so its first token is at prompt_len - 3 - len(ids)."""
+    tokenizer: Any, text: str, ids: Sequence[int], prompt_len: int, seconds_per_token: float
+) -> SpeechWordClock:
+    """The word clock of `text`, tokenized as `ids`, in a prompt of `prompt_len` positions,
+    as the engine builds it: the text (its tokens between start/stop-of-text) is followed by
+    a start-of-speech token and upstream's second one, so its first token is at
+    prompt_len - 3 - len(ids)."""
     from chatterbox.models.tokenizers.tokenizer import SPACE
-    from chatterbox.tts import punc_norm
 
     from ..textcut import word_spans
 
-    ids = tokenizer.text_to_tokens(punc_norm(text))[0].tolist()
     token_texts = [tokenizer.tokenizer.id_to_token(i) for i in ids]
-    text_start = prompt_len - 3 - len(ids)
-    clock = SpeechWordClock(
-        text_token_words(token_texts, SPACE), text_start, len(word_spans(text)),
-        seconds_per_token=seconds_per_token,
+    return SpeechWordClock(
+        text_token_words(token_texts, SPACE), prompt_len - 3 - len(ids),
+        len(word_spans(text)), seconds_per_token=seconds_per_token,
     )  # fmt: skip
-    return UtteranceWords(clock, (text_start - 1, text_start + len(ids) + 1))
