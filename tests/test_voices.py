@@ -580,28 +580,32 @@ async def test_changes_reach_a_second_instance(
     open_library: Any, speech: Speech, database_url: str, cloning_engine: Any
 ) -> None:
     writer = await open_library()
+    await writer.add("other", speech.clip(0.7))  # a voice that stays as it is
     reader = await open_library()
     engine = Counting(cloning_engine)
     await reader.preload(engine)
+    assert engine.condition_calls == 1
 
     await writer.add("live", speech.clip(0.5), name="first")
     info = await eventually(lambda: reader.get("live"))
     assert info.name == "first"
     # the reader prepares the new voice in the background: no request pays for it
-    await eventually(lambda: engine.condition_calls == 1)
+    await eventually(lambda: engine.condition_calls == 2)
     before = await reader.conditioning("live", engine)
-    assert engine.condition_calls == 1
+    assert engine.condition_calls == 2
 
     await writer.add("live", speech.clip(0.9), name="second", replace=True)
-    await eventually(lambda: engine.condition_calls == 2)
+    await eventually(lambda: engine.condition_calls == 3)
     assert (await reader.get("live")).name == "second"
     after = await reader.conditioning("live", engine)
     assert conditioning_bytes(engine, after) != conditioning_bytes(engine, before)
 
-    assert reader.ready_voices(engine) == ["live"]
+    assert reader.ready_voices(engine) == ["live", "other"]
     await writer.remove("live")
     await eventually(lambda: gone(reader, "live"))
-    assert reader.ready_voices(engine) == []  # its conditioning is forgotten with it
+    assert reader.ready_voices(engine) == ["other"]  # its conditioning is forgotten with it
+    await reader.conditioning("other", engine)  # the others' stays: nothing recomputed
+    assert engine.condition_calls == 3
     with pytest.raises(UnknownVoiceError):
         await reader.conditioning("live", engine)
 
