@@ -218,14 +218,19 @@ def test_a_new_streams_first_chunk_goes_before_other_streams_later_chunks(
 def arriving_together(engine: XTTSEngine, seeds: tuple[int, ...]) -> dict[int, Any]:
     """The streams' results when they all arrive while the engine is busy (so together)."""
     scheduler = engine.scheduler
+    holding = threading.Event()
 
     def busy_until_all_arrived() -> None:  # runs on the scheduler thread: nothing else does
+        holding.set()
         deadline = time.monotonic() + 60
         while scheduler._inbox.qsize() < len(seeds) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     busy = threading.Thread(target=scheduler.call, args=(busy_until_all_arrived,))
     busy.start()
+    # no stream may reach the inbox before this call: an idle scheduler would take it and
+    # prefill it alone (seen in about half the runs on 2 cores)
+    assert holding.wait(timeout=60)
     try:
         return together({seed: (lambda s=seed: speak(engine, s)) for seed in seeds})
     finally:
