@@ -104,11 +104,18 @@ def batch_sizes(engine: XTTSEngine) -> tuple[list[int], Any]:
     return sizes, handle
 
 
-def test_seeded_streams_are_the_same_alone_and_in_a_batch(engine, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def alone(engine: XTTSEngine) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """Streams 1-3 each spoken alone, their audio and sampled tokens (seeded: the same
+    whenever spoken): what every test of company compares with."""
+    with pytest.MonkeyPatch.context() as patch:
+        recorder = Recorder(patch)
+        audio = {seed: speak(engine, seed) for seed in (1, 2, 3)}
+    return {seed: (audio[seed], recorder.tokens[seed]) for seed in audio}
+
+
+def test_seeded_streams_are_the_same_alone_and_in_a_batch(engine, alone, monkeypatch) -> None:
     recorder = Recorder(monkeypatch)
-    alone = {seed: speak(engine, seed) for seed in (1, 2, 3)}
-    tokens_alone = dict(recorder.tokens)
-    recorder.tokens.clear()
     sizes, handle = batch_sizes(engine)
     try:
         batched = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3)})
@@ -116,15 +123,14 @@ def test_seeded_streams_are_the_same_alone_and_in_a_batch(engine, monkeypatch) -
         handle.remove()
     assert max(sizes) == 3  # the three streams really decoded as one batch
     for seed in (1, 2, 3):
-        assert recorder.tokens[seed] == tokens_alone[seed]
-        assert len(tokens_alone[seed]) == MAX_TOKENS
+        assert recorder.tokens[seed] == alone[seed][1]
+        assert len(alone[seed][1]) == MAX_TOKENS
         # fp32 matmuls of a batch round differently in the last bit than one row alone
         # (MKL's gemv vs gemm): same tokens, audio equal to float32 precision
-        np.testing.assert_allclose(batched[seed], alone[seed], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(batched[seed], alone[seed][0], rtol=0, atol=1e-4)
 
 
-def test_cancelling_one_stream_leaves_the_others_unchanged(engine, monkeypatch) -> None:
-    alone = {seed: speak(engine, seed) for seed in (1, 3)}
+def test_cancelling_one_stream_leaves_the_others_unchanged(engine, alone, monkeypatch) -> None:
     recorder = Recorder(monkeypatch)
     cancel = threading.Event()
     steps_after_cancel: list[int] = []
@@ -140,12 +146,11 @@ def test_cancelling_one_stream_leaves_the_others_unchanged(engine, monkeypatch) 
                         for seed in (1, 2, 3)})
     assert len(recorder.tokens[2]) == 11 and not steps_after_cancel  # gone at the next step
     for seed in (1, 3):
-        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
-    assert len(results[2]) < len(alone[1])
+        np.testing.assert_allclose(results[seed], alone[seed][0], rtol=0, atol=1e-4)
+    assert len(results[2]) < len(alone[1][0])
 
 
-def test_a_failure_in_one_stream_fails_only_that_stream(engine, monkeypatch) -> None:
-    alone = {seed: speak(engine, seed) for seed in (1, 3)}
+def test_a_failure_in_one_stream_fails_only_that_stream(engine, alone, monkeypatch) -> None:
     recorder = Recorder(monkeypatch)
 
     def break_two(seed: int, n: int) -> None:
@@ -156,7 +161,7 @@ def test_a_failure_in_one_stream_fails_only_that_stream(engine, monkeypatch) -> 
     results = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3)})
     assert isinstance(results[2], RuntimeError) and "stream two broke" in str(results[2])
     for seed in (1, 3):
-        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(results[seed], alone[seed][0], rtol=0, atol=1e-4)
 
     # a stream whose state breaks the shared part of the batched step: the step is run again
     # one stream at a time, and only the stream at fault fails
@@ -172,8 +177,8 @@ def test_a_failure_in_one_stream_fails_only_that_stream(engine, monkeypatch) -> 
     results = together({seed: (lambda s=seed: speak(engine, s)) for seed in (1, 2, 3)})
     assert isinstance(results[2], RuntimeError)
     for seed in (1, 3):
-        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
-    assert len(speak(engine, 1)) == len(alone[1])  # and the engine goes on
+        np.testing.assert_allclose(results[seed], alone[seed][0], rtol=0, atol=1e-4)
+    assert len(speak(engine, 1)) == len(alone[1][0])  # and the engine goes on
 
 
 def test_a_new_streams_first_chunk_goes_before_other_streams_later_chunks(
@@ -223,13 +228,17 @@ def arriving_together(engine: XTTSEngine, seeds: tuple[int, ...]) -> dict[int, A
 
     busy = threading.Thread(target=scheduler.call, args=(busy_until_all_arrived,))
     busy.start()
-    # the streams go in only once the thread is held: one arriving before the hold would be
-    # stepped alone (a race seen under load)
-    assert holding.wait(60)
-    try:
-        return together({seed: (lambda s=seed: speak(engine, s)) for seed in seeds})
-    finally:
-        busy.join()
+    # no stream may reach the inbox before this call: an idle scheduler would take it and
+    # prefill it alone
+    assert holding.wait(timeout=60)
+    with pytest.MonkeyPatch.context() as patch:
+        # `stream` asks the (loaded) engine to load, a call through the same inbox: three
+        # such calls would pass for the three streams, whose own entries then race the step
+        patch.setattr(engine, "load", lambda: None)
+        try:
+            return together({seed: (lambda s=seed: speak(engine, s)) for seed in seeds})
+        finally:
+            busy.join()
 
 
 def prompt_length(engine: XTTSEngine, seed: int) -> int:
@@ -239,9 +248,9 @@ def prompt_length(engine: XTTSEngine, seed: int) -> int:
 
 
 def test_first_chunks_of_streams_arriving_together_decode_as_one_batch(
-    engine, monkeypatch
+    engine, alone, monkeypatch
 ) -> None:
-    alone = {seed: speak(engine, seed) for seed in (1, 2, 3)}  # (the voice's part is cached)
+    # (`alone` has spoken in the default voice: its part of the prompt is cached)
     recorder = Recorder(monkeypatch)
     handle = engine._model.gpt.gpt.ln_f.register_forward_pre_hook(
         lambda _m, args: recorder.events.append(
@@ -264,13 +273,12 @@ def test_first_chunks_of_streams_arriving_together_decode_as_one_batch(
     assert steps == [3] * (engine.first_chunk_tokens - 1)  # the prefill sampled the first
     assert sorted(seed for kind, seed in kinds[first_emit : first_emit + 3]) == [1, 2, 3]
     for seed in (1, 2, 3):  # and in company each stream says what it says alone
-        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(results[seed], alone[seed][0], rtol=0, atol=1e-4)
 
 
 def test_a_prompt_that_breaks_the_shared_pass_fails_only_its_stream(
-    engine, monkeypatch
+    engine, alone, monkeypatch
 ) -> None:
-    alone = {seed: speak(engine, seed) for seed in (1, 3)}
     next_prompt = XTTSStreamWork.next_prompt
 
     def poisoned(self: XTTSStreamWork) -> Any:
@@ -290,10 +298,10 @@ def test_a_prompt_that_breaks_the_shared_pass_fails_only_its_stream(
         hook.remove()
     assert isinstance(results[2], RuntimeError)
     for seed in (1, 3):
-        np.testing.assert_allclose(results[seed], alone[seed], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(results[seed], alone[seed][0], rtol=0, atol=1e-4)
     # the pass over all three failed, then each prompt ran alone
     assert sorted(passes) == sorted(prompt_length(engine, seed) for seed in (1, 2, 3))
-    assert len(speak(engine, 1)) == len(alone[1])  # and the engine goes on
+    assert len(speak(engine, 1)) == len(alone[1][0])  # and the engine goes on
 
 
 def test_no_stream_starves(engine, monkeypatch) -> None:

@@ -101,10 +101,11 @@ class Counting:
 @pytest.fixture(scope="session")
 def cloning_engine() -> Any:
     """The tiny random-weight XTTS engine (tests/tiny_xtts.py): real conditioning, made once
-    per session; tests count its calls through `Counting`."""
+    per session; tests count its calls through `Counting`. It speaks 20 tokens (random
+    weights never stop): what is asked of its speech is that it comes, not its length."""
     from tests.tiny_xtts import make_tiny_xtts_engine
 
-    return make_tiny_xtts_engine()
+    return make_tiny_xtts_engine(max_tokens=20)
 
 
 def conditioning_bytes(engine: Any, conditioning: VoiceConditioning) -> bytes:
@@ -758,11 +759,10 @@ async def test_database_restart_mid_run(stoppable_postgres: Any, speech: Speech)
 
 
 async def test_plugin_speaks_cloned_voices_without_recomputing(
-    open_library: Any, speech: Speech, cloning_engine: Any
+    open_library: Any, speech: Speech, cloning_engine: Any, piper_engine: Any
 ) -> None:
     from livekit.agents import APIStatusError
     from livekit.plugins import localtts
-    from livekit.plugins.localtts.engines.piper import PiperEngine
 
     counting = Counting(cloning_engine)
     library = await open_library()
@@ -783,7 +783,7 @@ async def test_plugin_speaks_cloned_voices_without_recomputing(
     assert counting.condition_calls == 2, "speaking recomputed a preloaded voice"
 
     # Piper cannot clone: a clear error, never silence, and the next request works
-    piper = localtts.TTS(engine=PiperEngine(), voice="narrator", voice_library=library)
+    piper = localtts.TTS(engine=piper_engine, voice="narrator", voice_library=library)
     with pytest.raises(APIStatusError, match="cannot clone") as info:
         async for _ev in piper.synthesize("Hello."):
             pass

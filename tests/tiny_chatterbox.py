@@ -7,8 +7,10 @@
 - T3: a `LLAMA_CONFIGS["localtts_tiny"]` entry (2 layers, hidden 256, 4 heads) with
   `use_perceiver_resampler=False` (the perceiver is fixed at 1024 dims): ~8M parameters.
 - S3Gen: the real architecture (its sizes are fixed, 264M parameters incl. the speech
-  tokenizer); built once per process (`tiny_parts()` is cached) because its random init takes
-  seconds. Streaming engines use few CFM steps to stay fast.
+  tokenizer) but for a shallower CFM estimator (same class, 1 transformer per block and 2 mid
+  blocks instead of 4 and 12: 9M parameters, not 71M); built once per process (`tiny_parts()`
+  is cached) because its random init takes seconds. Streaming engines use few CFM steps to
+  stay fast.
 - VoiceEncoder(): the real (small) one; EnTokenizer over a generated character tokenizer.json.
 - Default voice: `Conditionals` computed by the engine from a short synthetic clip (a short
   prompt keeps every S3Gen window cheap).
@@ -27,36 +29,51 @@ from typing import Any
 import numpy as np
 
 TINY_LLAMA = "localtts_tiny"
+TINY_LAYERS = 2
 N_CFM_STEPS = 2
+ESTIMATOR_BLOCKS, ESTIMATOR_MID_BLOCKS = 1, 2  # S3Gen's CFM estimator: upstream 4, 12
 _build_lock = threading.Lock()
 
 
-def _register_tiny_llama() -> None:
+def _register_tiny_llama(layers: int) -> str:
     from chatterbox.models.t3.llama_configs import LLAMA_520M_CONFIG_DICT, LLAMA_CONFIGS
 
+    name = TINY_LLAMA if layers == TINY_LAYERS else f"{TINY_LLAMA}_{layers}"
     LLAMA_CONFIGS.setdefault(
-        TINY_LLAMA,
+        name,
         dict(
             LLAMA_520M_CONFIG_DICT,
             hidden_size=256,
             intermediate_size=512,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=4,
             head_dim=64,
             max_position_embeddings=4096,
         ),
     )
+    return name
 
 
-def tiny_t3_config() -> Any:
+def tiny_t3_config(layers: int = TINY_LAYERS) -> Any:
     from chatterbox.models.t3.modules.t3_config import T3Config
 
-    _register_tiny_llama()
     hp = T3Config.english_only()
-    hp.llama_config_name = TINY_LLAMA
+    hp.llama_config_name = _register_tiny_llama(layers)
     hp.use_perceiver_resampler = False
     return hp
+
+
+@functools.lru_cache
+def tiny_t3(layers: int, seed: int = 0) -> Any:
+    """A tiny T3 of `layers` layers (random weights), built once per process: engines given
+    it with `make_tiny_chatterbox_engine(t3_layers=...)` share it."""
+    import torch
+    from chatterbox.models.t3 import T3
+
+    with _build_lock:
+        torch.manual_seed(seed)
+        return T3(tiny_t3_config(layers)).eval()
 
 
 def tokenizer_json() -> str:
@@ -92,6 +109,7 @@ def tiny_parts(seed: int = 0) -> dict[str, Any]:
 
     import torch
     from chatterbox.models.s3gen import S3Gen
+    from chatterbox.models.s3gen.decoder import ConditionalDecoder
     from chatterbox.models.t3 import T3
     from chatterbox.models.tokenizers import EnTokenizer
     from chatterbox.models.voice_encoder import VoiceEncoder
@@ -100,6 +118,12 @@ def tiny_parts(seed: int = 0) -> dict[str, Any]:
         torch.manual_seed(seed)
         t3 = T3(tiny_t3_config()).eval()
         s3gen = S3Gen().eval()
+        # the estimator runs twice per CFM step over every window: at full depth it is most
+        # of a tiny engine's time (a 1.2 s utterance streamed: ~6 s, ~2 s shallow); what the
+        # tests compare (streamed vs one pass, ours vs upstream's flow) holds at any depth
+        s3gen.flow.decoder.estimator = ConditionalDecoder(
+            n_blocks=ESTIMATOR_BLOCKS, num_mid_blocks=ESTIMATOR_MID_BLOCKS
+        ).eval()
         ve = VoiceEncoder().eval()
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "tokenizer.json"
@@ -110,13 +134,14 @@ def tiny_parts(seed: int = 0) -> dict[str, Any]:
 
 def make_tiny_chatterbox_engine(
     *, with_default_voice: bool = True, voice_seconds: float = 2.0, private: bool = False,
-    **options: Any,
+    t3_layers: int = TINY_LAYERS, **options: Any,
 ) -> Any:
     """A loaded ChatterboxEngine over the shared tiny parts (CPU, fp32).
 
     `options` override `ChatterboxOptions` fields (e.g. first_chunk_tokens=8). `private`
     gives the engine its own copies of T3 and S3Gen: loading moves modules to the engine's
-    dtype in place, so an engine in another precision must not share them.
+    dtype in place, so an engine in another precision must not share them. `t3_layers`
+    other than 2: the shared `tiny_t3` of that depth instead of the tiny parts' T3.
     """
     import copy
 
@@ -127,6 +152,8 @@ def make_tiny_chatterbox_engine(
     )
 
     parts = dict(tiny_parts())
+    if t3_layers != TINY_LAYERS:
+        parts["t3"] = tiny_t3(t3_layers)
     if private:
         parts.update(t3=copy.deepcopy(parts["t3"]), s3gen=copy.deepcopy(parts["s3gen"]))
     defaults: dict[str, Any] = dict(
@@ -150,7 +177,8 @@ def write_tiny_checkpoint(directory: Path, *, with_conds: bool = True) -> Path:
 
     Same files as ResembleAI/chatterbox (ve/t3_cfg/s3gen .safetensors, tokenizer.json,
     conds.pt) plus `t3_config.json` naming the non-standard T3 size. S3Gen is stored in fp16
-    to halve the write (the loader upcasts; it is random anyway).
+    to halve the write (the loader upcasts; it is random anyway). The loader builds the stock
+    S3Gen: the CFM estimator's blocks beyond the tiny one's depth keep their random init.
     """
     from chatterbox.tts import Conditionals
     from safetensors.torch import save_file

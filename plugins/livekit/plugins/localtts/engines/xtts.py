@@ -339,8 +339,11 @@ class XTTSEngine:
     def warmup(self) -> None:
         """Load if needed, then a few GPT steps and vocoder windows so the first request pays
         no setup, and measure how many streams keep real time. Once: a warmup that failed is
-        run again by the next call. Runs on the scheduler thread, like all model work."""
-        self.scheduler.call(self._load_and_warm)
+        run again by the next call. Runs on the scheduler thread, like all model work; once
+        done, returns at once (every `stream` calls it: a call through the scheduler would
+        wait for the batched step in progress before the stream is even queued)."""
+        if not (self._loaded and self._warmed):
+            self.scheduler.call(self._load_and_warm)
 
     def _load_and_warm(self) -> None:
         if not self._loaded:
