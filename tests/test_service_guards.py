@@ -7,6 +7,7 @@ No request here synthesizes: each is answered by a guard or by validation, so th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from livekit.plugins import localtts
 from livekit.plugins.localtts.voices.audio import CLIP_RULES
 
 from localtts_agent.service.app import create_app
+from localtts_agent.service.middleware import BodyLimits
 from localtts_agent.service.models import MAX_JSON_BODY_BYTES, MAX_UPLOAD_BYTES, body_limit
 from localtts_agent.settings import ServiceSettings
 
@@ -186,3 +188,41 @@ async def test_lifespan_events_pass_through_the_size_guard(
     scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
     await app(scope, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.parametrize(
+    "last_body_message",
+    [
+        {"type": "http.request", "body": b"{}", "more_body": False},
+        {"type": "http.request", "body": b"{}"},  # ASGI: more_body absent means False
+    ],
+    ids=["more_body_false", "more_body_absent"],
+)
+async def test_after_the_whole_body_the_app_waits_for_the_disconnect_without_a_timeout(
+    last_body_message: dict[str, Any],
+) -> None:
+    """The read timeout bounds a stalled body only. Once the body is whole, the app's next
+    `receive` waits for the client to go (a streamed reply listens for that while it plays,
+    for as long as it plays), through the ASGI interface a server uses."""
+    disconnect = {"type": "http.disconnect"}
+    incoming = [last_body_message, disconnect]
+    seen: list[dict[str, Any]] = []
+    refused: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        if not seen:
+            return incoming.pop(0)
+        await asyncio.sleep(0.3)  # the client listens for 6x the read timeout, then leaves
+        return incoming.pop(0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    guard = BodyLimits(
+        app, limit_for=lambda path: (100, "too large"), read_timeout_s=0.05,
+        on_refused=refused.append,
+    )
+    scope = {"type": "http", "path": "/v1/audio/speech", "headers": [(b"content-length", b"2")]}
+    await guard(scope, receive, lambda message: asyncio.sleep(0))
+    assert seen == [last_body_message, disconnect] and refused == []

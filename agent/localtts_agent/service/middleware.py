@@ -55,12 +55,12 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         limit, too_large = self.limit_for(scope["path"])
-        for name, value in scope.get("headers", []):
+        for name, value in scope["headers"]:  # an http scope always has them (ASGI)
             if name == b"content-length":
                 try:
                     declared = int(value)
-                except ValueError:
-                    declared = -1
+                except ValueError:  # the server answers 400 first (h11, httptools)
+                    continue
                 if declared > limit:
                     self.on_refused("payload_too_large")
                     response = error_response(413, "payload_too_large", too_large)
