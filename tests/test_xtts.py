@@ -22,6 +22,7 @@ from livekit.plugins.localtts.engines.xtts import XTTSEngine, XTTSLatents, fit_t
 from livekit.plugins.localtts.engines.xtts_decode import quantize_gpt_int8  # noqa: E402
 from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
     frames_for_tokens,
+    window_lengths,
 )
 from livekit.plugins.localtts.settings import Settings  # noqa: E402
 
@@ -355,6 +356,38 @@ async def test_unsupported_language_is_a_400_through_the_plugin(engine: XTTSEngi
     assert info.value.status_code == 400 and not info.value.retryable
     tts.update_options(language="en")
     assert [ev async for ev in tts.synthesize("Hello there.")]
+
+
+def test_warmup_runs_the_vocoder_over_every_stepped_window_length() -> None:
+    """A stream's later windows are multiples of `vocoder_window_step` frames long; warmup
+    runs HiFiGAN over each of them once, so no caller pays the first run of a length."""
+    model = build_xtts("tiny")
+    engine = XTTSEngine.from_model(model)  # no token cap: chunks up to 24 tokens
+    lengths: list[int] = []
+    handle = model.hifigan_decoder.waveform_decoder.register_forward_pre_hook(
+        lambda _m, args: lengths.append(args[0].shape[-1])
+    )
+    try:
+        engine.load()  # loads and warms up
+    finally:
+        handle.remove()
+    assert engine.waveform_decoder() is model.hifigan_decoder.waveform_decoder  # fp32 here
+    expected = window_lengths(chunk_tokens=24, context=16, lookahead=6, step=16)
+    assert len(expected) == 7  # 32 ... 128 frames (test_xtts_windows)
+    assert set(expected) <= set(lengths)
+    # with a token cap, only the windows its chunks can have
+    capped = XTTSEngine.from_model(model, max_tokens=8)
+    lengths.clear()
+    handle = model.hifigan_decoder.waveform_decoder.register_forward_pre_hook(
+        lambda _m, args: lengths.append(args[0].shape[-1])
+    )
+    try:
+        capped.load()
+    finally:
+        handle.remove()
+    assert set(window_lengths(chunk_tokens=8, context=16, lookahead=6, step=16)) <= set(lengths)
+    assert 128 not in lengths
+    assert engine.info().details["vocoder_window_step"] == 16
 
 
 def test_a_failed_warmup_is_run_again() -> None:

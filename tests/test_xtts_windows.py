@@ -22,6 +22,7 @@ from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
     WindowVocoder,
     fold_weight_norm,
     frames_for_tokens,
+    window_lengths,
 )
 from livekit.plugins.localtts.host import set_torch_threads  # noqa: E402
 
@@ -90,6 +91,33 @@ def test_streamed_audio_is_the_one_pass_audio(model, speaker, latents) -> None: 
     joins = np.cumsum([p.size for p in parts])[1:-1]
     steps = np.abs(np.diff(streamed)[joins - 1] - np.diff(one_pass)[joins - 1])
     assert steps.max() < 0.005, steps
+
+
+def test_window_lengths_come_in_steps_made_up_with_left_context(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """With `window_step` 16, a window that starts past the piece's first frame is a multiple
+    of 16 frames long (a length the engine's warmup ran: oneDNN builds kernels per length),
+    made up with more left context: still the one-pass audio to within 60 dB."""
+    with torch.inference_mode():
+        one_pass = model.hifigan_decoder(latents, g=speaker).reshape(-1).numpy()
+    decoder = model.hifigan_decoder.waveform_decoder
+    runs: dict[int, list[int]] = {1: [], 16: []}
+    for step, lengths in runs.items():
+        handle = decoder.register_forward_pre_hook(
+            lambda _m, args, seen=lengths: seen.append(args[0].shape[-1])
+        )
+        # a WindowVocoder's own default: every window its own length
+        kw = {"window_step": step} if step != 1 else {}
+        try:
+            streamed = np.concatenate(_stream(_vocoder(model, speaker, **kw), latents))
+        finally:
+            handle.remove()
+        assert streamed.size == one_pass.size and _snr_db(one_pass, streamed) >= 60.0
+    # pushes at 3, 8, 15 and 20 tokens = 13, 34, 65, 87 frames: the first two windows start
+    # at frame 0 (their own length); the others, 53 and 44 frames, grow to 64 and 48
+    assert runs == {1: [13, 34, 53, 44], 16: [13, 34, 64, 48]}
+    assert set(runs[16][2:]) <= set(
+        window_lengths(chunk_tokens=max(SCHEDULE), context=16, lookahead=6, step=16)
+    )
 
 
 def test_a_faster_voice_streams_as_its_one_pass_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
@@ -173,6 +201,21 @@ def test_frames_for_tokens_values() -> None:
     assert frames_for_tokens(6, 2.0) == 13
     assert frames_for_tokens(6, 0.5) == 52
     assert frames_for_tokens(6, 0.0) == frames_for_tokens(6, 0.05) == 522
+
+
+def test_window_lengths_values() -> None:
+    """The stepped lengths the engine's warmup runs: from the shortest window past a piece's
+    start (the context and one new frame) to the longest (a full chunk's frames, the held-back
+    ones and the context), each rounded up to a step."""
+    # 17 frames -> 32; 24 tokens = 104 frames, + 6 + 16 = 126 -> 128
+    assert window_lengths(chunk_tokens=24, context=16, lookahead=6, step=16) == [
+        32, 48, 64, 80, 96, 112, 128
+    ]
+    assert window_lengths(chunk_tokens=7, context=16, lookahead=6, step=16) == [32, 48, 64]
+    assert window_lengths(chunk_tokens=6, context=4, lookahead=0, step=10) == [10, 20, 30]
+    assert window_lengths(chunk_tokens=6, context=10, lookahead=0, step=10) == [20, 30, 40]
+    assert window_lengths(chunk_tokens=1, context=0, lookahead=0, step=4) == [4]
+    assert window_lengths(chunk_tokens=1, context=0, lookahead=0, step=1) == [1, 2, 3, 4]
 
 
 def test_folding_weight_norm_keeps_the_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]

@@ -55,7 +55,7 @@ from .weights import (
 )
 from .xtts_decode import Sampling, quantize_gpt_int8
 from .xtts_stream import VoicePrefixes, XTTSStreamWork, decode_batch, prefill_batch
-from .xtts_vocoder import cpu_has_fast_bf16, fold_weight_norm
+from .xtts_vocoder import cpu_has_fast_bf16, fold_weight_norm, window_lengths
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
 
@@ -147,6 +147,7 @@ class XTTSEngine:
         context_frames: int = 16,
         lookahead_frames: int = 6,
         crossfade_frames: int = 3,
+        vocoder_window_step: int = 16,
         max_tokens: int | None = None,
         default_speaker: str | None = None,
         model_revision: str | None = None,
@@ -179,6 +180,7 @@ class XTTSEngine:
         self.context_frames = context_frames
         self.lookahead_frames = lookahead_frames
         self.crossfade_frames = crossfade_frames
+        self.vocoder_window_step = vocoder_window_step
         self.max_tokens = max_tokens
         self.default_speaker = default_speaker
         self._revision = model_revision
@@ -376,7 +378,29 @@ class XTTSEngine:
         cap = self.first_chunk_tokens + int(self.first_chunk_tokens * self.chunk_growth) + 1
         for _ in self.scheduler.stream(lambda: self._warm_work(cap), threading.Event()):
             pass
+        self._warm_vocoder_windows()
         self.scheduler.set_measured_capacity(self._measure_capacity())
+
+    def _warm_vocoder_windows(self) -> None:
+        """HiFiGAN once over every window length a stream at speed 1 runs after its first
+        windows (their kernels are built per length: xtts_vocoder)."""
+        import torch
+
+        if self.vocoder_window_step <= 1:
+            return
+        decoder = self.waveform_decoder()
+        dtype = next(decoder.parameters()).dtype
+        g = self._warm_latents().speaker_embedding.to(self.device, dtype)
+        # no chunk is longer than the engine's token cap
+        longest_chunk = min(self.chunk_tokens, self.max_tokens or self.chunk_tokens)
+        lengths = window_lengths(
+            chunk_tokens=longest_chunk, context=self.context_frames,
+            lookahead=self.lookahead_frames, step=self.vocoder_window_step,
+        )
+        with torch.inference_mode():
+            for n in lengths:
+                decoder(torch.zeros(1, decoder.conv_pre.in_channels, n, dtype=dtype,
+                                    device=self.device), g=g)
 
     def _measure_capacity(self) -> int:
         """Streams kept at real time: the largest batch B whose decode step plus B streams'
@@ -614,5 +638,6 @@ class XTTSEngine:
                 "context_frames": self.context_frames,
                 "lookahead_frames": self.lookahead_frames,
                 "crossfade_frames": self.crossfade_frames,
+                "vocoder_window_step": self.vocoder_window_step,
             },
         )

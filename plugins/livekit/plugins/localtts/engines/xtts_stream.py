@@ -137,7 +137,7 @@ class XTTSStreamWork:
             model, self._latents.speaker_embedding.to(device),
             length_scale=self._length_scale, context=engine.context_frames,
             lookahead=engine.lookahead_frames, crossfade=engine.crossfade_frames,
-            decoder=engine.waveform_decoder(),
+            decoder=engine.waveform_decoder(), window_step=engine.vocoder_window_step,
         )
         # coqui's generate() feeds placeholder ids (1 ... 1, start) for the prefix, so its
         # repetition penalty also covers ids 1 and start: kept for identical sampling
