@@ -185,9 +185,9 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, str, int]:
         from tests.tiny_xtts import build_xtts, make_test_clip
 
         model = build_xtts("tiny" if args.tiny else "real")
-        # passed only when not the default: a --baseline tree's engine may not know it
-        steps = ({"vocoder_window_step": args.vocoder_window_step}
-                 if args.vocoder_window_step != 16 else {})
+        # passed only when given: a --baseline tree's engine may not know it
+        steps = ({} if args.vocoder_window_step is None
+                 else {"vocoder_window_step": args.vocoder_window_step})
         # the CPU defaults of the product (int8 GPT; bf16 HiFiGAN where the CPU has native bf16)
         engine = XTTSEngine.from_model(model, int8=False if args.fp32 else None,
                                        vocoder_bf16=None, max_tokens=args.tokens, **steps)
@@ -346,7 +346,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models (smoke run)")
     parser.add_argument("--fp32", action="store_true", help="XTTS: fp32 GPT instead of int8")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--vocoder-window-step", type=int, default=16,
+    parser.add_argument("--vocoder-window-step", type=int, default=None,
                         help="XTTS: HiFiGAN window lengths in steps of this (1: own lengths)")
     parser.add_argument("--device", default="cpu", help="chatterbox: cpu or cuda")
     parser.add_argument("--cfm-steps", type=int, default=10, help="chatterbox S3Gen steps")
@@ -376,7 +376,7 @@ def main() -> None:
     size = "tiny" if args.tiny else "real-size"
     detail = {"xtts": f"{size} XTTS-v2, {'fp32' if args.fp32 else 'int8'} GPT, "
                       f"{args.tokens} tokens/stream, {args.threads} threads, vocoder window "
-                      f"step {args.vocoder_window_step}",
+                      f"step {args.vocoder_window_step or 'the engine default'}",
               "piper": "Piper joe-medium, two sentences/stream",
               "chatterbox": f"{size} Chatterbox on {args.device}, {args.tokens} tokens/stream, "
                             f"{args.cfm_steps} CFM steps"}[args.engine]
