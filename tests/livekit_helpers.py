@@ -68,11 +68,15 @@ class PlayoutAudioOutput(CapturingAudioOutput):
     segment if it ends sooner), reported by `on_playback_started`; a flushed segment finishes
     when its last frame has played, and `clear_buffer` (an interruption) stops it at the
     position reached by then, reported as `interrupted_at`. Playback never runs dry: a
-    prebuffer as long as the segment keeps a loaded machine's slow synthesis out of a test."""
+    prebuffer as long as the segment keeps a loaded machine's slow synthesis out of a test.
+    `before_playing`: run on the event loop just before a segment begins to play (a test's
+    heavy work on the buffered audio, kept out of the playback's wall-clock pacing)."""
 
-    def __init__(self, *, sample_rate: int | None = None, prebuffer_s: float = 0.0) -> None:
+    def __init__(self, *, sample_rate: int | None = None, prebuffer_s: float = 0.0,
+                 before_playing: Callable[[], None] | None = None) -> None:
         super().__init__(sample_rate=sample_rate)
         self.prebuffer_s = prebuffer_s
+        self.before_playing = before_playing
         self.started_at: float | None = None  # time.time() when the segment began to play
         self.interrupted_at: float | None = None  # seconds into the segment
         self._finish: asyncio.TimerHandle | None = None
@@ -81,6 +85,8 @@ class PlayoutAudioOutput(CapturingAudioOutput):
 
     def _start_playing(self) -> None:
         if self.started_at is None:
+            if self.before_playing is not None:
+                self.before_playing()
             self.started_at = time.time()
             self.playing.set()
             self.on_playback_started(created_at=self.started_at)

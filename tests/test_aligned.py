@@ -139,8 +139,15 @@ async def test_interrupted_reply_keeps_the_words_that_were_played(
     )
     # playback starts once the reply is all there: on a machine loaded enough to make Piper
     # slower than real time the room would run dry, which LiveKit's transcript clock (wall
-    # time since playback started) does not see either
-    sink = PlayoutAudioOutput(prebuffer_s=60.0)
+    # time since playback started) does not see either. The reply is aligned just before it
+    # plays: aligning while it played held the event loop, which paces the captions, back
+    # (pocketsphinx in a thread; a full suite's run once kept 2 words fewer than had played)
+    reference: list[tuple[str, float]] = []
+
+    def align_the_whole_reply() -> None:
+        reference.extend(align_words(sink.samples(), sink.frames[0].sample_rate, REPLY))
+
+    sink = PlayoutAudioOutput(prebuffer_s=60.0, before_playing=align_the_whole_reply)
     synchronizer = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=None)
     session.output.audio = synchronizer.audio_output
     session.output.transcription = synchronizer.text_output
@@ -148,12 +155,9 @@ async def test_interrupted_reply_keeps_the_words_that_were_played(
     try:
         handle = session.say(REPLY)
         await asyncio.wait_for(sink.playing.wait(), timeout=60)
-        assert sink.started_at is not None
-        # the whole reply is there: align it (off the event loop, which paces the captions)
-        # and interrupt just before the first word to start after 5 s, so that a word at the
-        # cut is neither half heard nor half released
-        rate = sink.frames[0].sample_rate
-        reference = await asyncio.to_thread(align_words, sink.samples(), rate, REPLY)
+        assert sink.started_at is not None and reference
+        # interrupt just before the first word to start after 5 s, so that a word at the cut
+        # is neither half heard nor half released
         cut = min(start for _, start in reference if start >= 5.0) - 0.05
         await asyncio.sleep(max(0.0, sink.started_at + cut - time.time()))
         handle.interrupt()
