@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -186,11 +187,14 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, str, int]:
 
         model = build_xtts("tiny" if args.tiny else "real")
         # passed only when given: a --baseline tree's engine may not know it
-        steps = ({} if args.vocoder_window_step is None
-                 else {"vocoder_window_step": args.vocoder_window_step})
-        # the CPU defaults of the product (int8 GPT; bf16 HiFiGAN where the CPU has native bf16)
+        options: dict[str, Any] = ({} if args.vocoder_window_step is None
+                                   else {"vocoder_window_step": args.vocoder_window_step})
+        # the CPU defaults of the product (int8 GPT; bf16 HiFiGAN where the CPU has native bf16;
+        # channels-last HiFiGAN on x86 where the engine has it: a --baseline's may not)
+        if "vocoder_channels_last" in inspect.signature(XTTSEngine).parameters:
+            options["vocoder_channels_last"] = None
         engine = XTTSEngine.from_model(model, int8=False if args.fp32 else None,
-                                       vocoder_bf16=None, max_tokens=args.tokens, **steps)
+                                       vocoder_bf16=None, max_tokens=args.tokens, **options)
         engine.load()
         engine.set_default_voice(engine.condition(make_test_clip("bench", seconds=6.0)))
         return engine, XTTS_TEXT, args.tokens

@@ -239,7 +239,8 @@ def build_tts(engine: str, xtts_tokens: int) -> localtts.TTS:
 
     # the CPU defaults: int8 GPT, bf16 HiFiGAN where native, threads = performance cores
     xtts = XTTSEngine.from_model(
-        build_xtts("real"), int8=None, vocoder_bf16=None, max_tokens=xtts_tokens
+        build_xtts("real"), int8=None, vocoder_bf16=None, vocoder_channels_last=None,
+        max_tokens=xtts_tokens,
     )
     xtts.load()
     xtts.set_default_voice(xtts.condition(make_test_clip("bench", seconds=6.0)))

@@ -54,7 +54,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     set_torch_threads(args.threads)
     engine = XTTSEngine.from_model(build_xtts("tiny" if args.tiny else "real"), int8=None,
-                                   vocoder_bf16=None, vocoder_window_step=args.step)
+                                   vocoder_bf16=None, vocoder_channels_last=None,
+                                   vocoder_window_step=args.step)
     engine.load()
     voice = engine.condition(make_test_clip("bench", seconds=6.0))
     decoder = engine.waveform_decoder()

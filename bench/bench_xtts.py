@@ -244,6 +244,15 @@ def main() -> None:
                 for _ in range(args.iterations)
             ]))
             quality["vocoder_bf16_snr_db"] = vocoder_bf16_snr(model)
+        # HiFiGAN's 1-D convolutions as channels-last 2-D ones (the CPU default on x86), on
+        # top of the row before: a new decoder copy, warmed like the rows before
+        engine.vocoder_channels_last = True
+        engine._vocoder_decoder = None  # made again by waveform_decoder()
+        list(engine_stream(engine, voice, 8))
+        rows.append(Row(rows[-1].name + " + channels-last", [
+            timed(lambda: engine_stream(engine, voice, tokens), tokens)
+            for _ in range(args.iterations)
+        ]))
 
     # the product's path: the same engine (last configuration) through the plugin, in turn
     # with engine.stream, so that the table shows what the plugin adds

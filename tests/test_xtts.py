@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import threading
 from pathlib import Path
 
@@ -289,6 +290,33 @@ def test_int8_gpt_stays_close_to_fp32() -> None:
     assert info.details["int8"] and "int8 dynamic GPT" in info.optimizations
     voice = engine.condition(make_test_clip())
     assert list(engine.stream("Hi.", voice, SynthesisParams(seed=0), threading.Event()))
+
+
+def test_channels_last_hifigan_is_the_x86_default_and_the_same_audio() -> None:
+    """`vocoder_channels_last` (auto: on for x86 CPUs) runs HiFiGAN as channels-last 2-D
+    convolutions: a seeded stream's audio is the plain engine's to float rounding (fp32)."""
+    nn = torch.nn
+    auto = XTTSEngine.from_model(build_xtts("tiny"), vocoder_channels_last=None, max_tokens=8)
+    auto.load()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert auto.info().details["vocoder_channels_last"] is x86
+    assert ("HiFiGAN as channels-last 2-D convolutions" in auto.info().optimizations) is x86
+
+    audio = {}
+    for channels_last in (True, False):
+        engine = XTTSEngine.from_model(build_xtts("tiny"), vocoder_channels_last=channels_last,
+                                       max_tokens=12)
+        engine.load()
+        decoder = engine.waveform_decoder()
+        assert decoder is engine.waveform_decoder()  # made once
+        assert any(isinstance(m, nn.Conv2d) for m in decoder.modules()) is channels_last
+        assert engine.info().details["vocoder_channels_last"] is channels_last
+        voice = engine.condition(make_test_clip("same"))
+        audio[channels_last] = np.concatenate(list(engine.stream(
+            "Hello there.", voice, SynthesisParams(seed=3), threading.Event())))
+    assert audio[True].size == audio[False].size > 0
+    noise = float(np.sum((audio[True] - audio[False]) ** 2))
+    assert 10 * np.log10(float(np.sum(audio[False] ** 2)) / max(noise, 1e-20)) >= 100.0
 
 
 # -- loading from disk, offline ---------------------------------------------------------

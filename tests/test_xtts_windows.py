@@ -20,6 +20,7 @@ pytest.importorskip("TTS")
 from livekit.plugins.localtts.engines.xtts_vocoder import (  # noqa: E402
     HOP,
     WindowVocoder,
+    channels_last_2d,
     fold_weight_norm,
     frames_for_tokens,
     window_lengths,
@@ -243,3 +244,64 @@ def test_a_bf16_copy_of_the_decoder_is_bf16_autocast(model, speaker, latents) ->
             autocast = decoder(frames, g=speaker).float().reshape(-1).numpy()
     assert copied.dtype == np.float32
     np.testing.assert_array_equal(copied, autocast)
+
+
+def _folded_decoder() -> torch.nn.Module:
+    """The tiny model's waveform decoder as the engine loads it: weight_norm folded."""
+    decoder = build_xtts("tiny").hifigan_decoder.waveform_decoder  # the fixture's weights
+    fold_weight_norm(decoder)
+    return decoder
+
+
+def _convs(module: torch.nn.Module, *kinds: type) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+def test_a_channels_last_2d_decoder_copy_gives_the_same_audio(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """The x86 default: every 1-D convolution run as a 1 x k 2-D one over channels-last
+    tensors. A copy (the model's own decoder untouched), called as the original, and the
+    streamed samples are the original's to float rounding (fp32)."""
+    nn = torch.nn
+    decoder = _folded_decoder()
+    ones = _convs(decoder, nn.Conv1d, nn.ConvTranspose1d)
+    two_d = channels_last_2d(decoder)
+    assert _convs(decoder, nn.Conv1d, nn.ConvTranspose1d) == ones  # the original as it was
+    assert not _convs(decoder, nn.Conv2d, nn.ConvTranspose2d)
+    assert not _convs(two_d, nn.Conv1d, nn.ConvTranspose1d)
+    converted = _convs(two_d, nn.Conv2d, nn.ConvTranspose2d)
+    assert len(converted) == len(ones) > 0
+    assert len(_convs(two_d, nn.ConvTranspose2d)) == len(_convs(decoder, nn.ConvTranspose1d)) > 0
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in converted)
+
+    reference = np.concatenate(_stream(_vocoder(model, speaker, decoder=decoder), latents))
+    streamed = np.concatenate(_stream(_vocoder(model, speaker, decoder=two_d), latents))
+    assert streamed.size == reference.size
+    assert _snr_db(reference, streamed) >= 100.0
+    frames = _vocoder(model, speaker)._frames(latents)
+    with torch.inference_mode():
+        original = decoder(frames, g=speaker)
+        by_keyword = two_d(frames, g=speaker)
+        by_position = two_d(frames, speaker)
+    assert by_keyword.shape == original.shape  # [1, 1, samples]
+    torch.testing.assert_close(by_position, by_keyword, rtol=0, atol=0)
+    torch.testing.assert_close(by_keyword, original, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_channels_last_is_as_close_to_fp32_as_bf16(model, speaker, latents) -> None:  # type: ignore[no-untyped-def]
+    """bf16 on top of channels-last (the engine's order: convert, then cast): the same
+    closeness to fp32 as the plain bf16 copy."""
+    decoder = _folded_decoder()
+    reference = np.concatenate(_stream(_vocoder(model, speaker, decoder=decoder), latents))
+    both = channels_last_2d(decoder).to(torch.bfloat16)
+    assert all(m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous(
+        memory_format=torch.channels_last) for m in _convs(both, torch.nn.Conv2d))
+    plain = np.concatenate(_stream(_vocoder(
+        model, speaker, decoder=copy.deepcopy(decoder).to(torch.bfloat16)), latents))
+    streamed = np.concatenate(_stream(_vocoder(model, speaker, decoder=both), latents))
+    assert _snr_db(reference, streamed) >= _snr_db(reference, plain) - 3.0 >= 20.0
+
+
+def test_only_zero_padded_convolutions_are_converted() -> None:
+    reflect = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="reflect"):
+        channels_last_2d(reflect)

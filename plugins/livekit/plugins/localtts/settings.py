@@ -83,6 +83,9 @@ class EngineSettings(_DataDirSettings):
     xtts_vocoder_bf16: bool | None = Field(
         None, description="bf16 HiFiGAN on the CPU; None: on where the CPU has native bf16"
     )
+    xtts_vocoder_channels_last: bool | None = Field(
+        None, description="HiFiGAN as channels-last 2-D convolutions; None: on for x86 CPUs"
+    )
     chatterbox_cfm_steps: int = Field(
         10, ge=1, le=10, description="S3Gen flow-matching steps (upstream: 10)"
     )

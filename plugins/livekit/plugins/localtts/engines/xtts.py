@@ -21,6 +21,7 @@ import copy
 import importlib.util
 import io
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +56,12 @@ from .weights import (
 )
 from .xtts_decode import Sampling, quantize_gpt_int8
 from .xtts_stream import VoicePrefixes, XTTSStreamWork, decode_batch, prefill_batch
-from .xtts_vocoder import cpu_has_fast_bf16, fold_weight_norm, window_lengths
+from .xtts_vocoder import (
+    channels_last_2d,
+    cpu_has_fast_bf16,
+    fold_weight_norm,
+    window_lengths,
+)
 
 logger = logging.getLogger("livekit.plugins.localtts.xtts")
 
@@ -141,6 +147,7 @@ class XTTSEngine:
         device: str = "cpu",
         int8: bool | None = False,
         vocoder_bf16: bool | None = False,
+        vocoder_channels_last: bool | None = False,
         first_chunk_tokens: int = 4,
         chunk_tokens: int = 24,
         chunk_growth: float = 1.5,
@@ -174,6 +181,7 @@ class XTTSEngine:
         # None = decided at load for the device (see load)
         self.int8 = int8
         self.vocoder_bf16 = vocoder_bf16
+        self.vocoder_channels_last = vocoder_channels_last
         self.first_chunk_tokens = first_chunk_tokens
         self.chunk_tokens = chunk_tokens
         self.chunk_growth = chunk_growth
@@ -196,7 +204,7 @@ class XTTSEngine:
         self.scheduler.prefill_batch = lambda works: prefill_batch(self, works)
         self.voice_prefixes = VoicePrefixes(self)
         self._warm_voice: XTTSLatents | None = None
-        self._bf16_decoder: Any = None
+        self._vocoder_decoder: Any = None  # see waveform_decoder
 
     # -- construction ------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class XTTSEngine:
             device=settings.device,
             int8=settings.xtts_int8,
             vocoder_bf16=settings.xtts_vocoder_bf16,
+            vocoder_channels_last=settings.xtts_vocoder_channels_last,
             digest_cache=settings.data_dir / DIGEST_CACHE_FILE,
             scheduler=EngineScheduler.from_settings("xtts", settings),
             **(
@@ -285,6 +294,11 @@ class XTTSEngine:
             if self.device != "cpu":
                 raise EngineUnavailableError("the bf16 vocoder is a CPU option")
             optimizations.append("bf16 HiFiGAN (a bf16 copy)")
+        if self.vocoder_channels_last is None:  # auto: measured on x86's oneDNN, fp32 and bf16
+            self.vocoder_channels_last = (self.device == "cpu"
+                                          and platform.machine().lower() in ("x86_64", "amd64"))
+        if self.vocoder_channels_last:
+            optimizations.append("HiFiGAN as channels-last 2-D convolutions")
         if self.int8:
             if self.device != "cpu":
                 raise EngineUnavailableError("int8 XTTS is a CPU option; use fp32 on CUDA")
@@ -462,17 +476,20 @@ class XTTSEngine:
         return seconds / max(1, tokens)
 
     def waveform_decoder(self) -> Any:
-        """HiFiGAN's waveform decoder as the vocoder runs it: with the bf16 vocoder on, a bf16
-        copy made once (the same audio as autocast, which casts every weight again for every
-        window: ~10 ms a window on 2 cores), else the model's own."""
+        """HiFiGAN's waveform decoder as the vocoder runs it, made once: a channels-last 2-D
+        copy (`channels_last_2d`) and/or a bf16 copy (the same audio as autocast, which casts
+        every weight again for every window: ~10 ms a window on 2 cores), else the model's
+        own."""
         decoder = self._model.hifigan_decoder.waveform_decoder
-        if not self.vocoder_bf16:
+        if not (self.vocoder_bf16 or self.vocoder_channels_last):
             return decoder
-        if self._bf16_decoder is None:
+        if self._vocoder_decoder is None:
             import torch
 
-            self._bf16_decoder = copy.deepcopy(decoder).to(torch.bfloat16)
-        return self._bf16_decoder
+            run = (channels_last_2d(decoder) if self.vocoder_channels_last
+                   else copy.deepcopy(decoder))
+            self._vocoder_decoder = run.to(torch.bfloat16) if self.vocoder_bf16 else run
+        return self._vocoder_decoder
 
     # -- voices ------------------------------------------------------------------------
 
@@ -631,6 +648,7 @@ class XTTSEngine:
                 **self.scheduler.info(),
                 "int8": self.int8,
                 "vocoder_bf16": self.vocoder_bf16,
+                "vocoder_channels_last": self.vocoder_channels_last,
                 "threads": torch.get_num_threads(),
                 "first_chunk_tokens": self.first_chunk_tokens,
                 "chunk_tokens": self.chunk_tokens,

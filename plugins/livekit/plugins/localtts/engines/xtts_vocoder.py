@@ -14,6 +14,7 @@ length almost every time; the engine's warmup runs every step once.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -46,6 +47,64 @@ def fold_weight_norm(module: Any) -> int:
             parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
             folded += 1
     return folded
+
+
+def channels_last_2d(decoder: Any) -> Any:
+    """A copy of HiFiGAN's generator that runs every 1-D convolution as a 1 x k 2-D one over
+    channels-last tensors; called like the original (frames [B, C, T], `g` [B, C, 1]) and
+    giving the same samples (fp32: 130 dB from the original, bf16: the same SNR to fp32).
+
+    Why: oneDNN's fast convolutions on x86 want channels-last data. For 1-D convolutions
+    PyTorch hands it plain-layout tensors, so every call reorders its input and output (28 %
+    of HiFiGAN's time in `copy_`); channels-last 2-D convolutions skip that (real size,
+    2 cores, 128 frames: bf16 332 -> 183 ms, fp32 654 -> 492 ms)."""
+    import torch
+    from torch import nn
+
+    def as_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Module:
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"{conv} pads with {conv.padding_mode!r}: only zeros is converted")
+        common = {"kernel_size": (1, conv.kernel_size[0]), "stride": (1, conv.stride[0]),
+                  "padding": (0, conv.padding[0]), "dilation": (1, conv.dilation[0]),
+                  "groups": conv.groups, "bias": conv.bias is not None,
+                  "device": conv.weight.device, "dtype": conv.weight.dtype}
+        if isinstance(conv, nn.ConvTranspose1d):
+            two_d: nn.Module = nn.ConvTranspose2d(conv.in_channels, conv.out_channels,
+                                                  output_padding=(0, conv.output_padding[0]),
+                                                  **common)
+        else:
+            two_d = nn.Conv2d(conv.in_channels, conv.out_channels, **common)
+        with torch.no_grad():
+            two_d.weight.copy_(conv.weight.unsqueeze(2))
+            if conv.bias is not None:
+                two_d.bias.copy_(conv.bias)
+        return two_d
+
+    def convert(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
+                setattr(parent, name, as_2d(child))
+            else:
+                convert(child)
+
+    generator = copy.deepcopy(decoder)
+    convert(generator)
+    generator = generator.to(memory_format=torch.channels_last)
+
+    # hooks, not a wrapper module, so the copy stays the generator callers know: the
+    # generator's own forward is shape-agnostic (convolutions, leaky ReLU, sums, tanh)
+    def to_4d(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frames, *rest = args
+        if kwargs.get("g") is not None:
+            kwargs = {**kwargs, "g": kwargs["g"].unsqueeze(-1)}
+        elif rest and rest[0] is not None:
+            rest = [rest[0].unsqueeze(-1)]
+        frames = frames.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return (frames, *rest), kwargs
+
+    generator.register_forward_pre_hook(to_4d, with_kwargs=True)
+    generator.register_forward_hook(lambda _m, _a, wav: wav.squeeze(2))
+    return generator
 
 
 def frames_for_tokens(tokens: int, speed: float = 1.0) -> int:
