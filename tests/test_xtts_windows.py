@@ -301,6 +301,26 @@ def test_bf16_channels_last_is_as_close_to_fp32_as_bf16(model, speaker, latents)
     assert _snr_db(reference, streamed) >= _snr_db(reference, plain) - 3.0 >= 20.0
 
 
+def test_every_convolution_setting_carries_over_to_2d() -> None:
+    """Not only HiFiGAN's settings: stride, dilation, groups, output padding, no bias, and a
+    module called without a speaker embedding."""
+    nn = torch.nn
+    gen = torch.Generator().manual_seed(5)
+    module = nn.Sequential(
+        nn.Conv1d(4, 6, 5, stride=2, padding=3, dilation=2, groups=2, bias=False),
+        nn.ConvTranspose1d(6, 4, 4, stride=3, padding=1, output_padding=2, dilation=2),
+        nn.Conv1d(4, 2, 3, padding=1),
+    )
+    for parameter in module.parameters():
+        parameter.data = torch.randn(parameter.shape, generator=gen)
+    frames = torch.randn(2, 4, 37, generator=gen)
+    with torch.inference_mode():
+        expected = module(frames)
+        got = channels_last_2d(module)(frames)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_only_zero_padded_convolutions_are_converted() -> None:
     reflect = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"))
     with pytest.raises(ValueError, match="reflect"):
