@@ -249,7 +249,7 @@ def main() -> None:
         engine.vocoder_channels_last = True
         engine._vocoder_decoder = None  # made again by waveform_decoder()
         list(engine_stream(engine, voice, 8))
-        rows.append(Row(rows[-1].name + " + channels-last", [
+        rows.append(Row("  + channels-last HiFiGAN", [
             timed(lambda: engine_stream(engine, voice, tokens), tokens)
             for _ in range(args.iterations)
         ]))
