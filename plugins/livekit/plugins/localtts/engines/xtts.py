@@ -21,7 +21,6 @@ import copy
 import importlib.util
 import io
 import logging
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +58,7 @@ from .xtts_stream import VoicePrefixes, XTTSStreamWork, decode_batch, prefill_ba
 from .xtts_vocoder import (
     channels_last_2d,
     cpu_has_fast_bf16,
+    cpu_is_x86,
     fold_weight_norm,
     window_lengths,
 )
@@ -294,9 +294,8 @@ class XTTSEngine:
             if self.device != "cpu":
                 raise EngineUnavailableError("the bf16 vocoder is a CPU option")
             optimizations.append("bf16 HiFiGAN (a bf16 copy)")
-        if self.vocoder_channels_last is None:  # auto: measured on x86's oneDNN, fp32 and bf16
-            self.vocoder_channels_last = (self.device == "cpu"
-                                          and platform.machine().lower() in ("x86_64", "amd64"))
+        if self.vocoder_channels_last is None:  # auto: where it was measured to pay
+            self.vocoder_channels_last = self.device == "cpu" and cpu_is_x86()
         if self.vocoder_channels_last:
             optimizations.append("HiFiGAN as channels-last 2-D convolutions")
         if self.int8:

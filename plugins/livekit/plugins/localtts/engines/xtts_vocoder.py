@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_is_x86() -> bool:
+    """Where channels-last HiFiGAN (`channels_last_2d`) was measured to pay: x86's oneDNN,
+    fp32 and bf16. Elsewhere (Apple Silicon, ARM) it is unmeasured."""
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def fold_weight_norm(module: Any) -> int:
