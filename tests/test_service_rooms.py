@@ -282,7 +282,8 @@ async def test_a_listener_leaves_and_rejoins_mid_utterance(rooms: RoomService) -
     async with rooms.listener("rejoin") as second:  # the same identity, back again
         body = await request  # the publisher played on to the end
         produced = rooms.produced(text)
-        assert sent_all(body, produced)
+        pieces = [c.text for c in rooms.engine.calls_for(text)]
+        assert sent_all(body, produced), (body, produced.size / RATE, pieces)
         (heard_first,) = first.tracks
         start = match_heard(heard_first.samples(), produced, RATE)
         spoken_from = heard_first.arrival_at(start.offset_s)  # the utterance's first frame
