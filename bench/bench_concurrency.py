@@ -40,7 +40,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class KRun:
     wall_s: float
     tokens: int  # generated in the run, all streams (0: not a token model)
     streams: list[StreamRun]
+    # the scheduler thread's steps in the run by kind: [count, seconds] (empty: code
+    # without the counters)
+    steps: dict[str, list[float]] = field(default_factory=dict)
 
     def first(self, q: float) -> float:
         values = sorted(s.first_audio_s for s in self.streams)
@@ -143,6 +146,7 @@ class TokenCount:
 
     def __init__(self, engine: Any, per_stream: int) -> None:
         self.per_stream = per_stream
+        self.scheduler = getattr(engine, "scheduler", None)
         self.rows: int | None = None
         model = getattr(engine, "_model", None)
         final_norm = getattr(getattr(model, "gpt", None), "final_norm", None)
@@ -156,13 +160,25 @@ class TokenCount:
     def since(self, before: int | None, k: int) -> int:
         return k * self.per_stream if self.rows is None or before is None else self.rows - before
 
+    def steps(self) -> dict[str, list[float]]:
+        """The scheduler's steps so far by kind: [count, seconds]."""
+        seconds = getattr(self.scheduler, "step_seconds", None)
+        if seconds is None:
+            return {}
+        return {kind: [self.scheduler.step_counts[kind], s] for kind, s in seconds.items()}
+
 
 async def run_k(tts: Any, path: str, k: int, text: str, count: TokenCount) -> KRun:
-    before = count.rows
+    before, steps_before = count.rows, count.steps()
     started = time.perf_counter()
     streams = await asyncio.gather(*(one_stream(tts, text, started) for _ in range(k)))
     wall = time.perf_counter() - started
-    return KRun(path, k, wall, count.since(before, k), list(streams))
+    steps = {}
+    for kind, (n, seconds) in count.steps().items():
+        n_before, seconds_before = steps_before.get(kind, [0, 0.0])
+        if n > n_before:
+            steps[kind] = [n - n_before, seconds - seconds_before]
+    return KRun(path, k, wall, count.since(before, k), list(streams), steps)
 
 
 # -- engines ------------------------------------------------------------------------------------
@@ -285,7 +301,7 @@ class Baseline:
     def run(self, k: int) -> KRun:
         r = self._ask({"k": k})
         return KRun(r["path"], r["k"], r["wall_s"], r["tokens"],
-                    [StreamRun(**s) for s in r["streams"]])
+                    [StreamRun(**s) for s in r["streams"]], r.get("steps", {}))
 
     def close(self) -> None:
         if self._process.stdin is not None:
@@ -415,20 +431,38 @@ def main() -> None:
             else:
                 line += f", worst first audio {r.first(1.0) / one.first(1.0):.2f}x K=1's"
             print(line)
+    timed = [r for r in runs if r.steps]
+    if timed:
+        # where each run's wall time went on the scheduler thread: what bounds the ratios
+        kinds = sorted({kind for r in timed for kind in r.steps})
+        print("\nthe scheduler thread's time in each run (count x mean ms = seconds), and "
+              "what was left of the wall time:")
+        print("\n| K | path | wall (s) | " + " | ".join(kinds) + " | other (s) |")
+        print("|---:|---|---:|" + "---:|" * len(kinds) + "---:|")
+        for r in timed:
+            cells = [f"{int(r.steps[kind][0])} x {1000 * r.steps[kind][1] / r.steps[kind][0]:.1f}"
+                     f" = {r.steps[kind][1]:.2f}" if kind in r.steps else "-" for kind in kinds]
+            other = r.wall_s - sum(s for _, s in r.steps.values())
+            print(f"| {r.k} | {labels[r.path]} | {r.wall_s:.2f} | " + " | ".join(cells)
+                  + f" | {other:.2f} |")
     if "cost" in info:
         cost = info["cost"]
         vocoder = cost["vocoder_s_per_token"]
         steps = {int(b): s for b, s in cost["decode_step_s"].items()}
         print(f"\nwhere a token's time goes (measured after the runs, on the scheduler thread): "
               f"vocoder {1000 * vocoder:.1f} ms per token and stream (not batched)")
+        # the last column bounds the K>1 ratios whatever the vocoder costs: with vocoding
+        # free, b streams make b tokens per step(b) against one per step(1)
         print("\n| batch | decode step (ms) | step per token (ms) | step + vocoder per token (ms) "
-              "| tokens/s this allows | x batch 1 |")
-        print("|---:|---:|---:|---:|---:|---:|")
+              "| tokens/s this allows | x batch 1 | x batch 1 with the vocoder free |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         ceiling = {b: b / (s + b * vocoder) for b, s in steps.items()}
+        first = min(steps)
         for b, step in steps.items():
             print(f"| {b} | {1000 * step:.1f} | {1000 * step / b:.1f} | "
                   f"{1000 * (step / b + vocoder):.1f} | {ceiling[b]:.1f} | "
-                  f"{ceiling[b] / ceiling[min(steps)]:.2f} |")
+                  f"{ceiling[b] / ceiling[first]:.2f} | "
+                  f"{(b / step) / (first / steps[first]):.2f} |")
     print(json.dumps({"runs": [
         {"path": r.path, "k": r.k, "p50": r.first(0.5), "p95": r.first(0.95),
          "rtf": r.worst_rtf, "stall": r.worst_stall, "tokens_per_s": r.tokens_per_s}

@@ -349,6 +349,28 @@ def test_only_the_scheduler_thread_computes(monkeypatch) -> None:
     assert engine.info().capacity is not None and engine.info().capacity >= 1
 
 
+def test_the_scheduler_counts_its_time_by_kind_of_step(engine, monkeypatch) -> None:
+    """Benches split a run's wall time by kind of step: each step is counted once, under
+    the kind it was, and its time is within the stream's."""
+    scheduler = engine.scheduler
+    counts, seconds = dict(scheduler.step_counts), dict(scheduler.step_seconds)
+    recorder = Recorder(monkeypatch)
+    sizes, handle = batch_sizes(engine)
+    started = time.perf_counter()
+    try:
+        speak(engine, 1)
+    finally:
+        handle.remove()
+    wall = time.perf_counter() - started
+    added = {k: scheduler.step_counts[k] - counts.get(k, 0) for k in scheduler.step_counts}
+    spent = {k: scheduler.step_seconds[k] - seconds.get(k, 0.0) for k in scheduler.step_seconds}
+    kinds = [kind for kind, *_ in recorder.events]
+    assert added == {"prefill": kinds.count("prefill"), "decode": len(sizes),
+                     "emit": kinds.count("emit")}
+    assert all(spent[k] > 0 for k in added)
+    assert sum(spent.values()) <= wall
+
+
 def test_serialized_mode_decodes_one_stream_per_step(monkeypatch) -> None:
     engine = XTTSEngine.from_model(
         build_xtts("tiny"), max_tokens=20, scheduler=EngineScheduler("xtts", batching=False)

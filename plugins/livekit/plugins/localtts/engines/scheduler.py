@@ -358,6 +358,10 @@ class EngineScheduler:
         self.steps = 0
         self.decode_rows = 0
         self.largest_batch = 0
+        # where the thread's time goes, by kind of step (prefill, decode, emit): benches
+        # split a run's wall time with it
+        self.step_seconds: collections.Counter[str] = collections.Counter()
+        self.step_counts: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_settings(cls, name: str, settings: EngineSettings, **kwargs: Any) -> EngineScheduler:
@@ -544,6 +548,15 @@ class EngineScheduler:
             newcomers = [s for s in runnable if s.first_chunk and s.next == "prefill"]
             chosen = min(newcomers, key=_Stream.priority, default=chosen)
         self.steps += 1
+        kind = chosen.next
+        started = time.perf_counter()
+        try:
+            self._run_step(chosen, runnable)
+        finally:
+            self.step_seconds[kind] += time.perf_counter() - started
+            self.step_counts[kind] += 1
+
+    def _run_step(self, chosen: _Stream, runnable: list[_Stream]) -> None:
         if chosen.next == "decode":
             self._decode(chosen)
             return
