@@ -142,7 +142,8 @@ def stream_run(arrivals: list[tuple[float, float]], started: float) -> StreamRun
 class TokenCount:
     """Tokens an engine generated: XTTS's GPT passes each generated token's hidden state
     through `final_norm` once (this code and the code before the scheduler alike); other
-    engines: `per_stream` tokens for each stream."""
+    engines: `per_stream` tokens for each stream. Also the engine's scheduler steps by kind,
+    where its scheduler counts them."""
 
     def __init__(self, engine: Any, per_stream: int) -> None:
         self.per_stream = per_stream

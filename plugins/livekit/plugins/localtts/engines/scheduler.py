@@ -355,13 +355,15 @@ class EngineScheduler:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         # counters for info() and benches
-        self.steps = 0
         self.decode_rows = 0
         self.largest_batch = 0
-        # where the thread's time goes, by kind of step (prefill, decode, emit): benches
-        # split a run's wall time with it
-        self.step_seconds: collections.Counter[str] = collections.Counter()
-        self.step_counts: collections.Counter[str] = collections.Counter()
+        # steps by kind, each counted as it starts, and the thread's time in them: benches
+        # split a run's wall time with it. Every kind is a key from the start, so that other
+        # threads can read them while the scheduler counts
+        kinds: tuple[Step, ...] = ("prefill", "decode", "emit")
+        self.step_counts: collections.Counter[str] = collections.Counter(dict.fromkeys(kinds, 0))
+        self.step_seconds: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(kinds, 0.0))
 
     @classmethod
     def from_settings(cls, name: str, settings: EngineSettings, **kwargs: Any) -> EngineScheduler:
@@ -404,6 +406,11 @@ class EngineScheduler:
         return future.result()
 
     # -- streams --------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        """Steps run (or running) so far, of every kind."""
+        return sum(self.step_counts.values())
 
     @property
     def active_streams(self) -> int:
@@ -547,14 +554,13 @@ class EngineScheduler:
             # newcomers prefill first, so that every first chunk decodes in one batch
             newcomers = [s for s in runnable if s.first_chunk and s.next == "prefill"]
             chosen = min(newcomers, key=_Stream.priority, default=chosen)
-        self.steps += 1
         kind = chosen.next
+        self.step_counts[kind] += 1
         started = time.perf_counter()
         try:
             self._run_step(chosen, runnable)
         finally:
             self.step_seconds[kind] += time.perf_counter() - started
-            self.step_counts[kind] += 1
 
     def _run_step(self, chosen: _Stream, runnable: list[_Stream]) -> None:
         if chosen.next == "decode":
